@@ -1,0 +1,44 @@
+"""`tunelab <command>`: each command is a thin shell around plain functions elsewhere in the package.
+
+Commands live in one module per group (run.py: train/eval/generate/chat, models.py: models ...), each adding
+itself to `app` when imported below. Heavy libraries (torch, transformers) are imported inside the commands, so
+`tunelab --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import sys
+
+from rich.markup import escape
+
+from tunelab.cli import models, run  # noqa: F401  (each module registers its commands)
+from tunelab.cli.app import app, error_console
+from tunelab.errors import TunelabError
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tunelab never downloads models at run time
+    try:
+        app(args=argv, prog_name="tunelab")
+    except TunelabError as error:
+        if debug:
+            raise
+        report(str(error))
+        sys.exit(error.exit_code)
+    except OSError as error:
+        if debug or error.errno not in (errno.ENOSPC, errno.EACCES, errno.EROFS, errno.EDQUOT):
+            raise
+        report(f"{error.strerror}: {error.filename or ''}")
+        sys.exit(2)
+    except KeyboardInterrupt:
+        error_console.print("interrupted")
+        sys.exit(130)
+
+
+def report(message: str) -> None:
+    """The one line a user sees for an error they can fix."""
+    error_console.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)

@@ -1,0 +1,1 @@
+"""Recipe schema (pydantic), YAML loading and dotted command-line overrides."""

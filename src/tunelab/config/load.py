@@ -1,0 +1,174 @@
+"""Read a recipe: YAML file -> dotted overrides -> validated `Recipe`, with errors a user can act on.
+
+Errors name the key, where it is (file and line, or the command line) and, for an unknown key, the closest valid
+key. pydantic does the validation; this module only turns its errors into one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, get_args
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tunelab.config.schema import Recipe
+from tunelab.errors import TunelabError
+from tunelab.methods.registry import METHODS
+
+COMMAND_LINE = "command line"
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read, override and validate a recipe file. `output.dir` defaults to runs/<file stem>."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(f"{path}: recipe file not found")
+    text = path.read_text(encoding="utf-8")
+    raw, lines = parse_yaml(text, str(path))
+    overridden = apply_overrides(raw, overrides)
+    raw.setdefault("output", {})
+    if isinstance(raw["output"], dict) and raw["output"].get("dir") is None:
+        raw["output"]["dir"] = str(Path("runs") / path.stem)
+    return validate_recipe(raw, source=str(path), lines=lines, overridden=overridden)
+
+
+def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
+    """The mapping in `text` and the line of each key path in it."""
+    try:
+        node = yaml.compose(text)
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        raise TunelabError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+    if raw is None:
+        raise TunelabError(f"{source}: the recipe is empty")
+    if not isinstance(raw, dict):
+        raise TunelabError(f"{source}: a recipe is a mapping of sections (model, data, method, ...)")
+    return raw, key_lines(node)
+
+
+def key_lines(node: Any, prefix: tuple = ()) -> dict[tuple, int]:
+    lines: dict[tuple, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            path = prefix + (key_node.value,)
+            lines[path] = key_node.start_mark.line + 1
+            lines.update(key_lines(value_node, path))
+    return lines
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> set[tuple]:
+    """Set `a.b.c=value` pairs into `raw` (values parsed as YAML); returns the key paths set."""
+    overridden = set()
+    for item in overrides:
+        key, sep, value_text = item.partition("=")
+        if not sep or not key.strip():
+            raise TunelabError(f"{COMMAND_LINE}: override '{item}' is not of the form section.key=value")
+        path = tuple(key.strip().split("."))
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else None
+        except yaml.YAMLError:
+            value = value_text
+        target = raw
+        for depth, part in enumerate(path[:-1]):
+            child = target.setdefault(part, {})
+            if child is None:
+                child = target[part] = {}
+            if not isinstance(child, dict):
+                where = ".".join(path[: depth + 1])
+                raise TunelabError(f"{COMMAND_LINE}: cannot set '{key}': '{where}' is a value, not a section")
+            target = child
+        target[path[-1]] = value
+        overridden.add(path)
+    return overridden
+
+
+def validate_recipe(
+    raw: dict[str, Any], source: str = "recipe", lines: dict[tuple, int] | None = None, overridden: set = frozenset()
+) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as error:
+        first = error.errors()[0]
+        more = error.error_count() - 1
+        message = describe_error(first, raw)
+        path = user_path(first["loc"], raw)
+        where = where_is(path, source, lines or {}, overridden)
+        suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        raise TunelabError(f"{where}: {message}{suffix}") from None
+
+
+def user_path(loc: tuple, raw: dict[str, Any]) -> tuple:
+    """pydantic's location without the method tag it inserts for the discriminated `method` union."""
+    if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHODS:
+        return ("method",) + tuple(loc[2:])
+    return tuple(loc)
+
+
+def where_is(path: tuple, source: str, lines: dict[tuple, int], overridden: set) -> str:
+    for depth in range(len(path), 0, -1):
+        prefix = tuple(str(p) for p in path[:depth])
+        if prefix in overridden:
+            return COMMAND_LINE
+        if prefix in lines:
+            return f"{source}:{lines[prefix]}"
+    return source
+
+
+def describe_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
+    path = user_path(error["loc"], raw)
+    dotted = ".".join(str(p) for p in path)
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return unknown_key_message(path, raw)
+    if kind == "union_tag_invalid":
+        return f"{dotted}.name: unknown method '{error['input'].get('name')}' (available: {', '.join(METHODS)})"
+    if kind == "missing":
+        return f"missing required key '{dotted}'"
+    message = error["msg"].removeprefix("Value error, ")
+    if kind.startswith("literal_error") or "input" in error and not isinstance(error["input"], dict):
+        return f"{dotted}: {message} (got {error['input']!r})"
+    return f"{dotted}: {message}" if dotted else message
+
+
+def unknown_key_message(path: tuple, raw: dict[str, Any]) -> str:
+    key = str(path[-1])
+    dotted = ".".join(str(p) for p in path)
+    section_model = model_at(path[:-1], raw)
+    valid = list(section_model.model_fields) if section_model else []
+    if path[0] == "method" and len(path) == 2:
+        owners = [name for name, method in METHODS.items() if key in method.config_class.model_fields]
+        if owners:
+            current = raw.get("method", {}).get("name", "lora")
+            return f"'{dotted}' is an option of method '{owners[0]}', not of '{current}'"
+    hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    suggestion = f"; did you mean '{'.'.join(map(str, path[:-1] + (hint[0],)))}'?" if hint else ""
+    choices = f" (valid keys here: {', '.join(valid)})" if valid and not hint else ""
+    return f"unknown key '{dotted}'{suggestion}{choices}"
+
+
+def model_at(path: tuple, raw: dict[str, Any]) -> type[BaseModel] | None:
+    """The schema class that validates the section at `path`."""
+    model: type[BaseModel] = Recipe
+    for part in path:
+        if part == "method" and model is Recipe:
+            name = raw.get("method", {}).get("name", "lora") if isinstance(raw.get("method"), dict) else "lora"
+            model = METHODS[name].config_class if name in METHODS else None
+            if model is None:
+                return None
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        candidates = [field.annotation, *get_args(field.annotation)]
+        model = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+        if model is None:
+            return None
+    return model
+
+
+def recipe_to_yaml(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

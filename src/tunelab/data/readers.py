@@ -1,0 +1,113 @@
+"""Read rows from JSONL, JSON, CSV and Parquet files, each row remembering its file and line."""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tunelab.errors import TunelabError
+
+
+@dataclass(frozen=True)
+class Record:
+    fields: dict[str, Any]
+    source: str
+    line: int  # 1-based line in the file (JSONL, CSV) or 1-based row number (JSON, Parquet)
+
+    @property
+    def where(self) -> str:
+        return f"{self.source}:{self.line}"
+
+
+def read_records(path: str | Path) -> list[Record]:
+    """All rows of a data file. Malformed input stops with file:line; nothing is dropped silently."""
+    path = Path(path)
+    if not path.is_file():
+        raise TunelabError(f"{path}: data file not found")
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise TunelabError(f"{path}: unsupported file type '{path.suffix}' (use {', '.join(READERS)})")
+    records = reader(path)
+    if not records:
+        raise TunelabError(f"{path}: no rows")
+    return records
+
+
+def read_jsonl(path: Path) -> list[Record]:
+    records = []
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            text = decode_line(raw, path, number)
+            if not text.strip():
+                continue
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as error:
+                raise TunelabError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno})") from None
+            if not isinstance(value, dict):
+                raise TunelabError(f"{path}:{number}: a row must be a JSON object, got {type(value).__name__}")
+            records.append(Record(value, str(path), number))
+    return records
+
+
+def decode_line(raw: bytes, path: Path, number: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise TunelabError(f"{path}:{number}: not UTF-8 (byte {error.start + 1} of the line)") from None
+
+
+def read_json(path: Path) -> list[Record]:
+    try:
+        value = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as error:
+        raise TunelabError(f"{path}: not UTF-8 (byte {error.start + 1})") from None
+    except json.JSONDecodeError as error:
+        raise TunelabError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
+    if isinstance(value, dict) and isinstance(value.get("data"), list):
+        value = value["data"]
+    if not isinstance(value, list):
+        raise TunelabError(f"{path}: a JSON data file holds a list of row objects")
+    records = []
+    for number, row in enumerate(value, start=1):
+        if not isinstance(row, dict):
+            raise TunelabError(f"{path}: row {number} must be a JSON object, got {type(row).__name__}")
+        records.append(Record(row, str(path), number))
+    return records
+
+
+def read_csv(path: Path) -> list[Record]:
+    try:
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            records = []
+            for row in reader:
+                if None in row:
+                    raise TunelabError(f"{path}:{reader.line_num}: more values than header columns")
+                records.append(Record(dict(row), str(path), reader.line_num))
+            return records
+    except UnicodeDecodeError as error:
+        raise TunelabError(f"{path}: not UTF-8 (byte {error.start + 1})") from None
+    except csv.Error as error:
+        raise TunelabError(f"{path}: not valid CSV ({error})") from None
+
+
+def read_parquet(path: Path) -> list[Record]:
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except Exception as error:  # pyarrow raises several unrelated types for a bad file
+        raise TunelabError(f"{path}: not a readable Parquet file ({error})") from None
+    return [Record(row, str(path), number) for number, row in enumerate(table.to_pylist(), start=1)]
+
+
+READERS: dict[str, Callable[[Path], list[Record]]] = {
+    ".jsonl": read_jsonl,
+    ".json": read_json,
+    ".csv": read_csv,
+    ".parquet": read_parquet,
+}

@@ -1,0 +1,122 @@
+"""Conversations into token ids and labels with the tokenizer's chat template.
+
+Loss falls only on assistant turns, and each turn's end-of-turn/EOS token is inside the labels so the tuned model
+learns to stop. The prompt and each assistant answer are tokenized as separate pieces, exactly as at inference
+(the prompt is encoded with the generation prompt, the model writes the rest), so what is trained is what is served.
+
+transformers' `return_assistant_tokens_mask` needs `{% generation %}` markers that most shipped templates lack;
+rendering prefix by prefix works with any template whose renderings of a growing conversation extend each other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+
+IGNORE_INDEX = -100
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def label_count(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def resolve_chat_template(choice: str | None) -> str | None:
+    """The recipe's `model.chat_template`: None keeps the tokenizer's, 'chatml' or a Jinja file replaces it."""
+    if choice is None:
+        return None
+    if choice == "chatml":
+        return CHATML_TEMPLATE
+    path = Path(choice)
+    if not path.is_file():
+        raise TunelabError(f"model.chat_template: '{choice}' is neither 'chatml' nor a template file")
+    return path.read_text(encoding="utf-8")
+
+
+def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    if not tokenizer.chat_template:
+        raise TunelabError(
+            "the tokenizer has no chat template; set model.chat_template to 'chatml' or a template file"
+        )
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def tokens(tokenizer: Any, text: str) -> list[int]:
+    # The template already wrote every special token it wants, so none is added here.
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def stop_token_ids(tokenizer: Any, model_eos: int | list[int] | None = None) -> set[int]:
+    """Ids that end an assistant turn: the tokenizer's EOS and the model's generation EOS ids."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    if isinstance(model_eos, int):
+        ids.add(model_eos)
+    elif model_eos:
+        ids.update(model_eos)
+    if not ids:
+        raise TunelabError("the tokenizer has no EOS token, so the model could not learn to stop")
+    return ids
+
+
+def encode_conversation(tokenizer: Any, messages: list[dict[str, str]], stop_ids: set[int]) -> Encoded:
+    """Token ids of the whole conversation and labels that are -100 everywhere but the assistant answers."""
+    input_ids: list[int] = []
+    labels: list[int] = []
+    rendered = ""
+    last_assistant = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    for index, message in enumerate(messages[: last_assistant + 1]):
+        if message["role"] != "assistant":
+            continue
+        prompt = render(tokenizer, messages[:index], add_generation_prompt=True)
+        full = render(tokenizer, messages[: index + 1], add_generation_prompt=False)
+        if not prompt.startswith(rendered) or not full.startswith(prompt):
+            raise TunelabError(
+                "the chat template cannot mark the assistant turn: its rendering of a longer conversation does "
+                "not extend the shorter one; set model.chat_template to 'chatml' or a template file"
+            )
+        prompt_ids = tokens(tokenizer, prompt[len(rendered) :])
+        answer_ids = tokens(tokenizer, full[len(prompt) :])
+        end = last_stop_index(answer_ids, stop_ids)
+        input_ids += prompt_ids + answer_ids
+        labels += [IGNORE_INDEX] * len(prompt_ids)
+        labels += answer_ids[: end + 1] + [IGNORE_INDEX] * (len(answer_ids) - end - 1)
+        rendered = full
+    # What follows the last end-of-turn token (a newline, say) carries no loss: leave it out of the sequence.
+    end = len(labels) - next(i for i, label in enumerate(reversed(labels)) if label != IGNORE_INDEX)
+    return Encoded(input_ids[:end], labels[:end])
+
+
+def last_stop_index(answer_ids: list[int], stop_ids: set[int]) -> int:
+    for position in range(len(answer_ids) - 1, -1, -1):
+        if answer_ids[position] in stop_ids:
+            return position
+    raise TunelabError(
+        "the chat template cannot mark the end of the assistant turn (no EOS/end-of-turn token after the answer); "
+        "set model.chat_template to 'chatml' or a template that closes each turn"
+    )
+
+
+def prompt_and_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
+    """The conversation up to the last assistant turn, and that turn's text (what evaluation compares with)."""
+    last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")
+    return messages[:last], messages[last]["content"]
+
+
+def encode_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """Token ids that ask the model to write the next assistant turn."""
+    return tokens(tokenizer, render(tokenizer, messages, add_generation_prompt=True))

@@ -1,0 +1,1 @@
+"""Evaluation: batched generation, metrics, base-vs-tuned comparison."""

@@ -1,0 +1,76 @@
+"""Batched greedy (or sampled) generation with left padding and the KV cache."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Generated:
+    texts: list[str]
+    new_tokens: int
+    seconds: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.new_tokens / self.seconds if self.seconds else 0.0
+
+
+def generate_texts(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    batch_size: int = 16,
+    stop_ids: list[int] | None = None,
+    temperature: float = 0.0,
+    autocast_bf16: bool = False,
+) -> Generated:
+    """Continue each prompt (token ids). Prompts are sorted by length so batches pad little; order is restored."""
+    import torch
+
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    texts: list[str] = [""] * len(prompts)
+    new_tokens = 0
+    started = time.perf_counter()
+    device = next(model.parameters()).device
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
+        batch = {key: value.to(device) for key, value in batch.items()}
+        options = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
+                   "eos_token_id": stop_ids or tokenizer.eos_token_id}
+        if temperature > 0:
+            options.update(do_sample=True, temperature=temperature)
+        else:
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            output = model.generate(**batch, **options)
+        continuations = output[:, batch["input_ids"].shape[1] :]
+        for row, index in enumerate(chunk):
+            ids = trim_at_stop(continuations[row].tolist(), set(stop_ids or [tokenizer.eos_token_id]))
+            new_tokens += len(ids)
+            texts[index] = tokenizer.decode(ids, skip_special_tokens=True)
+    return Generated(texts, new_tokens, time.perf_counter() - started)
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> dict[str, Any]:
+    import torch
+
+    width = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, width - len(sequence) :] = torch.tensor(sequence)
+        attention_mask[row, width - len(sequence) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def trim_at_stop(ids: list[int], stop_ids: set[int]) -> list[int]:
+    """The generated ids up to (not including) the first stop token; the padding of finished rows follows it."""
+    for position, token in enumerate(ids):
+        if token in stop_ids:
+            return ids[:position]
+    return ids

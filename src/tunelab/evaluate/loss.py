@@ -1,0 +1,43 @@
+"""Teacher-forced loss on the answer tokens of each row (the same labels training used)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tunelab.data.templates import IGNORE_INDEX, Encoded
+
+
+def row_losses(model: Any, rows: list[Encoded], pad_id: int, batch_size: int = 8,
+               autocast_bf16: bool = False) -> list[tuple[float, int]]:
+    """(summed loss, label tokens) per row, in order."""
+    import torch
+    import torch.nn.functional as F
+
+    device = next(model.parameters()).device
+    results: list[tuple[float, int]] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(row.input_ids) for row in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
+        for index, row in enumerate(chunk):
+            input_ids[index, : len(row.input_ids)] = torch.tensor(row.input_ids)
+            labels[index, : len(row.labels)] = torch.tensor(row.labels)
+            attention_mask[index, : len(row.input_ids)] = 1
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        shifted = labels[:, 1:].to(device)
+        token_losses = F.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),
+            ignore_index=IGNORE_INDEX, reduction="none",
+        ).view(shifted.shape)
+        counts = (shifted != IGNORE_INDEX).sum(dim=1)
+        for total, count in zip(token_losses.sum(dim=1).tolist(), counts.tolist()):
+            results.append((total, count))
+    return results
+
+
+def mean_loss(losses: list[tuple[float, int]]) -> float:
+    tokens = sum(count for _, count in losses)
+    return sum(total for total, _ in losses) / tokens if tokens else float("nan")

@@ -1,0 +1,39 @@
+"""Text metrics for base-vs-tuned comparison, each a plain function of predictions and references."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def exact_match(prediction: str, reference: str) -> bool:
+    return prediction.strip() == reference.strip()
+
+
+def parse_json(text: str) -> tuple[bool, Any]:
+    try:
+        return True, json.loads(text.strip())
+    except (json.JSONDecodeError, ValueError):
+        return False, None
+
+
+def references_are_json(references: list[str]) -> bool:
+    return bool(references) and all(parse_json(reference)[0] for reference in references)
+
+
+def text_metrics(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Exact match for every task; valid-JSON rate and JSON equality when the references are JSON."""
+    count = len(references)
+    metrics = {"exact_match": sum(map(exact_match, predictions, references)) / count}
+    if references_are_json(references):
+        parsed = [parse_json(prediction) for prediction in predictions]
+        metrics["valid_json"] = sum(ok for ok, _ in parsed) / count
+        metrics["json_match"] = sum(
+            ok and value == json.loads(reference) for (ok, value), reference in zip(parsed, references)
+        ) / count
+    return metrics
+
+
+def perplexity(loss: float) -> float:
+    return math.exp(loss) if loss < 50 else math.inf

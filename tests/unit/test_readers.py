@@ -96,3 +96,21 @@ def test_bad_messages_are_reported(tmp_path):
     path = write_jsonl(tmp_path / "d.jsonl", [{"messages": [{"role": "user", "content": "x"}]}])
     with pytest.raises(TunelabError, match="no assistant message"):
         to_examples(read_records(path), "messages", {}, None)
+
+
+def test_sharegpt_text_label_and_preference_rows(tmp_path):
+    rows = {
+        "sharegpt": {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
+        "text": {"text": "plain words"},
+        "label": {"text": "win cash now", "label": "spam"},
+        "preference": {"prompt": "q", "chosen": "good", "rejected": "bad"},
+    }
+    for fmt, row in rows.items():
+        path = write_jsonl(tmp_path / f"{fmt}.jsonl", [row])
+        [example] = to_examples(read_records(path), "auto", {}, None)
+        assert example.kind == {"sharegpt": "chat"}.get(fmt, fmt)
+        assert type(example).from_json(example.to_json()) == example
+    [chat] = to_examples(read_records(tmp_path / "sharegpt.jsonl"), "auto", {}, None)
+    assert chat.messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+    [labelled] = to_examples(read_records(tmp_path / "label.jsonl"), "auto", {}, None)
+    assert (labelled.text, labelled.label) == ("win cash now", "spam")

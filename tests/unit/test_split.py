@@ -8,7 +8,7 @@ from tunelab.errors import TunelabError
 
 
 def examples(count):
-    return [Example([{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}], "f.jsonl", i + 1)
+    return [Example("f.jsonl", i + 1, [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}])
             for i in range(count)]
 
 
@@ -41,7 +41,7 @@ def test_zero_fractions_hold_nothing_out():
 
 def test_test_row_equal_to_a_train_row_is_refused():
     rows = examples(20)
-    rows.append(Example(rows[0].messages, "f.jsonl", 99))  # an exact duplicate of line 1
+    rows.append(Example("f.jsonl", 99, rows[0].messages))  # an exact duplicate of line 1
     splits = split_examples(rows, 0, 0, seed=0)
     splits.test = [splits.train.pop()]  # put the duplicate (line 99) in test
     expected = r"f.jsonl:99: 1 test row\(s\) also appear in train \(first also at f.jsonl:1\)"

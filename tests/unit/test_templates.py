@@ -84,3 +84,20 @@ def test_tokenizer_without_template_is_refused(tokenizer):
     tokenizer.chat_template = None
     with pytest.raises(TunelabError, match="no chat template"):
         encode_conversation(tokenizer, CONVERSATION, {tokenizer.eos_token_id})
+
+
+def test_text_rows_carry_loss_on_every_token_and_end_with_eos(tokenizer):
+    from tunelab.data.formats import Example
+    from tunelab.data.templates import encode_example
+
+    encoded = encode_example(tokenizer, Example("f", 1, text="abc"), {tokenizer.eos_token_id})
+    assert encoded.labels == encoded.input_ids
+    assert tokenizer.decode(encoded.input_ids) == "abc<|im_end|>"
+
+
+def test_label_rows_are_refused_for_language_model_training(tokenizer):
+    from tunelab.data.formats import Example
+    from tunelab.data.templates import encode_example
+
+    with pytest.raises(TunelabError, match="f:3: 'label' rows do not train"):
+        encode_example(tokenizer, Example("f", 3, text="x", label="a"), {tokenizer.eos_token_id})

@@ -49,8 +49,8 @@ class DataSection(Section):
     validation: str | None = Field(None, description="Validation file; if absent, split from `train`.")
     test: str | None = Field(None, description="Test file; if absent, split from `train`.")
     split: SplitSection = Field(default_factory=SplitSection)
-    format: Literal["auto", "messages", "prompt_completion", "alpaca"] = Field(
-        "auto", description="Row format; auto picks it from the first row's fields."
+    format: Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "label", "preference"] = (
+        Field("auto", description="Row format; auto picks it from the first row's fields.")
     )
     fields: dict[str, str] = Field(
         default_factory=dict,

@@ -1,36 +1,54 @@
-"""Row formats, each turned into one shape: a conversation (list of role/content messages).
+"""Row formats, each turned into one `Example`.
 
-Formats: `messages` (chat, multi-turn), `prompt_completion`, `alpaca` (instruction/input/output). Field names in
-the file can differ from these: `data.fields` maps tunelab's name to the file's column.
+Conversations (`messages`, `sharegpt`, `prompt_completion`, `alpaca`) become a list of role/content messages.
+`text` rows (continued pre-training) keep their text, `label` rows a text and its class, `preference` rows a prompt
+(as messages) with a chosen and a rejected answer. Field names in the file can differ from these: `data.fields`
+maps tunelab's name to the file's column.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 from tunelab.data.readers import Record
 from tunelab.errors import TunelabError
 
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 
 @dataclass(frozen=True)
 class Example:
-    messages: list[dict[str, str]]
     source: str
     line: int
+    messages: list[dict[str, str]] | None = None  # conversations; for `preference`, the prompt
+    text: str | None = None  # `text` and `label` rows
+    label: str | None = None  # `label` rows: the class
+    chosen: str | None = None  # `preference` rows
+    rejected: str | None = None
 
     @property
     def where(self) -> str:
         return f"{self.source}:{self.line}"
 
+    @property
+    def kind(self) -> str:
+        """chat, text, label or preference: what a trainer or evaluator can do with the row."""
+        if self.chosen is not None:
+            return "preference"
+        if self.label is not None:
+            return "label"
+        if self.messages is not None:
+            return "chat"
+        return "text"
+
     def to_json(self) -> dict[str, Any]:
-        return {"messages": self.messages, "source": self.source, "line": self.line}
+        return {key: value for key, value in asdict(self).items() if value is not None}
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> "Example":
-        return cls(value["messages"], value["source"], value["line"])
+        return cls(**value)
 
 
 def field(record: Record, name: str, fields: dict[str, str], fmt: str, required: bool = True) -> Any:
@@ -51,55 +69,103 @@ def text_field(record: Record, name: str, fields: dict[str, str], fmt: str, requ
     return value
 
 
-def from_messages(record: Record, fields: dict[str, str]) -> list[dict[str, str]]:
-    value = field(record, "messages", fields, "messages")
-    role_key, content_key = fields.get("role", "role"), fields.get("content", "content")
+def message_list(record: Record, value: Any, column: str, role_key: str, content_key: str,
+                 role_names: dict[str, str]) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise TunelabError(f"{record.where}: '{fields.get('messages', 'messages')}' must be a non-empty list")
+        raise TunelabError(f"{record.where}: '{column}' must be a non-empty list of messages")
     messages = []
     for index, message in enumerate(value):
         if not isinstance(message, dict) or role_key not in message or content_key not in message:
             raise TunelabError(f"{record.where}: message {index} needs '{role_key}' and '{content_key}'")
         role, content = message[role_key], message[content_key]
-        if role not in ROLES:
-            raise TunelabError(f"{record.where}: message {index} has role '{role}' (expected {', '.join(ROLES)})")
+        if role not in role_names:
+            raise TunelabError(
+                f"{record.where}: message {index} has role '{role}' (expected {', '.join(role_names)})"
+            )
         if not isinstance(content, str):
             raise TunelabError(f"{record.where}: message {index} content must be text")
-        messages.append({"role": role, "content": content})
+        messages.append({"role": role_names[role], "content": content})
     return messages
-
-
-def from_prompt_completion(record: Record, fields: dict[str, str]) -> list[dict[str, str]]:
-    prompt = text_field(record, "prompt", fields, "prompt_completion")
-    completion = text_field(record, "completion", fields, "prompt_completion")
-    system = text_field(record, "system", fields, "prompt_completion", required=False)
-    return with_system(system, [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}])
-
-
-def from_alpaca(record: Record, fields: dict[str, str]) -> list[dict[str, str]]:
-    instruction = text_field(record, "instruction", fields, "alpaca")
-    extra_input = text_field(record, "input", fields, "alpaca", required=False)
-    output = text_field(record, "output", fields, "alpaca")
-    system = text_field(record, "system", fields, "alpaca", required=False)
-    prompt = f"{instruction}\n\n{extra_input}" if extra_input else instruction
-    return with_system(system, [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}])
 
 
 def with_system(system: str | None, messages: list[dict[str, str]]) -> list[dict[str, str]]:
     return ([{"role": "system", "content": system}] if system else []) + messages
 
 
-FORMATS: dict[str, Callable[[Record, dict[str, str]], list[dict[str, str]]]] = {
+def from_messages(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    column = fields.get("messages", "messages")
+    value = field(record, "messages", fields, "messages")
+    roles = {role: role for role in ROLES}
+    return {"messages": message_list(record, value, column, fields.get("role", "role"),
+                                     fields.get("content", "content"), roles)}
+
+
+def from_sharegpt(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    column = fields.get("conversations", "conversations")
+    value = field(record, "conversations", fields, "sharegpt")
+    return {"messages": message_list(record, value, column, fields.get("from", "from"),
+                                     fields.get("value", "value"), SHAREGPT_ROLES)}
+
+
+def from_prompt_completion(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    prompt = text_field(record, "prompt", fields, "prompt_completion")
+    completion = text_field(record, "completion", fields, "prompt_completion")
+    system = text_field(record, "system", fields, "prompt_completion", required=False)
+    return {"messages": with_system(system, [{"role": "user", "content": prompt},
+                                             {"role": "assistant", "content": completion}])}
+
+
+def from_alpaca(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    instruction = text_field(record, "instruction", fields, "alpaca")
+    extra_input = text_field(record, "input", fields, "alpaca", required=False)
+    output = text_field(record, "output", fields, "alpaca")
+    system = text_field(record, "system", fields, "alpaca", required=False)
+    prompt = f"{instruction}\n\n{extra_input}" if extra_input else instruction
+    return {"messages": with_system(system, [{"role": "user", "content": prompt},
+                                             {"role": "assistant", "content": output}])}
+
+
+def from_text(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    return {"text": text_field(record, "text", fields, "text")}
+
+
+def from_label(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    label = field(record, "label", fields, "label")
+    if isinstance(label, (dict, list)) or isinstance(label, bool):
+        raise TunelabError(f"{record.where}: field '{fields.get('label', 'label')}' must be a class name or number")
+    return {"text": text_field(record, "text", fields, "label"), "label": str(label)}
+
+
+def from_preference(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    prompt = field(record, "prompt", fields, "preference")
+    if isinstance(prompt, str):
+        messages = [{"role": "user", "content": prompt}]
+    else:
+        roles = {role: role for role in ROLES}
+        messages = message_list(record, prompt, fields.get("prompt", "prompt"), "role", "content", roles)
+    return {"messages": messages, "chosen": text_field(record, "chosen", fields, "preference"),
+            "rejected": text_field(record, "rejected", fields, "preference")}
+
+
+FORMATS: dict[str, Callable[[Record, dict[str, str]], dict[str, Any]]] = {
     "messages": from_messages,
+    "sharegpt": from_sharegpt,
     "prompt_completion": from_prompt_completion,
     "alpaca": from_alpaca,
+    "text": from_text,
+    "label": from_label,
+    "preference": from_preference,
 }
 
 # The fields whose presence identifies each format, in the order auto-detection tries them.
 SIGNATURES = {
     "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "preference": ("prompt", "chosen", "rejected"),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
+    "label": ("text", "label"),
+    "text": ("text",),
 }
 
 
@@ -114,17 +180,19 @@ def detect_format(record: Record, fields: dict[str, str]) -> str:
     )
 
 
+def to_example(record: Record, fmt: str, fields: dict[str, str], system_prompt: str | None) -> Example:
+    """One record in the given format; a record that does not fit stops with its file:line."""
+    parts = FORMATS[fmt](record, fields)
+    messages = parts.get("messages")
+    if messages is not None:
+        if system_prompt and messages[0]["role"] != "system":
+            parts["messages"] = [{"role": "system", "content": system_prompt}] + messages
+        if "chosen" not in parts and not any(message["role"] == "assistant" for message in messages):
+            raise TunelabError(f"{record.where}: no assistant message to learn from")
+    return Example(source=record.source, line=record.line, **parts)
+
+
 def to_examples(records: list[Record], fmt: str, fields: dict[str, str], system_prompt: str | None) -> list[Example]:
-    """Every record as a conversation; a record that does not fit the format stops with its file:line."""
     if fmt == "auto":
         fmt = detect_format(records[0], fields)
-    convert = FORMATS[fmt]
-    examples = []
-    for record in records:
-        messages = convert(record, fields)
-        if system_prompt and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": system_prompt}] + messages
-        if not any(message["role"] == "assistant" for message in messages):
-            raise TunelabError(f"{record.where}: no assistant message to learn from")
-        examples.append(Example(messages, record.source, record.line))
-    return examples
+    return [to_example(record, fmt, fields, system_prompt) for record in records]

@@ -12,7 +12,7 @@ from tunelab.data.formats import Example, to_examples
 from tunelab.data.readers import Record, read_records
 from tunelab.data.split import SPLITS, Splits, check_no_overlap, split_examples
 from tunelab.data.synthetic import generate_rows
-from tunelab.data.templates import Encoded, encode_conversation
+from tunelab.data.templates import Encoded, encode_example
 from tunelab.files import jsonl_text, read_jsonl, sha256_file, write_jsonl, write_text_atomic
 
 
@@ -113,7 +113,7 @@ def tokenize_examples(
     """Encode rows; rows over `max_length` are dropped or cut (per `overlong`), and counted either way."""
     result = TokenizedSplit()
     for example in examples:
-        encoded = encode_conversation(tokenizer, example.messages, stop_ids)
+        encoded = encode_example(tokenizer, example, stop_ids)
         if len(encoded.input_ids) > max_length:
             if overlong == "drop":
                 result.dropped_overlong += 1

@@ -43,7 +43,9 @@ def held_out_count(total: int, fraction: float) -> int:
 
 
 def conversation_key(example: Example) -> str:
-    return json.dumps(example.messages, sort_keys=True, ensure_ascii=False)
+    """Exact identity of a row's content (where it came from does not count)."""
+    content = {key: value for key, value in example.to_json().items() if key not in ("source", "line")}
+    return json.dumps(content, sort_keys=True, ensure_ascii=False)
 
 
 def check_no_overlap(splits: Splits) -> None:

@@ -111,6 +111,24 @@ def last_stop_index(answer_ids: list[int], stop_ids: set[int]) -> int:
     )
 
 
+def encode_text(tokenizer: Any, text: str, stop_ids: set[int]) -> Encoded:
+    """A plain-text row (continued pre-training): every token carries loss, and the row ends with EOS."""
+    ids = tokens(tokenizer, text) + [min(stop_ids) if tokenizer.eos_token_id is None else tokenizer.eos_token_id]
+    return Encoded(ids, list(ids))
+
+
+def encode_example(tokenizer: Any, example: Any, stop_ids: set[int]) -> Encoded:
+    """Token ids and labels of a row for language-model training (conversation or plain text)."""
+    if example.kind == "chat":
+        return encode_conversation(tokenizer, example.messages, stop_ids)
+    if example.kind == "text":
+        return encode_text(tokenizer, example.text, stop_ids)
+    raise TunelabError(
+        f"{example.where}: '{example.kind}' rows do not train a language model with supervised fine-tuning "
+        "(label rows are for classification, preference rows for preference tuning)"
+    )
+
+
 def prompt_and_reference(messages: list[dict[str, str]]) -> tuple[list[dict[str, str]], str]:
     """The conversation up to the last assistant turn, and that turn's text (what evaluation compares with)."""
     last = max(i for i, message in enumerate(messages) if message["role"] == "assistant")

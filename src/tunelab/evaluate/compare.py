@@ -28,6 +28,8 @@ def evaluate_run(models: RunModels, console: Console, max_rows: int | None = Non
     test = read_splits(models.run.data).test[: max_rows or options.max_rows]
     if not test:
         raise TunelabError(f"{models.run.root}: the run has no test rows to evaluate on (data.test or data.split.test)")
+    if any(example.kind != "chat" for example in test):
+        raise TunelabError(f"{models.run.root}: base-vs-tuned generation needs conversation test rows with answers")
     pairs = [prompt_and_reference(example.messages) for example in test]
     prompts = [encode_prompt(tokenizer, messages) for messages, _ in pairs]
     references = [reference for _, reference in pairs]

@@ -1,4 +1,4 @@
-"""Text metrics for base-vs-tuned comparison, each a plain function of predictions and references."""
+"""Metrics for base-vs-tuned comparison, each a plain function of predictions and references."""
 
 from __future__ import annotations
 
@@ -37,3 +37,31 @@ def text_metrics(predictions: list[str], references: list[str]) -> dict[str, flo
 
 def perplexity(loss: float) -> float:
     return math.exp(loss) if loss < 50 else math.inf
+
+
+def label_metrics(predictions: list[str], references: list[str], labels: list[str] | None = None) -> dict[str, Any]:
+    """Classification metrics (scikit-learn): accuracy, per-class and macro precision/recall/F1, MCC, confusion.
+
+    `labels` fixes the class order (rows and columns of the confusion matrix); a prediction outside it (a model
+    that answered something else) counts as wrong for every class.
+    """
+    from sklearn.metrics import accuracy_score, confusion_matrix, matthews_corrcoef, precision_recall_fscore_support
+
+    labels = labels or sorted(set(references))
+    precision, recall, f1, support = precision_recall_fscore_support(
+        references, predictions, labels=labels, zero_division=0
+    )
+    macro = precision_recall_fscore_support(references, predictions, labels=labels, average="macro", zero_division=0)
+    return {
+        "accuracy": accuracy_score(references, predictions),
+        "precision_macro": macro[0],
+        "recall_macro": macro[1],
+        "f1_macro": macro[2],
+        "mcc": matthews_corrcoef(references, predictions),
+        "per_class": {
+            label: {"precision": p, "recall": r, "f1": f, "support": int(s)}
+            for label, p, r, f, s in zip(labels, precision, recall, f1, support)
+        },
+        "labels": labels,
+        "confusion": confusion_matrix(references, predictions, labels=labels).tolist(),
+    }

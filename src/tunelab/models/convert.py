@@ -7,6 +7,7 @@ the converted checkpoint reproduced exactly.
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -36,7 +37,8 @@ def convert_gguf(gguf_path: Path, dest: Path, source: dict[str, Any], console: A
 
     from tunelab.models.tokenizer import ensure_pad_token
 
-    partial = dest.with_name(dest.name + ".partial")
+    # A private scratch folder per process: two processes converting at once never write into the same one.
+    partial = dest.with_name(f"{dest.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     say(console, f"converting {gguf_path.name} into {dest} (once)")
     started = time.perf_counter()
@@ -66,8 +68,10 @@ def convert_gguf(gguf_path: Path, dest: Path, source: dict[str, Any], console: A
         "seconds": round(time.perf_counter() - started, 1),
     }
     write_json(partial / MANIFEST, manifest)
-    if dest.exists():
-        shutil.rmtree(dest)
+    if is_converted(dest):  # another process finished first: keep its copy
+        shutil.rmtree(partial)
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
     partial.rename(dest)
     say(console, f"converted and verified in {manifest['seconds']} s: {dest}")
     return dest

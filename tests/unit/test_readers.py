@@ -114,3 +114,21 @@ def test_sharegpt_text_label_and_preference_rows(tmp_path):
     assert chat.messages == [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
     [labelled] = to_examples(read_records(tmp_path / "label.jsonl"), "auto", {}, None)
     assert (labelled.text, labelled.label) == ("win cash now", "spam")
+
+
+def test_headerless_tsv_with_named_columns_keeps_quotes(tmp_path):
+    path = tmp_path / "SMSCollection"
+    path.write_text('ham\tOk "lar"... Joking\nspam\tWin a prize\n')
+    records = read_records(path, "tsv", ["label", "text"])
+    assert [r.fields for r in records] == [{"label": "ham", "text": 'Ok "lar"... Joking'},
+                                           {"label": "spam", "text": "Win a prize"}]
+    [first, _] = to_examples(records, "auto", {}, None)
+    assert first.kind == "label"
+
+
+def test_field_mapping_to_the_first_present_column(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"rewritten": None, "intent": "i1", "snippet": "s1"},
+                                              {"rewritten": "r2", "intent": "i2", "snippet": "s2"}])
+    fields = {"prompt": ["rewritten", "intent"], "completion": "snippet"}
+    examples = to_examples(read_records(path), "auto", fields, None)
+    assert [e.messages[0]["content"] for e in examples] == ["i1", "r2"]

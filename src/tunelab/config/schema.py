@@ -49,12 +49,19 @@ class DataSection(Section):
     validation: str | None = Field(None, description="Validation file; if absent, split from `train`.")
     test: str | None = Field(None, description="Test file; if absent, split from `train`.")
     split: SplitSection = Field(default_factory=SplitSection)
+    file_type: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet"] = Field(
+        "auto", description="How to read the files; auto goes by the file extension."
+    )
+    columns: list[str] | None = Field(
+        None, description="Column names of a CSV/TSV file without a header row, e.g. [label, text]."
+    )
     format: Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "label", "preference"] = (
         Field("auto", description="Row format; auto picks it from the first row's fields.")
     )
-    fields: dict[str, str] = Field(
+    fields: dict[str, str | list[str]] = Field(
         default_factory=dict,
-        description="Map of tunelab field name to the file's column name, e.g. {prompt: question}.",
+        description="Map of tunelab field name to the file's column, e.g. {prompt: question}; a list takes the "
+        "first non-empty column, e.g. {prompt: [rewritten_intent, intent]}.",
     )
     system_prompt: str | None = Field(None, description="System message added to rows that carry none.")
     max_length: int = Field(1024, ge=8, description="Longest tokenized row (prompt + answer).")

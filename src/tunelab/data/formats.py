@@ -51,13 +51,16 @@ class Example:
         return cls(**value)
 
 
-def field(record: Record, name: str, fields: dict[str, str], fmt: str, required: bool = True) -> Any:
-    column = fields.get(name, name)
-    if column not in record.fields or record.fields[column] is None:
-        if not required:
-            return None
-        raise TunelabError(f"{record.where}: missing field '{column}' (format {fmt})")
-    return record.fields[column]
+def field(record: Record, name: str, fields: dict[str, str | list[str]], fmt: str, required: bool = True) -> Any:
+    """The value of tunelab field `name`: from the mapped column, or the first non-empty of a list of columns."""
+    mapped = fields.get(name, name)
+    for column in [mapped] if isinstance(mapped, str) else mapped:
+        if record.fields.get(column) is not None:
+            return record.fields[column]
+    if not required:
+        return None
+    shown = mapped if isinstance(mapped, str) else " or ".join(mapped)
+    raise TunelabError(f"{record.where}: missing field '{shown}' (format {fmt})")
 
 
 def text_field(record: Record, name: str, fields: dict[str, str], fmt: str, required: bool = True) -> str | None:
@@ -65,7 +68,7 @@ def text_field(record: Record, name: str, fields: dict[str, str], fmt: str, requ
     if value is None:
         return None
     if not isinstance(value, str):
-        raise TunelabError(f"{record.where}: field '{fields.get(name, name)}' must be text, got {type(value).__name__}")
+        raise TunelabError(f"{record.where}: field '{name}' must be text, got {type(value).__name__}")
     return value
 
 
@@ -169,9 +172,13 @@ SIGNATURES = {
 }
 
 
-def detect_format(record: Record, fields: dict[str, str]) -> str:
+def detect_format(record: Record, fields: dict[str, str | list[str]]) -> str:
+    def present(name: str) -> bool:
+        mapped = fields.get(name, name)
+        return any(column in record.fields for column in ([mapped] if isinstance(mapped, str) else mapped))
+
     for fmt, names in SIGNATURES.items():
-        if all(fields.get(name, name) in record.fields for name in names):
+        if all(present(name) for name in names):
             return fmt
     found = ", ".join(sorted(record.fields)) or "none"
     raise TunelabError(

@@ -69,7 +69,8 @@ def load_data(data: DataSection) -> LoadedData:
 
 
 def read_examples(path: Path, data: DataSection) -> list[Example]:
-    return to_examples(read_records(path), data.format, data.fields, data.system_prompt)
+    records = read_records(path, data.file_type, data.columns)
+    return to_examples(records, data.format, data.fields, data.system_prompt)
 
 
 def describe_file(role: str, path: Path, rows: int) -> DataFile:

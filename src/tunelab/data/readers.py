@@ -22,21 +22,27 @@ class Record:
         return f"{self.source}:{self.line}"
 
 
-def read_records(path: str | Path) -> list[Record]:
-    """All rows of a data file. Malformed input stops with file:line; nothing is dropped silently."""
+def read_records(path: str | Path, file_type: str = "auto", columns: list[str] | None = None) -> list[Record]:
+    """All rows of a data file. Malformed input stops with file:line; nothing is dropped silently.
+
+    `file_type` auto goes by the extension. `columns` names the columns of a CSV/TSV file that has no header row.
+    """
     path = Path(path)
     if not path.is_file():
         raise TunelabError(f"{path}: data file not found")
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise TunelabError(f"{path}: unsupported file type '{path.suffix}' (use {', '.join(READERS)})")
-    records = reader(path)
+    kind = path.suffix.lower().lstrip(".") if file_type == "auto" else file_type
+    if kind not in READERS:
+        known = ", ".join(f".{name}" for name in READERS)
+        raise TunelabError(f"{path}: unsupported file type '{path.suffix}' (use {known}, or set data.file_type)")
+    if columns and kind not in ("csv", "tsv"):
+        raise TunelabError(f"{path}: data.columns applies to csv and tsv files only")
+    records = READERS[kind](path, columns)
     if not records:
         raise TunelabError(f"{path}: no rows")
     return records
 
 
-def read_jsonl(path: Path) -> list[Record]:
+def read_jsonl(path: Path, columns: None = None) -> list[Record]:
     records = []
     with path.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
@@ -60,7 +66,7 @@ def decode_line(raw: bytes, path: Path, number: int) -> str:
         raise TunelabError(f"{path}:{number}: not UTF-8 (byte {error.start + 1} of the line)") from None
 
 
-def read_json(path: Path) -> list[Record]:
+def read_json(path: Path, columns: None = None) -> list[Record]:
     try:
         value = json.loads(path.read_bytes().decode("utf-8"))
     except UnicodeDecodeError as error:
@@ -79,14 +85,16 @@ def read_json(path: Path) -> list[Record]:
     return records
 
 
-def read_csv(path: Path) -> list[Record]:
+def read_delimited(path: Path, kind: str, columns: list[str] | None = None) -> list[Record]:
+    """CSV (quoted fields allowed) or TSV (tabs only: quotes are text, as in most TSV exports)."""
+    options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if kind == "tsv" else {}
     try:
         with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(handle, fieldnames=columns, **options)
             records = []
             for row in reader:
                 if None in row:
-                    raise TunelabError(f"{path}:{reader.line_num}: more values than header columns")
+                    raise TunelabError(f"{path}:{reader.line_num}: more values than columns")
                 records.append(Record(dict(row), str(path), reader.line_num))
             return records
     except UnicodeDecodeError as error:
@@ -95,7 +103,7 @@ def read_csv(path: Path) -> list[Record]:
         raise TunelabError(f"{path}: not valid CSV ({error})") from None
 
 
-def read_parquet(path: Path) -> list[Record]:
+def read_parquet(path: Path, columns: None = None) -> list[Record]:
     import pyarrow.parquet as pq
 
     try:
@@ -105,9 +113,19 @@ def read_parquet(path: Path) -> list[Record]:
     return [Record(row, str(path), number) for number, row in enumerate(table.to_pylist(), start=1)]
 
 
-READERS: dict[str, Callable[[Path], list[Record]]] = {
-    ".jsonl": read_jsonl,
-    ".json": read_json,
-    ".csv": read_csv,
-    ".parquet": read_parquet,
+def read_csv(path: Path, columns: list[str] | None = None) -> list[Record]:
+    return read_delimited(path, "csv", columns)
+
+
+def read_tsv(path: Path, columns: list[str] | None = None) -> list[Record]:
+    return read_delimited(path, "tsv", columns)
+
+
+# Each reader takes the path and, for delimited files, the column names of a header-less file.
+READERS: dict[str, Callable[[Path, list[str] | None], list[Record]]] = {
+    "jsonl": read_jsonl,
+    "json": read_json,
+    "csv": read_csv,
+    "tsv": read_tsv,
+    "parquet": read_parquet,
 }

@@ -102,3 +102,15 @@ def test_eval_of_a_folder_that_is_not_a_run(capsys, tmp_path):
 def test_models_list(capsys, home):
     code, out, _ = invoke(capsys, "models", "list")
     assert code == 0 and "smollm2-135m-instruct" in out
+
+
+def test_chat_answers_each_message_until_exit(capsys, monkeypatch, tmp_path, home, tiny_checkpoint, reverse_data):
+    import io
+
+    recipe_path = write_recipe(tmp_path, tiny_recipe(tmp_path, tiny_checkpoint, reverse_data,
+                                                     train={"max_steps": 2, "save_every": 2}))
+    assert invoke(capsys, "train", str(recipe_path), "--no-eval")[0] == 0
+    monkeypatch.setattr("sys.stdin", io.StringIO("abc\n/reset\nxyz\n/exit\n"))
+    code, out, err = invoke(capsys, "chat", str(tmp_path / "run"), "--max-new-tokens", "4")
+    assert code == 0, err
+    assert out.count("model>") == 2

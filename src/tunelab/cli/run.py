@@ -91,7 +91,7 @@ def generate(
     quiet_libraries()
     _, model, tokenizer = load_for_chat(run, base)
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
-    console.print(reply(model, tokenizer, messages, max_new_tokens, temperature), markup=False)
+    console.print(reply(model, tokenizer, messages, max_new_tokens, temperature), markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -122,4 +122,4 @@ def chat(
         answer = reply(model, tokenizer, history, max_new_tokens, temperature)
         history.append({"role": "assistant", "content": answer})
         console.print("[bold]model>[/bold] ", end="")
-        console.print(answer, markup=False)
+        console.print(answer, markup=False, soft_wrap=True)

@@ -97,7 +97,9 @@ class NearIndex:
         from datasketch import MinHashLSH
 
         self.dedup = dedup
-        self.lsh = MinHashLSH(threshold=dedup.threshold, num_perm=dedup.num_perm)
+        # Candidates are confirmed exactly, so a false candidate costs only time while a missed one is a missed
+        # duplicate: weight LSH's parameter choice heavily against misses.
+        self.lsh = MinHashLSH(threshold=dedup.threshold, num_perm=dedup.num_perm, weights=(0.1, 0.9))
         self.shingles: dict[Any, set[str]] = {}
 
     def find(self, fp: Fingerprint) -> tuple[Any, float] | None:

@@ -81,7 +81,8 @@ def lint_template(tokenizer: Any, examples: list[Example], stop_ids: set[int], m
         try:
             encoded = encode_example(tokenizer, example, stop_ids)
         except TunelabError as error:
-            failures.setdefault("renders", f"{example.where}: {error}")
+            name = "end_of_turn_in_loss" if "end of the assistant turn" in str(error) else "renders"
+            failures.setdefault(name, f"{example.where}: {error}")
             continue
         for name, problem in row_problems(tokenizer, inference_tokenizer, example, encoded, stop_ids):
             failures.setdefault(name, f"{example.where}: {problem}")

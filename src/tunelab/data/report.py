@@ -85,7 +85,7 @@ def split_summary(diagnosis: Diagnosis, name: str) -> dict[str, Any]:
         "rows": len(rows),
         "added": sum(row.role == "augment" for row in rows),
         "kinds": dict(Counter(row.example.kind for row in rows)),
-        "tokens": sum(len(item.input_ids) for item in encoded),
+        "tokens": sum(len(row.encoded.input_ids) if row.encoded else row.length or 0 for row in rows),
         "label_tokens": sum(item.label_count for item in encoded),
         "truncated": summary_truncated(diagnosis, name),
         "dropped_overlong": dropped,
@@ -97,7 +97,7 @@ def split_summary(diagnosis: Diagnosis, name: str) -> dict[str, Any]:
 def length_stats(lengths: list[int]) -> dict[str, Any]:
     if not lengths:
         return {}
-    return {"min": lengths[0], "median": statistics.median(lengths),
+    return {"min": lengths[0], "median": round(statistics.median(lengths)),
             "p95": lengths[min(len(lengths) - 1, int(0.95 * len(lengths)))], "max": lengths[-1]}
 
 

@@ -278,3 +278,34 @@ def test_lint_flags_loss_outside_the_answer_and_an_unlabelled_end_of_turn(tokeni
     prompt_labelled = Encoded(good.input_ids, list(good.input_ids))  # loss on the prompt too
     problems = dict(row_problems(tokenizer, tokenizer, example, prompt_labelled, {eos}))
     assert "loss_on_answers" in problems and "'hello'" in problems["loss_on_answers"]
+
+
+GOLDEN = {  # one row per format, and what the doctor makes of it (checked by hand)
+    "messages": ({"messages": [{"role": "system", "content": "Be brief. "}, {"role": "user", "content": "Hi\u00a0"},
+                               {"role": "assistant", "content": "Hello"}]},
+                 {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                               {"role": "assistant", "content": "Hello"}]}),
+    "sharegpt": ({"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": " a "}]},
+                 {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}),
+    "prompt_completion": ({"question": "2+2?", "answer": "4"},
+                          {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}]}),
+    "alpaca": ({"instruction": "Add", "input": "2 and 2", "output": "4"},
+               {"messages": [{"role": "user", "content": "Add\n\n2 and 2"}, {"role": "assistant", "content": "4"}]}),
+    "text": ({"text": "Plain\x00 text.\r\n"}, {"text": "Plain text."}),
+    "label": ({"text": "win cash", "label": 1}, {"text": "win cash", "label": "1"}),
+    "preference": ({"prompt": "q", "chosen": "good", "rejected": "bad"},
+                   {"messages": [{"role": "user", "content": "q"}], "chosen": "good", "rejected": "bad"}),
+}
+
+
+@pytest.mark.parametrize("fmt", list(GOLDEN))
+def test_golden_rows_for_each_format(tmp_path, tokenizer, fmt):
+    row, expected = GOLDEN[fmt]
+    path = write_jsonl(tmp_path / "d.jsonl", [row, row])  # the copy is a duplicate
+    fields = {"prompt": "question", "completion": "answer"} if fmt == "prompt_completion" else {}
+    prepared = doctor(tokenizer, tmp_path, train=str(path), fields=fields)
+    [example] = prepared.splits().train
+    assert {k: v for k, v in example.to_json().items() if k not in ("source", "line")} == expected
+    assert prepared.report["kinds"] == {"train": {"sharegpt": "chat", "messages": "chat", "alpaca": "chat",
+                                                    "prompt_completion": "chat"}.get(fmt, fmt)}
+    assert [r["stage"] for r in rejected(prepared)] == ["duplicate"]

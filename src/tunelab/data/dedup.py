@@ -82,6 +82,7 @@ class Fingerprint:
     key: str
     text: str
     signature: list[int] | None = None
+    shingles: set[str] | None = None  # computed when first needed, then kept
 
 
 def fingerprint(example: Example, dedup: Any) -> Fingerprint:
@@ -103,22 +104,28 @@ class NearIndex:
         self.shingles: dict[Any, set[str]] = {}
 
     def find(self, fp: Fingerprint) -> tuple[Any, float] | None:
-        from datasketch import MinHash
-
-        signature = MinHash(hashvalues=fp.signature, scheme="affine32")
-        mine = shingles(fp.text, self.dedup.shingle)
+        mine = self.shingles_of(fp)
         best = None
-        for key in self.lsh.query(signature):
+        for key in self.lsh.query(self.signature(fp)):
             similarity = jaccard(mine, self.shingles[key])
             if similarity >= self.dedup.threshold and (best is None or similarity > best[1]):
                 best = (key, similarity)
         return best
 
     def add(self, key: Any, fp: Fingerprint) -> None:
+        self.lsh.insert(key, self.signature(fp), check_duplication=False)
+        self.shingles[key] = self.shingles_of(fp)
+
+    def signature(self, fp: Fingerprint) -> Any:
         from datasketch import MinHash
 
-        self.lsh.insert(key, MinHash(hashvalues=fp.signature, scheme="affine32"), check_duplication=False)
-        self.shingles[key] = shingles(fp.text, self.dedup.shingle)
+        # Given the permutations, MinHash skips drawing them again (the slow part of building one).
+        return MinHash(hashvalues=fp.signature, permutations=permutations(self.dedup.num_perm), scheme="affine32")
+
+    def shingles_of(self, fp: Fingerprint) -> set[str]:
+        if fp.shingles is None:
+            fp.shingles = shingles(fp.text, self.dedup.shingle)
+        return fp.shingles
 
 
 def find_duplicates(prints: list[Fingerprint], dedup: Any, keys: list[Any] | None = None,

@@ -82,7 +82,7 @@ class Diagnosis:
     problems: list[str]
     seconds: dict[str, float]
     workers: int
-    formats: dict[str, str] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)  # file role -> most common row kind
 
 
 class Clock:
@@ -122,7 +122,7 @@ def diagnose(data: DataSection, tokenizer: Any, stop_ids: set[int], context: int
         files=inputs.files, generated_rows=inputs.generated_rows, read=inputs.read, splits=splits,
         rejected=rejected, added=added, pii=pii, pii_scrubbed=data.pii.scrub, cleaned_rows=changed,
         contamination=contamination, lint=lint, problems=[], seconds=clock.seconds, workers=workers,
-        formats=inputs.formats,
+        kinds=inputs.kinds,
     )
     diagnosis.problems = whole_set_problems(diagnosis, data)
     check_counts(diagnosis)
@@ -136,7 +136,7 @@ class Inputs:
     files: list[DataFile]
     generated_rows: list[dict[str, Any]]
     read: dict[str, int]
-    formats: dict[str, str]
+    kinds: dict[str, str]
 
 
 def read_inputs(data: DataSection, strict: bool) -> Inputs:
@@ -167,11 +167,11 @@ def read_inputs(data: DataSection, strict: bool) -> Inputs:
         for b in bad:
             inputs.rejected.append(Rejected(b.source, b.line, role, stage[(b.source, b.line) in unread], b.reason,
                                             raw=b.raw))
-        inputs.formats[role] = data.format if data.format != "auto" else detected(examples)
+        inputs.kinds[role] = most_common_kind(examples)
     return inputs
 
 
-def detected(examples: list[Example]) -> str:
+def most_common_kind(examples: list[Example]) -> str:
     kinds = Counter(example.kind for example in examples)
     return kinds.most_common(1)[0][0] if kinds else "none"
 

@@ -33,7 +33,7 @@ def build_report(diagnosis: Diagnosis, data: Any, key: str) -> dict[str, Any]:
         "tunelab_version": __version__,
         "key": key,
         "files": [vars(item) for item in diagnosis.files],
-        "formats": diagnosis.formats,
+        "kinds": diagnosis.kinds,
         "counts": {"read": read, "kept": read - rejected, "rejected": rejected, "added": added,
                    "final": read - rejected + added, "by_file": by_file},
         "rejected_by_stage": {stage: by_stage[stage] for stage in STAGES if by_stage[stage]},

@@ -80,7 +80,12 @@ class ContaminationSection(Section):
     enabled: bool = Field(True, description="Check every validation/test row for n-gram overlap with train.")
     ngram: int = Field(8, ge=1, description="Words per n-gram (a shorter row counts as one n-gram).")
     threshold: float = Field(
-        0.5, gt=0, le=1, description="Share of an evaluation row's n-grams also found in train from which it is a hit."
+        0.7, gt=0, le=1, description="Share of an evaluation row's n-grams also found in train from which it is a hit "
+        "(70% of 8-grams: the PaLM contamination study's rule)."
+    )
+    common_share: float = Field(
+        0.05, ge=0, le=1, description="N-grams found in more than this share of train rows (and in more than 3) "
+        "are boilerplate such as a shared instruction and are not counted."
     )
     action: Literal["remove", "report"] = Field(
         "remove", description="remove: hits leave the evaluation split (listed in the report and rejected.jsonl); "

@@ -13,6 +13,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 WORDS = re.compile(r"\w+|[^\w\s]+")
+COMMON_MIN_ROWS = 3  # an n-gram in this many train rows or fewer always counts, however small the set
 
 
 def ngrams(text: str, size: int) -> set[tuple[str, ...]]:
@@ -30,17 +31,24 @@ class Hit:
 
 
 class TrainNgrams:
-    """Every n-gram of the train rows, with the first row it came from."""
+    """Every n-gram of the train rows, with the first row it came from and how many rows have it.
 
-    def __init__(self, texts: list[str], size: int):
+    N-grams that many train rows share (a fixed instruction, a template, a signature) say nothing about leakage:
+    they are left out of the measure, so templated data is judged on what differs from row to row.
+    """
+
+    def __init__(self, texts: list[str], size: int, common_share: float):
         self.size = size
         self.owner: dict[tuple[str, ...], int] = {}
+        self.rows: Counter = Counter()
         for index, text in enumerate(texts):
             for gram in ngrams(text, size):
                 self.owner.setdefault(gram, index)
+                self.rows[gram] += 1
+        self.common = max(COMMON_MIN_ROWS, int(common_share * len(texts)))
 
     def check(self, index: int, text: str, threshold: float) -> Hit | None:
-        grams = ngrams(text, self.size)
+        grams = [gram for gram in ngrams(text, self.size) if self.rows[gram] <= self.common]
         if not grams:
             return None
         owners = [self.owner[gram] for gram in grams if gram in self.owner]
@@ -50,6 +58,7 @@ class TrainNgrams:
         return Hit(index, overlap, Counter(owners).most_common(1)[0][0])
 
 
-def contamination_hits(eval_texts: list[str], train_texts: list[str], size: int, threshold: float) -> list[Hit]:
-    index = TrainNgrams(train_texts, size)
+def contamination_hits(eval_texts: list[str], train_texts: list[str], size: int, threshold: float,
+                       common_share: float = 0.05) -> list[Hit]:
+    index = TrainNgrams(train_texts, size, common_share)
     return [hit for i, text in enumerate(eval_texts) if (hit := index.check(i, text, threshold)) is not None]

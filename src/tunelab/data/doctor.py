@@ -276,7 +276,7 @@ def check_contamination(splits: dict[str, list[Row]], data: DataSection,
     for name in ("validation", "test"):
         rows = splits[name]
         hits = contamination_hits([content_text(row.example) for row in rows], train_texts, options.ngram,
-                                  options.threshold)
+                                  options.threshold, options.common_share)
         for hit in hits:
             row, twin = rows[hit.index], splits["train"][hit.train_index].example
             listed.append({"split": name, "where": row.example.where, "overlap": round(hit.overlap, 4),

@@ -52,20 +52,22 @@ def test_bad_input_is_quarantined_with_reasons(tmp_path, tokenizer):
         b'{"prompt": "broken", ',  # not JSON
         json.dumps({"instruction": "alpaca row", "output": "in another format"}).encode(),
         json.dumps({"prompt": "   ", "completion": "empty prompt"}).encode(),
-        json.dumps({"prompt": "x" * 2_000_000, "completion": "too long a line"}).encode(),
+        json.dumps({"prompt": "x" * 50_000_000, "completion": "a 50 MB line"}).encode(),
         json.dumps({"prompt": "good two", "completion": "fine too"}).encode(),
     ]
     path.write_bytes(b"\n".join(lines) + b"\n")
-    prepared = doctor(tokenizer, tmp_path, train=str(path), max_row_bytes=1_000_000)
+    prepared = doctor(tokenizer, tmp_path, train=str(path))
     reasons = {row["line"]: (row["stage"], row["reason"]) for row in rejected(prepared)}
     assert reasons[2][0] == "read" and "not UTF-8" in reasons[2][1]
     assert reasons[3] == ("read", "a row must be a JSON object, got list")
     assert reasons[4][0] == "read" and "not valid JSON" in reasons[4][1]
     assert reasons[5][0] == "parse" and "row is in format 'alpaca', not the file's 'prompt_completion'" in reasons[5][1]
     assert reasons[6] == ("clean", "no prompt left (empty turns)")
-    assert reasons[7][0] == "read" and "over data.max_row_bytes=1,000,000" in reasons[7][1]
+    size = len(lines[6]) + 1  # with its newline
+    assert reasons[7] == ("read", f"line of {size:,} bytes is over data.max_row_bytes=10,000,000")
     assert sorted(reasons) == [2, 3, 4, 5, 6, 7]
     assert all(row["source"] == str(path) for row in rejected(prepared))
+    assert len(next(row for row in rejected(prepared) if row["line"] == 7)["raw"]) == 100_000  # a preview
     assert prepared.report["counts"] == {"read": 8, "kept": 2, "rejected": 6, "added": 0, "final": 2,
                                          "by_file": {"train": {"read": 8, "kept": 2, "rejected": 6}}}
     assert_counts_add_up(prepared)
@@ -309,3 +311,12 @@ def test_golden_rows_for_each_format(tmp_path, tokenizer, fmt):
     assert prepared.report["kinds"] == {"train": {"sharegpt": "chat", "messages": "chat", "alpaca": "chat",
                                                     "prompt_completion": "chat"}.get(fmt, fmt)}
     assert [r["stage"] for r in rejected(prepared)] == ["duplicate"]
+
+
+def test_delimited_rows_with_bad_bytes_or_extra_values_are_set_aside(tmp_path, tokenizer):
+    path = tmp_path / "sms.tsv"
+    path.write_bytes(b"ham\tsee you soon\nspam\twin \xff\xfe cash\nham\tone\textra\nspam\tfree prize now\n")
+    prepared = doctor(tokenizer, tmp_path, train=str(path), file_type="tsv", columns=["label", "text"])
+    assert [(r["line"], r["stage"], r["reason"]) for r in rejected(prepared)] == [
+        (2, "read", "not UTF-8 (character 5 of a field)"), (3, "read", "more values than columns")]
+    assert prepared.report["splits"]["train"]["labels"] == {"ham": 1, "spam": 1}

@@ -156,12 +156,17 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
 
 
 def print_lint(console: Console, lint: dict[str, Any]) -> None:
+    from rich.text import Text
+
     if lint["skipped"]:
         console.print(f"[bold]template lint[/bold] skipped: {lint['skipped']}")
         return
     marks = " ".join(f"{'[green]ok[/green]' if c['passed'] else '[red]FAIL[/red]'} {c['name']}"
                      for c in lint["checks"])
     console.print(f"[bold]template lint[/bold] {marks}")
+    for example in lint["examples"][:1]:
+        console.print(f"[dim]{example['where']} as trained; the loss falls on the highlighted text:[/dim]")
+        console.print(Text.assemble(*[(text, "black on yellow" if loss else "") for text, loss in example["segments"]]))
 
 
 # ---- HTML -------------------------------------------------------------------------------------------------------

@@ -214,7 +214,9 @@ def lengths_section(report: dict[str, Any]) -> Section:
     figure, axes = new_figure()
     axes.hist(list(lengths.values()), bins=40, label=list(lengths), stacked=True)
     limit = report["length"]["max_length"]
-    axes.axvline(limit, color="#cf222e", linestyle="--", label=f"max_length {limit}")
+    longest = max(max(values) for values in lengths.values())
+    if limit <= 1.5 * longest:  # else the line would squeeze the histogram into a corner; the text below says it
+        axes.axvline(limit, color="#cf222e", linestyle="--", label=f"max_length {limit}")
     axes.set_xlabel("tokens per row (before truncation)")
     axes.set_ylabel("rows")
     axes.legend()

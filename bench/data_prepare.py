@@ -55,13 +55,14 @@ def main() -> None:
         if not Path(fields["train"]).exists():
             print(f"{name}: not found under {root}, skipped")
             continue
-        results = {}
+        results, stages = {}, {}
         for variant, workers in (("cold-1-process", 1), (f"cold-{args.workers}-processes", args.workers)):
             recipe = Recipe.model_validate({"model": {"name": args.model}, "data": {**fields, "num_proc": workers}})
             tokenizer, stop_ids, context = model_limits(recipe, tunelab_home())
             with tempfile.TemporaryDirectory() as cache_home:
                 prepared, seconds = timed(recipe.data, tokenizer, stop_ids, context, Path(cache_home))
                 results[variant] = seconds
+                stages[variant] = prepared.report["timing"]["seconds"]
                 if workers == 1:
                     _, warm = timed(recipe.data, tokenizer, stop_ids, context, Path(cache_home))
                     results["warm-cache-hit"] = warm
@@ -74,7 +75,9 @@ def main() -> None:
         baseline = counts["read"] / results["cold-1-process"]
         for variant, seconds in results.items():
             rate = counts["read"] / seconds
-            print(f"  {variant:22s} {seconds:8.3f} s {rate:12,.0f} rows/s  {rate / baseline:8.2f}x cold-1-process")
+            parts = ", ".join(f"{stage} {value:.2f}" for stage, value in stages.get(variant, {}).items())
+            print(f"  {variant:22s} {seconds:8.3f} s {rate:12,.0f} rows/s  {rate / baseline:8.2f}x cold-1-process"
+                  + (f"  (s per stage: {parts})" if parts else ""))
 
 
 if __name__ == "__main__":

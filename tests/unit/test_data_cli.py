@@ -49,6 +49,7 @@ def test_prepare_then_train_uses_the_prepared_data(capsys, tmp_path, home, tiny_
     assert (run_dir / "data" / "rejected.jsonl").read_text().count("\n") == 5
     code, out, err = invoke(capsys, "train", str(recipe_path), "--no-eval")
     assert code == 0, err
+    assert "data doctor 5 of 65 rows rejected" in out and "prepared data reused (cache hit)" in out
     record = json.loads((run_dir / "run.json").read_text())
     assert record["data"]["doctor"]["from_cache"] is True
     assert record["data"]["doctor"]["counts"]["rejected"] == 5

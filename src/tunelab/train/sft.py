@@ -68,6 +68,10 @@ def train(
     write_text_atomic(run.recipe_path, recipe_to_yaml(recipe))
     run.write_record(record)
     print_plan(console, record, run)
+    counts = prepared.report["counts"]
+    console.print(f"[bold]data doctor[/bold] {counts['rejected']:,} of {counts['read']:,} rows rejected (reasons in "
+                  f"{run.data / 'rejected.jsonl'}, report in data_report.html); "
+                  f"{'prepared data reused (cache hit)' if prepared.from_cache else 'data prepared now and cached'}")
 
     try:
         trainer = build_trainer(recipe, run, model, tokenizer, tokenized, device, precision, console, callbacks)

@@ -70,3 +70,17 @@ def test_prepare_stops_at_a_bad_row_unless_told_to_quarantine(capsys, tmp_path, 
     assert code == 0, err
     [bad] = [json.loads(line) for line in (tmp_path / "run" / "data" / "rejected.jsonl").read_text().splitlines()]
     assert (bad["line"], bad["stage"], bad["raw"]) == (21, "read", "not json\n")
+
+
+def test_a_second_prepare_replaces_the_prepared_data(capsys, tmp_path, home, tiny_checkpoint):
+    rows = reverse_rows(40)
+    data = write_jsonl(tmp_path / "d.jsonl", rows + rows[:3])
+    recipe_path = write_recipe(tmp_path, tiny_recipe(tmp_path, tiny_checkpoint, data))
+    assert invoke(capsys, "data", "prepare", str(recipe_path))[0] == 0
+    marker = json.loads((tmp_path / "run" / "data" / "prepared.json").read_text())
+    code, _, err = invoke(capsys, "data", "prepare", str(recipe_path), "data.dedup.exact=false",
+                          "data.dedup.near=false", "data.contamination.action=report")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "data" / "prepared.json").read_text())["key"] != marker["key"]
+    assert (tmp_path / "run" / "data" / "rejected.jsonl").read_text() == ""
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["data"]

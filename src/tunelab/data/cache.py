@@ -74,7 +74,9 @@ class Prepared:
 
     def copy_to(self, data_dir: Path) -> None:
         """The prepared files (not the token ids) into a run's data folder, replacing what an earlier prepare put
-        there; the marker goes last."""
+        there (a folder with the marker is ours to replace); the marker goes last."""
+        if (data_dir / MARKER).is_file():
+            shutil.rmtree(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
         for item in sorted(self.folder.iterdir()):
             if item.name in (TOKENS, MARKER):

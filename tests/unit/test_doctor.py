@@ -320,3 +320,10 @@ def test_delimited_rows_with_bad_bytes_or_extra_values_are_set_aside(tmp_path, t
     assert [(r["line"], r["stage"], r["reason"]) for r in rejected(prepared)] == [
         (2, "read", "not UTF-8 (character 5 of a field)"), (3, "read", "more values than columns")]
     assert prepared.report["splits"]["train"]["labels"] == {"ham": 1, "spam": 1}
+
+
+def test_too_few_rows_to_split_is_a_problem_not_a_crash(tmp_path, tokenizer):
+    path = write_jsonl(tmp_path / "d.jsonl", reverse_rows(3) + reverse_rows(3))  # 3 duplicates leave 3 rows
+    prepared = doctor(tokenizer, tmp_path, train=str(path), split={"validation": 0.4, "test": 0.4})
+    assert prepared.problems == ["only 3 rows: too few to split into train, validation and test"]
+    assert_counts_add_up(prepared)

@@ -108,7 +108,12 @@ def diagnose(data: DataSection, tokenizer: Any, stop_ids: set[int], context: int
     clock.lap("clean")
     rows = {role: deduplicate(role_rows, data, rejected) for role, role_rows in rows.items()}
     clock.lap("dedup")
-    splits = split_rows(rows, data)
+    try:
+        splits, split_problem = split_rows(rows, data), None
+    except TunelabError as error:  # too few rows to split: keep them all in train, say so with the other problems
+        splits = {"train": rows.get("train", []), "validation": rows.get("validation", []),
+                  "test": rows.get("test", [])}
+        split_problem = str(error)
     removed_from_eval(splits, data, rejected)
     contamination = check_contamination(splits, data, rejected)
     clock.lap("contamination")
@@ -124,7 +129,7 @@ def diagnose(data: DataSection, tokenizer: Any, stop_ids: set[int], context: int
         contamination=contamination, lint=lint, problems=[], seconds=clock.seconds, workers=workers,
         kinds=inputs.kinds,
     )
-    diagnosis.problems = whole_set_problems(diagnosis, data)
+    diagnosis.problems = ([split_problem] if split_problem else []) + whole_set_problems(diagnosis, data)
     check_counts(diagnosis)
     return diagnosis
 

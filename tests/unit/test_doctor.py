@@ -323,7 +323,7 @@ def test_delimited_rows_with_bad_bytes_or_extra_values_are_set_aside(tmp_path, t
 
 
 def test_too_few_rows_to_split_is_a_problem_not_a_crash(tmp_path, tokenizer):
-    path = write_jsonl(tmp_path / "d.jsonl", reverse_rows(3) + reverse_rows(3))  # 3 duplicates leave 3 rows
+    path = write_jsonl(tmp_path / "d.jsonl", reverse_rows(2) + reverse_rows(2))  # 2 duplicates leave 2 rows
     prepared = doctor(tokenizer, tmp_path, train=str(path), split={"validation": 0.4, "test": 0.4})
-    assert prepared.problems == ["only 3 rows: too few to split into train, validation and test"]
+    assert prepared.problems == ["only 2 rows: too few to split into train, validation and test"]
     assert_counts_add_up(prepared)

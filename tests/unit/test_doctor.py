@@ -327,3 +327,10 @@ def test_too_few_rows_to_split_is_a_problem_not_a_crash(tmp_path, tokenizer):
     prepared = doctor(tokenizer, tmp_path, train=str(path), split={"validation": 0.4, "test": 0.4})
     assert prepared.problems == ["only 2 rows: too few to split into train, validation and test"]
     assert_counts_add_up(prepared)
+
+
+def test_a_json_file_with_a_bad_byte_is_one_error_with_its_line(tmp_path, tokenizer):
+    path = tmp_path / "d.json"
+    path.write_bytes(b'[{"prompt": "a", "completion": "b"},\n {"prompt": "\xff", "completion": "c"}]')
+    with pytest.raises(TunelabError, match=rf"^{path}:2: not UTF-8 \(byte 51 of the file\)$"):
+        doctor(tokenizer, tmp_path, train=str(path))

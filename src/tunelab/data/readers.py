@@ -113,10 +113,12 @@ def read_jsonl(path: Path, columns: None = None, max_row_bytes: int | None = Non
 
 
 def read_json(path: Path, columns: None = None, max_row_bytes: int | None = None) -> list[Record | BadRow]:
+    content = path.read_bytes()
     try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
-    except UnicodeDecodeError as error:
-        raise TunelabError(f"{path}: not UTF-8 (byte {error.start + 1})") from None
+        value = json.loads(content.decode("utf-8"))
+    except UnicodeDecodeError as error:  # one JSON document: a bad byte spoils the whole file, so say where it is
+        line = content[: error.start].count(b"\n") + 1
+        raise TunelabError(f"{path}:{line}: not UTF-8 (byte {error.start + 1} of the file)") from None
     except json.JSONDecodeError as error:
         raise TunelabError(f"{path}:{error.lineno}: not valid JSON ({error.msg} at column {error.colno})") from None
     if isinstance(value, dict) and isinstance(value.get("data"), list):

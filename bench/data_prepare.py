@@ -70,7 +70,7 @@ def main() -> None:
         counts, dup = report["counts"], report["duplicates"]
         print(f"{name}: read {counts['read']:,} = kept {counts['kept']:,} + rejected {counts['rejected']:,}; "
               f"duplicates exact {dup['exact']}, near {dup['near']}, label conflicts {dup['label_conflicts']}, "
-              f"eval repeating train {dup['of_train']}; contamination hits {len(report['contamination']['hits'])}; "
+              f"across splits {dup['across_splits']}; contamination hits {len(report['contamination']['hits'])}; "
               f"by stage {report['rejected_by_stage']}")
         baseline = counts["read"] / results["cold-1-process"]
         for variant, seconds in results.items():

@@ -132,7 +132,7 @@ def test_dedup_finds_planted_duplicates_and_nothing_else(tmp_path, tokenizer):
     assert found[201][0] == "duplicate" and found[201][1].startswith(f"duplicate of {path}:11 ")
     assert found[202][0] == "near_duplicate" and f"near-duplicate of {path}:21 " in found[202][1]
     assert found[203][0] == "near_duplicate" and f"{path}:31 " in found[203][1]
-    assert prepared.report["duplicates"] == {"exact": 1, "near": 2, "label_conflicts": 0, "of_train": 0}
+    assert prepared.report["duplicates"] == {"exact": 1, "near": 2, "label_conflicts": 0, "across_splits": 0}
 
 
 def test_no_false_duplicates_on_a_clean_set(tmp_path, tokenizer):
@@ -176,7 +176,7 @@ def test_evaluation_rows_repeating_train_leave_the_split(tmp_path, tokenizer):
     test_path = write_jsonl(tmp_path / "test.jsonl", rows[25:40])  # 5 of them are train rows
     prepared = doctor(tokenizer, tmp_path, train=str(train_path), test=str(test_path))
     assert len(prepared.splits().test) == 10
-    assert prepared.report["duplicates"]["of_train"] == 5
+    assert prepared.report["duplicates"]["across_splits"] == 5
     assert prepared.report["counts"]["by_file"]["test"] == {"read": 15, "kept": 10, "rejected": 5}
 
 
@@ -334,3 +334,14 @@ def test_a_json_file_with_a_bad_byte_is_one_error_with_its_line(tmp_path, tokeni
     path.write_bytes(b'[{"prompt": "a", "completion": "b"},\n {"prompt": "\xff", "completion": "c"}]')
     with pytest.raises(TunelabError, match=rf"^{path}:2: not UTF-8 \(byte 51 of the file\)$"):
         doctor(tokenizer, tmp_path, train=str(path))
+
+
+def test_a_test_row_repeating_a_validation_row_leaves_the_test_split(tmp_path, tokenizer):
+    rows = reverse_rows(40)
+    paths = {name: write_jsonl(tmp_path / f"{name}.jsonl", part)
+             for name, part in (("train", rows[:30]), ("validation", rows[30:35]), ("test", rows[33:40]))}
+    prepared = doctor(tokenizer, tmp_path, **{name: str(path) for name, path in paths.items()})
+    assert [(r["split"], r["reason"]) for r in rejected(prepared)] == [
+        ("test", f"exact duplicate of validation row {paths['validation']}:4"),
+        ("test", f"exact duplicate of validation row {paths['validation']}:5")]
+    assert len(prepared.splits().test) == 5

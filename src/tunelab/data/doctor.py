@@ -31,7 +31,7 @@ from tunelab.errors import TunelabError
 from tunelab.files import jsonl_text
 
 # Stages a row can be rejected at, in pipeline order (the report lists counts in this order).
-STAGES = ("read", "parse", "clean", "duplicate", "near_duplicate", "label_conflict", "duplicate_of_train",
+STAGES = ("read", "parse", "clean", "duplicate", "near_duplicate", "label_conflict", "duplicate_across_splits",
           "contamination", "length", "template")
 BAD_ROW_HINT = ("set data.bad_rows: quarantine to set such rows aside in rejected.jsonl, or run "
                 "`tunelab data check` to list them all")
@@ -251,12 +251,14 @@ def split_rows(rows: dict[str, list[Row]], data: DataSection) -> dict[str, list[
 
 
 def removed_from_eval(splits: dict[str, list[Row]], data: DataSection, rejected: list[Rejected]) -> None:
-    """Evaluation rows that repeat a train row (exactly or nearly) leave the evaluation split."""
-    if not (data.dedup.exact or data.dedup.near) or not splits["train"]:
+    """Evaluation rows that repeat (exactly or nearly) a train row, or a validation row for test rows, leave
+    their split: the first occurrence is kept in the earliest split (train, then validation)."""
+    if not (data.dedup.exact or data.dedup.near):
         return
-    index = DedupIndex(data.dedup)
-    for number, row in enumerate(splits["train"]):
-        index.add(number, row.fp)
+    index, owners = DedupIndex(data.dedup), []
+    for row in splits["train"]:
+        index.add(len(owners), row.fp)
+        owners.append(("train", row))
     for name in ("validation", "test"):
         kept = []
         for row in splits[name]:
@@ -264,11 +266,15 @@ def removed_from_eval(splits: dict[str, list[Row]], data: DataSection, rejected:
             if hit is None:
                 kept.append(row)
                 continue
-            twin = splits["train"][hit[0]].example
+            twin_split, twin = owners[hit[0]]
             kind = "exact" if hit[1] == "exact" else f"near (similarity {hit[2]:.2f})"
-            rejected.append(Rejected(row.example.source, row.example.line, row.role, "duplicate_of_train",
-                                     f"{kind} duplicate of train row {twin.where}", name, row=row.example.to_json()))
+            rejected.append(Rejected(row.example.source, row.example.line, row.role, "duplicate_across_splits",
+                                     f"{kind} duplicate of {twin_split} row {twin.example.where}", name,
+                                     row=row.example.to_json()))
         splits[name] = kept
+        for row in kept:
+            index.add(len(owners), row.fp)
+            owners.append((name, row))
 
 
 def check_contamination(splits: dict[str, list[Row]], data: DataSection,

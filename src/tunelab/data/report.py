@@ -39,7 +39,8 @@ def build_report(diagnosis: Diagnosis, data: Any, key: str) -> dict[str, Any]:
         "rejected_by_stage": {stage: by_stage[stage] for stage in STAGES if by_stage[stage]},
         "splits": {name: split_summary(diagnosis, name) for name in SPLITS},
         "duplicates": {"exact": by_stage["duplicate"], "near": by_stage["near_duplicate"],
-                       "label_conflicts": by_stage["label_conflict"], "of_train": by_stage["duplicate_of_train"]},
+                       "label_conflicts": by_stage["label_conflict"],
+                       "across_splits": by_stage["duplicate_across_splits"]},
         "contamination": {"ngram": data.contamination.ngram, "threshold": data.contamination.threshold,
                           "action": data.contamination.action, "enabled": data.contamination.enabled,
                           "hits": diagnosis.contamination},
@@ -138,7 +139,7 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
 
     dup, cont, pii = report["duplicates"], report["contamination"], report["pii"]
     console.print(f"[bold]duplicates[/bold] exact {dup['exact']:,}, near {dup['near']:,}, label conflicts "
-                  f"{dup['label_conflicts']:,}, evaluation rows repeating train {dup['of_train']:,}")
+                  f"{dup['label_conflicts']:,}, across splits {dup['across_splits']:,}")
     removed = sum(hit["removed"] for hit in cont["hits"])
     console.print(f"[bold]contamination[/bold] {len(cont['hits']):,} evaluation row(s) with >= "
                   f"{cont['threshold']:.0%} of their {cont['ngram']}-grams in train; {removed:,} removed")
@@ -254,7 +255,7 @@ def duplicates_section(report: dict[str, Any]) -> Section:
     section.add(table(["kind", "rows"], [["exact (case and spacing ignored)", dup["exact"]],
                                          ["near (MinHash LSH, checked exactly)", dup["near"]],
                                          ["same text, other label", dup["label_conflicts"]],
-                                         ["evaluation row repeating train", dup["of_train"]]]))
+                                         ["evaluation row repeating train or validation", dup["across_splits"]]]))
     return section.add(table(["where", "kind", "reason"],
                              [[f"{d['source']}:{d['line']}", d["stage"], d["reason"]]
                               for d in report["duplicate_examples"]]))

@@ -34,7 +34,7 @@ from tunelab.data.templates import Encoded
 from tunelab.errors import TunelabError
 from tunelab.files import jsonl_text, read_json, read_jsonl, sha256_file, write_json, write_text_atomic
 
-PIPELINE_VERSION = 1
+PIPELINE_VERSION = 2  # part of the cache key: bump it whenever the pipeline or the report format changes
 MARKER = "prepared.json"
 REJECTED = "rejected.jsonl"
 REPORT_JSON = "data_report.json"

@@ -76,6 +76,10 @@ class RunDir:
     def is_run(self) -> bool:
         return self.record_path.is_file()
 
+    def is_prepared_only(self) -> bool:
+        """Holds nothing but what `tunelab data prepare` wrote (data/ with its marker): train may use it."""
+        return (self.data / "prepared.json").is_file() and [p.name for p in self.root.iterdir()] == ["data"]
+
     def read_record(self) -> dict[str, Any]:
         return read_json(self.record_path)
 
@@ -89,6 +93,7 @@ def prepare_run_dir(root: Path, resume: bool, overwrite: bool) -> RunDir:
     if resume and overwrite:
         raise TunelabError("--resume and --overwrite contradict each other; pick one")
     occupied = root.exists() and any(root.iterdir()) if root.is_dir() else root.exists()
+    occupied = occupied and not run.is_prepared_only()  # `data prepare` made the folder for this run
     if resume:
         if not run.is_run():
             raise TunelabError(f"{root}: no run to resume here")

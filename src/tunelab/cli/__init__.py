@@ -1,8 +1,8 @@
 """`tunelab <command>`: each command is a thin shell around plain functions elsewhere in the package.
 
-Commands live in one module per group (run.py: train/eval/generate/chat, models.py: models ...), each adding
-itself to `app` when imported below. Heavy libraries (torch, transformers) are imported inside the commands, so
-`tunelab --help` answers at once.
+Commands live in one module per group (run.py: train/eval/generate/chat, models.py: models, data.py: data
+check/prepare ...), each adding itself to `app` when imported below. Heavy libraries (torch, transformers) are
+imported inside the commands, so `tunelab --help` answers at once.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import sys
 
 from rich.markup import escape
 
-from tunelab.cli import models, run  # noqa: F401  (each module registers its commands)
+from tunelab.cli import data, models, run  # noqa: F401  (each module registers its commands)
 from tunelab.cli.app import app, error_console
 from tunelab.errors import TunelabError
 

@@ -43,6 +43,72 @@ class SplitSection(Section):
     seed: int = Field(42, description="Seed of the split shuffle; the same file and seed give the same split.")
 
 
+class CleanSection(Section):
+    normalize_unicode: bool = Field(True, description="Unicode NFC normalisation of every text.")
+    strip_whitespace: bool = Field(True, description="Trim leading and trailing whitespace of every text.")
+    control_chars: bool = Field(
+        True, description="Remove control characters (all but newline and tab); CRLF line ends become LF."
+    )
+    drop_empty_turns: bool = Field(
+        True, description="Remove messages left empty; a row left without an answer (or text) is rejected."
+    )
+    min_tokens: int = Field(1, ge=0, description="Rows with fewer tokens than this are rejected.")
+
+
+class PiiSection(Section):
+    scrub: bool = Field(
+        False, description="Replace e-mails, phone numbers, credit-card and IP-like strings with placeholders "
+        "such as <EMAIL>. Off: they are only counted in the report."
+    )
+    kinds: list[Literal["email", "phone", "credit_card", "ip"]] = Field(
+        default_factory=lambda: ["email", "phone", "credit_card", "ip"], description="What is counted and scrubbed."
+    )
+
+
+class DedupSection(Section):
+    exact: bool = Field(True, description="Reject rows whose normalised content (case, spacing) equals an earlier row.")
+    near: bool = Field(True, description="Reject near-duplicates (MinHash LSH over character shingles).")
+    threshold: float = Field(
+        0.85, gt=0, le=1, description="Jaccard similarity of character shingles at or above which a row is a "
+        "near-duplicate (checked exactly on the LSH candidates)."
+    )
+    shingle: int = Field(5, ge=1, description="Characters per shingle.")
+    num_perm: int = Field(128, ge=16, description="MinHash permutations (more: fewer missed near-duplicates).")
+
+
+class ContaminationSection(Section):
+    enabled: bool = Field(True, description="Check every validation/test row for n-gram overlap with train.")
+    ngram: int = Field(8, ge=1, description="Words per n-gram (a shorter row counts as one n-gram).")
+    threshold: float = Field(
+        0.7, gt=0, le=1, description="Share of an evaluation row's n-grams also found in train from which it is a hit "
+        "(70% of 8-grams: the PaLM contamination study's rule)."
+    )
+    common_share: float = Field(
+        0.05, ge=0, le=1, description="N-grams found in more than this share of train rows (and in more than 3) "
+        "are boilerplate such as a shared instruction and are not counted."
+    )
+    action: Literal["remove", "report"] = Field(
+        "remove", description="remove: hits leave the evaluation split (listed in the report and rejected.jsonl); "
+        "report: they stay, listed."
+    )
+
+
+class LintSection(Section):
+    enabled: bool = Field(True, description="Check the chat template on a few rows before any training.")
+    rows: int = Field(5, ge=1, description="Rows rendered and checked.")
+
+
+class AugmentSection(Section):
+    prompt_templates: list[str] = Field(
+        default_factory=list, description="Paraphrases of the user prompt, each with a {prompt} placeholder; every "
+        "train conversation gets one copy per template (the answer is unchanged)."
+    )
+    noise_copies: int = Field(0, ge=0, description="Noisy copies per train row of the input text (prompt or "
+                              "label-row text); answers and labels are never changed.")
+    noise_rate: float = Field(0.05, ge=0, le=0.5, description="Share of words dropped or with two letters swapped.")
+    seed: int = Field(0, description="Seed of the noise.")
+
+
 class DataSection(Section):
     train: str | None = Field(None, description="Training file: .jsonl, .json, .csv or .parquet.")
     generate: GenerateSection | None = Field(None, description="Instead of `train`: data tunelab generates.")
@@ -68,6 +134,20 @@ class DataSection(Section):
     overlong: Literal["drop", "truncate"] = Field(
         "drop", description="What to do with rows longer than max_length; either way they are counted."
     )
+    bad_rows: Literal["stop", "quarantine"] = Field(
+        "stop", description="A row that cannot be read or parsed: stop with its file:line, or set it aside in "
+        "rejected.jsonl (with the reason) and go on. `tunelab data check` always lists every one."
+    )
+    max_row_bytes: int = Field(10_000_000, ge=1_000, description="A longer line or row is a bad row.")
+    num_proc: int | None = Field(
+        None, ge=1, description="Processes for cleaning and tokenisation; None: one per CPU core for large sets."
+    )
+    clean: CleanSection = Field(default_factory=CleanSection)
+    pii: PiiSection = Field(default_factory=PiiSection)
+    dedup: DedupSection = Field(default_factory=DedupSection)
+    contamination: ContaminationSection = Field(default_factory=ContaminationSection)
+    lint: LintSection = Field(default_factory=LintSection)
+    augment: AugmentSection = Field(default_factory=AugmentSection)
 
     @model_validator(mode="after")
     def one_source(self) -> "DataSection":

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
-from tunelab.data.readers import Record
+from tunelab.data.readers import BadRow, Record
 from tunelab.errors import TunelabError
 
 ROLES = ("system", "user", "assistant")
@@ -27,6 +27,7 @@ class Example:
     label: str | None = None  # `label` rows: the class
     chosen: str | None = None  # `preference` rows
     rejected: str | None = None
+    origin: str | None = None  # how a row not read as is was made, e.g. "augment: template 1"
 
     @property
     def where(self) -> str:
@@ -203,3 +204,59 @@ def to_examples(records: list[Record], fmt: str, fields: dict[str, str], system_
     if fmt == "auto":
         fmt = detect_format(records[0], fields)
     return [to_example(record, fmt, fields, system_prompt) for record in records]
+
+
+def parse_items(items: list[Record | BadRow], fmt: str, fields: dict[str, str | list[str]],
+                system_prompt: str | None) -> tuple[list[Example], list[BadRow]]:
+    """Rows that fit the format as examples, every other one as a `BadRow` with its reason (nothing stops).
+
+    With `auto`, the format is the most common among the first rows; a row that fits another format is named as
+    such (mixed formats in one file).
+    """
+    records = [item for item in items if isinstance(item, Record)]
+    if fmt == "auto" and records:
+        fmt = majority_format(records, fields)
+    examples, bad = [], []
+    for item in items:
+        if isinstance(item, BadRow):
+            bad.append(item)
+            continue
+        try:
+            examples.append(to_example(item, fmt, fields, system_prompt))
+        except TunelabError as error:
+            reason = str(error).removeprefix(f"{item.where}: ")
+            other = other_format(item, fmt, fields)
+            if other:
+                reason = f"row is in format '{other}', not the file's '{fmt}' (mixed formats in one file): {reason}"
+            bad.append(BadRow(item.source, item.line, reason, json_preview(item.fields)))
+    return examples, bad
+
+
+def majority_format(records: list[Record], fields: dict[str, str | list[str]], sample: int = 1000) -> str:
+    from collections import Counter
+
+    found = Counter()
+    for record in records[:sample]:
+        try:
+            found[detect_format(record, fields)] += 1
+        except TunelabError:
+            continue
+    if not found:
+        detect_format(records[0], fields)  # raises, naming the fields it saw
+    return found.most_common(1)[0][0]
+
+
+def other_format(record: Record, fmt: str, fields: dict[str, str | list[str]]) -> str | None:
+    try:
+        found = detect_format(record, fields)
+    except TunelabError:
+        return None
+    return found if found != fmt else None
+
+
+def json_preview(fields: dict[str, Any]) -> str:
+    import json
+
+    from tunelab.data.readers import raw_text
+
+    return raw_text(json.dumps(fields, ensure_ascii=False, default=str))

@@ -15,7 +15,8 @@ from rich.console import Console
 
 from tunelab.config.load import recipe_to_yaml
 from tunelab.config.schema import Recipe, TrainSection
-from tunelab.data.prepare import LoadedData, TokenizedSplit, load_data, tokenize_examples, write_data
+from tunelab.data.cache import prepare_data, sft_tokenized
+from tunelab.data.prepare import LoadedData, TokenizedSplit
 from tunelab.data.templates import resolve_chat_template, stop_token_ids
 from tunelab.errors import TunelabError
 from tunelab.files import write_text_atomic
@@ -45,14 +46,12 @@ def train(
     ref = resolve_model(recipe.model.name, home, console=console)
     tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
     model = load_causal_lm(ref.path)
-    loaded = load_data(recipe.data)
+    stop_ids = stop_token_ids(tokenizer, model_stop_ids(model))
+    # The data doctor (cleaning, dedup, contamination, template lint), cached: the data `data prepare` made.
+    prepared = prepare_data(recipe.data, tokenizer, stop_ids, model_context(model), home)
+    loaded, tokenized = prepared.loaded(), sft_tokenized(prepared)
     if prior is not None:
         check_same_data(prior, loaded)
-    stop_ids = stop_token_ids(tokenizer, model_stop_ids(model))
-    tokenized = {
-        name: tokenize_examples(examples, tokenizer, stop_ids, recipe.data.max_length, recipe.data.overlong)
-        for name, examples in loaded.splits.items()
-    }
     check_trainable(recipe, tokenized)
     device = device_type()
     precision = resolve_precision(recipe.train.precision, device)
@@ -63,10 +62,16 @@ def train(
     run = prepare_run_dir(root, resume, overwrite)
     record = prior or new_record("sft", recipe.model_dump(mode="json"))
     record.update(describe_run(ref, loaded, tokenized, model, recipe, device, precision))
-    write_data(loaded, run.data)
+    record["data"]["doctor"] = {"key": prepared.key, "from_cache": prepared.from_cache,
+                                "counts": prepared.report["counts"], "rejected": prepared.report["rejected_by_stage"]}
+    prepared.copy_to(run.data)
     write_text_atomic(run.recipe_path, recipe_to_yaml(recipe))
     run.write_record(record)
     print_plan(console, record, run)
+    counts = prepared.report["counts"]
+    console.print(f"[bold]data doctor[/bold] {counts['rejected']:,} of {counts['read']:,} rows rejected (reasons in "
+                  f"{run.data / 'rejected.jsonl'}, report in data_report.html); "
+                  f"{'prepared data reused (cache hit)' if prepared.from_cache else 'data prepared now and cached'}")
 
     try:
         trainer = build_trainer(recipe, run, model, tokenizer, tokenized, device, precision, console, callbacks)
@@ -104,12 +109,16 @@ def check_run_dir(root: Path, resume: bool, overwrite: bool, recipe: Recipe) -> 
         if last_checkpoint(run) is None:
             raise TunelabError(f"{root}: the run saved no checkpoint yet, so there is nothing to resume from")
         return prior
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+    if root.exists() and (not root.is_dir() or any(root.iterdir())) and not run.is_prepared_only():
         if not run.is_run():
             raise TunelabError(f"{root}: exists and is not a tunelab run; choose another output.dir")
         if not overwrite:
             raise TunelabError(f"{root}: already holds a run; use --resume to continue it or --overwrite to replace it")
     return None
+
+
+def model_context(model: Any) -> int | None:
+    return getattr(model.config, "max_position_embeddings", None)
 
 
 def check_same_recipe(before: dict[str, Any], after: dict[str, Any], path: str = "") -> None:

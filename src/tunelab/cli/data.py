@@ -1,0 +1,145 @@
+"""`tunelab data ...`: check a data set (the data doctor) and prepare it into a run folder before training."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from tunelab.cli.app import app, console, quiet_libraries
+from tunelab.errors import TunelabError
+from tunelab.paths import tunelab_home
+
+data_app = typer.Typer(help="Check, clean and prepare data before any training time is spent.",
+                       no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+RECIPE_SUFFIXES = (".yaml", ".yml")
+CHECK_FILES = ("data_report.html", "data_report.json", "rejected.jsonl")
+
+
+def recipe_or_file(target: Path, overrides: list[str], model: str | None) -> tuple[Any, str]:
+    """A recipe file, or a data file checked with default settings (and the overrides); and a name for it."""
+    from tunelab.config.load import apply_overrides, load_recipe, validate_recipe
+
+    if target.suffix.lower() in RECIPE_SUFFIXES:
+        if model:
+            overrides = [*overrides, f"model.name={model}"]
+        return load_recipe(target, overrides), target.stem
+    if not target.is_file():
+        raise TunelabError(f"{target}: no such recipe or data file")
+    raw: dict[str, Any] = {"data": {"train": str(target)}, "model": {}}
+    if model:
+        raw["model"]["name"] = model
+    overridden = apply_overrides(raw, overrides)
+    return validate_recipe(raw, source="command line", overridden=overridden), target.stem
+
+
+def model_limits(recipe: Any, home: Path) -> tuple[Any, set[int], int | None]:
+    """The recipe model's tokenizer (with the recipe's chat template), stop ids and context size, without
+    loading its weights."""
+    from transformers import AutoConfig, GenerationConfig
+
+    from tunelab.data.templates import resolve_chat_template, stop_token_ids
+    from tunelab.models.load import resolve_model
+    from tunelab.models.tokenizer import load_tokenizer
+
+    ref = resolve_model(recipe.model.name, home, console=console)
+    tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
+    config = AutoConfig.from_pretrained(str(ref.path))
+    try:
+        generation = GenerationConfig.from_pretrained(str(ref.path))
+    except OSError:
+        generation = GenerationConfig.from_model_config(config)
+    eos = generation.eos_token_id
+    stop_ids = stop_token_ids(tokenizer, eos if eos is not None else getattr(config, "eos_token_id", None))
+    return tokenizer, stop_ids, getattr(config, "max_position_embeddings", None)
+
+
+def run_doctor(recipe: Any, check: bool):
+    from tunelab.data.cache import prepare_data
+
+    home = tunelab_home()
+    tokenizer, stop_ids, context = model_limits(recipe, home)
+    with console.status("checking data"):
+        return prepare_data(recipe.data, tokenizer, stop_ids, context, home, check=check)
+
+
+def show(prepared: Any) -> None:
+    from tunelab.data.report import print_report
+
+    print_report(console, prepared.report)
+    timing = prepared.report["timing"]
+    how = "cache hit: no work done" if prepared.from_cache else (
+        f"{timing['rows_per_second']:,} rows/s with {timing['workers']} process(es)")
+    console.print(f"[dim]{how}; key {prepared.key[:16]}[/dim]")
+
+
+@data_app.command("check")
+def check(
+    target: Path = typer.Argument(..., help="Recipe YAML file, or a data file (checked with default settings)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.file_type=tsv"),
+    model: Optional[str] = typer.Option(None, help="Model whose tokenizer and template are used (default: the "
+                                        "recipe's, or the built-in model)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for data_report.html/.json and rejected.jsonl "
+                                       "(default: data_check/<name>)."),
+) -> None:
+    """Report every problem in a data set: bad rows, duplicates, contamination, personal data, lengths, template.
+
+    Exits with 2 when the data is not usable as it is (nothing left, one class only, a template lint failure).
+    """
+    recipe, name = recipe_or_file(target, overrides or [], model)
+    quiet_libraries()
+    prepared = run_doctor(recipe, check=True)
+    show(prepared)
+    folder = out or Path("data_check") / name
+    write_check(prepared, folder)
+    console.print(f"[bold]written[/bold] {folder / 'data_report.html'}, data_report.json, rejected.jsonl")
+    if prepared.problems:
+        raise TunelabError(f"data not usable as it is: {prepared.problems[0]}"
+                           + (f" (and {len(prepared.problems) - 1} more problem(s))" if len(prepared.problems) > 1
+                              else ""))
+
+
+def write_check(prepared: Any, folder: Path) -> None:
+    if folder.exists() and any(p.name not in CHECK_FILES for p in folder.iterdir()):
+        raise TunelabError(f"{folder}: holds other files than a data check's; choose another --out")
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in CHECK_FILES:
+        shutil.copyfile(prepared.folder / name, folder / name)
+
+
+@data_app.command("prepare")
+def prepare(
+    recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.dedup.threshold=0.9"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in output.dir."),
+) -> None:
+    """Clean, deduplicate and check the recipe's data and write the splits to <output.dir>/data, which
+    `tunelab train` then uses (from the cache: no work is done twice)."""
+    from tunelab.config.load import load_recipe
+    from tunelab.runs import RunDir
+
+    recipe = load_recipe(recipe_path, overrides or [])
+    run = RunDir(Path(recipe.output.dir))
+    check_prepare_target(run, overwrite)
+    quiet_libraries()
+    prepared = run_doctor(recipe, check=False)
+    show(prepared)
+    if run.is_run():
+        shutil.rmtree(run.root)
+    prepared.copy_to(run.data)
+    console.print(f"[bold green]prepared[/bold green] {run.data} (train.jsonl, validation.jsonl, test.jsonl, "
+                  f"rejected.jsonl, data_report.html); `tunelab train {recipe_path}` uses it")
+
+
+def check_prepare_target(run: Any, overwrite: bool) -> None:
+    root = run.root
+    if not root.exists() or not any(root.iterdir()) or run.is_prepared_only():
+        return
+    if not run.is_run():
+        raise TunelabError(f"{root}: exists and is not a tunelab run; choose another output.dir")
+    if not overwrite:
+        raise TunelabError(f"{root}: already holds a run; use --overwrite to replace it with freshly prepared data")

@@ -222,3 +222,12 @@ def test_cli_bad_options_are_one_line(capsys, lora_run, args, message):
     assert exit.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_cli_export_writes_the_folder_and_says_where(capsys, lora_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNELAB_HOME", str(lora_run.parent / "home"))
+    with pytest.raises(SystemExit) as exit:
+        main(["export", str(lora_run), "--format", "adapter", "--out", str(tmp_path / "a")])
+    assert exit.value.code == 0
+    assert f"exported adapter to {tmp_path / 'a'}" in capsys.readouterr().out.replace("\n", "")
+    assert (tmp_path / "a" / "adapter_model.safetensors").is_file()

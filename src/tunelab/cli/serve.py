@@ -43,13 +43,15 @@ def serve(
     keys = frozenset(api_key or ()) | (read_keys_file(api_keys_file) if api_keys_file else frozenset())
     sock = bind(host, port)
     quiet_libraries()
-    from tunelab.train.precision import resolve_precision
+    from tunelab.train.precision import cpu_has_fast_bf16
 
+    if precision == "bf16" and not cpu_has_fast_bf16():
+        raise TunelabError("--precision bf16: this CPU has no native bf16; use fp32 or auto")
     settings = ServeSettings(
         serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, max_batch_rows=max_batch,
         batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
         max_body_bytes=max_body_kb * 1024, request_timeout=timeout, log_content=log_content,
-        autocast_bf16=resolve_precision(precision, "cpu") == "bf16",
+        autocast_bf16=precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()),
     )
     say = lambda text: console.print(f"[dim]{text}[/dim]")  # noqa: E731
     try:

@@ -9,7 +9,6 @@ The method decides what can be merged (Method.merge); nothing here branches on a
 
 from __future__ import annotations
 
-import gc
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,8 +204,6 @@ def verify(models: RunModels, reference: Any, reference_tokenizer: Any, exported
     conversations = check_prompts(read_splits(models.run.data).test, CHECK_PROMPTS)
     agreement = compare_greedy(reference, reference_tokenizer, exported, exported_tokenizer, conversations,
                                CHECK_TOKENS)
-    del exported
-    gc.collect()
     result = {**agreement.to_json(), "against": against}
     say(f"check: {agreement.same_answers} of {agreement.prompts} prompts give the same greedy answer as {against}")
     if required and not agreement.identical:

@@ -190,15 +190,14 @@ def source_pre_tokenizer(base_path: Path) -> str | None:
     if not is_converted(base_path):
         return None
     source = read_manifest(base_path).get("source", {})
-    candidates = [Path(source["gguf_file"])] if source.get("gguf_file") else []
-    for model in BUILTIN_MODELS.values():
-        if source.get("package", "").startswith(f"{model.package}=="):
-            found = find_package_file(model)
-            candidates = [found] if found else []
-    for candidate in candidates:
-        if candidate.is_file():
-            from gguf import GGUFReader
+    candidate: Path | None = Path(source.get("gguf_file") or "")
+    if not candidate.is_file():  # a built-in model records its package; the file lives inside it
+        builtin = next((model for model in BUILTIN_MODELS.values()
+                        if source.get("package", "").startswith(f"{model.package}==")), None)
+        candidate = find_package_file(builtin) if builtin else None
+    if candidate is None or not candidate.is_file():
+        return None
+    from gguf import GGUFReader
 
-            field = GGUFReader(candidate).fields.get("tokenizer.ggml.pre")
-            return field.contents() if field is not None else None
-    return None
+    field = GGUFReader(candidate).fields.get("tokenizer.ggml.pre")
+    return field.contents() if field is not None else None

@@ -5,6 +5,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+ENDPOINTS = ("/v1/models", "/v1/chat/completions", "/v1/completions", "/v1/adapters")
+
+
+def endpoint_label(path: str) -> str:
+    """A route, never the raw path: unknown paths and adapter ids must not grow the label set without bound."""
+    if path in ENDPOINTS:
+        return path
+    return "/v1/adapters/{model}" if path.startswith("/v1/adapters/") else "other"
 
 
 class Metrics:
@@ -27,7 +35,8 @@ class Metrics:
 
     def observe(self, entry: dict[str, Any]) -> None:
         """One finished request, as written to the request log."""
-        endpoint, model, status = entry["endpoint"], entry.get("model") or "", str(entry["status"])
+        endpoint, status = endpoint_label(entry["endpoint"]), str(entry["status"])
+        model = entry.get("model") or "" if entry["status"] != 404 else "(unknown)"
         self.requests.labels(endpoint, model, status).inc()
         if entry["status"] >= 400:
             self.errors.labels(endpoint, status).inc()

@@ -70,9 +70,14 @@ class Registry:
 
 
 def base_id(name: str) -> str:
-    """The id of a base model: a built-in name as is, a folder or file by its name."""
+    """The id of a base model: a built-in name as is, a folder or file by its name; a run's model/ or merged/
+    folder by the run's name."""
     path = Path(name)
-    return path.name if len(path.parts) > 1 or path.suffix == ".gguf" else name
+    if len(path.parts) == 1 and path.suffix != ".gguf":
+        return name
+    if path.name in ("model", "merged") and (path.parent / "run.json").is_file():
+        return f"{path.parent.name}-{path.name}"
+    return path.name
 
 
 def open_base(name: str, home: Path) -> tuple[Any, ServedModel, ModelRef]:

@@ -10,7 +10,7 @@ The method decides what can be merged (Method.merge); nothing here branches on a
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -64,6 +64,8 @@ def check_options(options: ExportOptions) -> None:
 def export_run(run_root: str | Path, options: ExportOptions, home: Path,
                say: Callable[[str], None] = print) -> Exported:
     check_options(options)
+    if options.dtype is None and options.format != "adapter":  # merged and GGUF weights default to float32
+        options = replace(options, dtype="f32")
     models = open_run_models(run_root, home)
     dest = Path(options.out) if options.out else default_destination(models.run, options.label)
     check_destination(dest, models.run, options.overwrite)

@@ -165,7 +165,7 @@ class Service:
         longest = max(len(ids) for ids in prompts)
         room = self.context_length - longest
         max_tokens = asked or min(self.settings.max_tokens, room)
-        if longest + max_tokens > self.context_length:
+        if longest + max(max_tokens, 1) > self.context_length:
             raise APIError(400, f"This model's maximum context length is {self.context_length} tokens; the prompt "
                                 f"has {longest} and max_tokens asks for {max_tokens} more", param="messages")
         return Prepared(served, prompts, max_tokens)

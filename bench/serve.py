@@ -8,6 +8,7 @@ Prints, per number of concurrent clients, completion tokens/s, p50/p95 request l
 as a ratio of the naive server's at the same concurrency.
 
     python bench/serve.py --run runs/deploy-check [--clients 1,4,8] [--requests 16] [--max-tokens 64]
+                          [--precision fp32|bf16]
 """
 
 from __future__ import annotations
@@ -118,6 +119,8 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="Requests per measurement (at least clients).")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                        help="bf16 autocast for both servers, or fp32 (tunelab serve's default).")
     args = parser.parse_args()
 
     from tunelab.cli.app import quiet_libraries
@@ -125,10 +128,8 @@ def main() -> None:
     from tunelab.serve.app import create_app
     from tunelab.serve.server import build_service
     from tunelab.serve.settings import ServeSettings
-    from tunelab.train.precision import cpu_has_fast_bf16
-
     quiet_libraries()
-    home, bf16 = tunelab_home(), cpu_has_fast_bf16()
+    home, bf16 = tunelab_home(), args.precision == "bf16"
     levels = [int(part) for part in args.clients.split(",")]
     print(f"run {args.run}  max_tokens {args.max_tokens}  greedy  {'bf16 autocast' if bf16 else 'fp32'}  "
           f"cpu threads {os.cpu_count()}")

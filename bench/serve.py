@@ -8,7 +8,7 @@ Prints, per number of concurrent clients, completion tokens/s, p50/p95 request l
 as a ratio of the naive server's at the same concurrency.
 
     python bench/serve.py --run runs/deploy-check [--clients 1,4,8] [--requests 16] [--max-tokens 64]
-                          [--precision fp32|bf16]
+                          [--precision fp32|bf16] [--threads N]
 """
 
 from __future__ import annotations
@@ -119,20 +119,27 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=16, help="Requests per measurement (at least clients).")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for both servers (default: torch's own choice).")
     parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                         help="bf16 autocast for both servers, or fp32 (tunelab serve's default).")
     args = parser.parse_args()
+
+    import torch
 
     from tunelab.cli.app import quiet_libraries
     from tunelab.paths import tunelab_home
     from tunelab.serve.app import create_app
     from tunelab.serve.server import build_service
     from tunelab.serve.settings import ServeSettings
+
     quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     home, bf16 = tunelab_home(), args.precision == "bf16"
     levels = [int(part) for part in args.clients.split(",")]
     print(f"run {args.run}  max_tokens {args.max_tokens}  greedy  {'bf16 autocast' if bf16 else 'fp32'}  "
-          f"cpu threads {os.cpu_count()}")
+          f"cpus {os.cpu_count()}  torch threads {torch.get_num_threads()}")
     rows = []
     with tempfile.TemporaryDirectory() as serve_dir:
         for mode in ("naive", "tunelab"):

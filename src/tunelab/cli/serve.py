@@ -31,6 +31,9 @@ def serve(
     max_body_kb: int = typer.Option(1024, min=1, help="Largest request body; beyond: 413."),
     timeout: float = typer.Option(120.0, min=0.1, help="Seconds a request may take from arrival; beyond: 504."),
     log_content: bool = typer.Option(False, "--log-content", help="Keep prompts and outputs in the request log."),
+    threads: Optional[int] = typer.Option(
+        None, min=1, help="torch intra-op threads; on a CPU shared with other busy processes 1 can be many times "
+                          "faster (see README)."),
     precision: str = typer.Option(
         "fp32", help="fp32, bf16 (autocast; only where the CPU has it natively) or auto (bf16 where native). fp32 is "
                      "the default: bf16 autocast measured slower for small-batch CPU generation (see README)."),
@@ -45,6 +48,10 @@ def serve(
     keys = frozenset(api_key or ()) | (read_keys_file(api_keys_file) if api_keys_file else frozenset())
     sock = bind(host, port)
     quiet_libraries()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
     from tunelab.train.precision import cpu_has_fast_bf16
 
     if precision == "bf16" and not cpu_has_fast_bf16():

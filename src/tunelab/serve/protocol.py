@@ -176,13 +176,3 @@ class DeletedModel(BaseModel):
     deleted: bool = True
     in_flight: int = Field(0, description="Requests still using the adapter; it is unloaded once they finish.")
 
-
-class ErrorBody(BaseModel):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorBody

@@ -1,0 +1,77 @@
+"""`tunelab serve [RUN ...] [--base MODEL]`: an OpenAI-compatible server with hot-swappable adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunelab.cli.app import app, console, quiet_libraries
+from tunelab.paths import tunelab_home
+
+
+@app.command()
+def serve(
+    runs: Optional[list[str]] = typer.Argument(None, help="Runs whose adapters to serve: RUN or NAME=RUN."),
+    base: Optional[str] = typer.Option(None, help="Base model (built-in name, checkpoint folder or .gguf); "
+                                                  "default: the runs' base."),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, min=0, max=65535),
+    serve_dir: Path = typer.Option(Path("serve"), help="Folder of the request log (requests.sqlite)."),
+    api_key: Optional[list[str]] = typer.Option(None, "--api-key", envvar="TUNELAB_API_KEY",
+                                                help="Key clients send as Authorization: Bearer KEY (repeatable)."),
+    api_keys_file: Optional[Path] = typer.Option(None, help="File with one API key a line."),
+    admin_key: Optional[str] = typer.Option(None, envvar="TUNELAB_ADMIN_KEY",
+                                            help="Key for POST/DELETE /v1/adapters; without it they are off."),
+    max_batch: int = typer.Option(8, min=1, help="Rows (choices) generated together."),
+    batch_wait_ms: float = typer.Option(10.0, min=0, help="How long an idle server waits to batch requests."),
+    max_queue: int = typer.Option(64, min=1, help="Requests waiting past the running batch; beyond: 429."),
+    max_tokens: int = typer.Option(512, min=1, help="Most new tokens a request may ask for (and the default)."),
+    max_body_kb: int = typer.Option(1024, min=1, help="Largest request body; beyond: 413."),
+    timeout: float = typer.Option(120.0, min=0.1, help="Seconds a request may take from arrival; beyond: 504."),
+    log_content: bool = typer.Option(False, "--log-content", help="Keep prompts and outputs in the request log."),
+    threads: Optional[int] = typer.Option(
+        None, min=1, help="torch intra-op threads; on a CPU shared with other busy processes 1 can be many times "
+                          "faster (see README)."),
+    precision: str = typer.Option(
+        "fp32", help="fp32, bf16 (autocast; only where the CPU has it natively) or auto (bf16 where native). fp32 is "
+                     "the default: bf16 autocast measured slower for small-batch CPU generation (see README)."),
+) -> None:
+    """Serve a base model and run adapters over OpenAI's API (/v1/chat/completions, /v1/completions, ...)."""
+    from tunelab.errors import TunelabError
+    from tunelab.serve.server import bind, build_service, run_server
+    from tunelab.serve.settings import ServeSettings, read_keys_file
+
+    if precision not in ("auto", "bf16", "fp32"):
+        raise TunelabError(f"--precision: '{precision}' is not one of auto, bf16, fp32")
+    keys = frozenset(api_key or ()) | (read_keys_file(api_keys_file) if api_keys_file else frozenset())
+    sock = bind(host, port)
+    quiet_libraries()
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    from tunelab.train.precision import cpu_has_fast_bf16
+
+    if precision == "bf16" and not cpu_has_fast_bf16():
+        raise TunelabError("--precision bf16: this CPU has no native bf16; use fp32 or auto")
+    settings = ServeSettings(
+        serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, max_batch_rows=max_batch,
+        batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
+        max_body_bytes=max_body_kb * 1024, request_timeout=timeout, log_content=log_content,
+        autocast_bf16=precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()),
+    )
+    say = lambda text: console.print(f"[dim]{text}[/dim]")  # noqa: E731
+    try:
+        service = build_service(runs or [], base, settings, tunelab_home(), say=say)
+    except BaseException:
+        sock.close()
+        raise
+    from tunelab.serve.app import create_app
+
+    bound_host, bound_port = sock.getsockname()[:2]
+    console.print(f"[bold green]serving[/bold green] {', '.join(service.registry.ids())} on "
+                  f"http://{bound_host}:{bound_port}/v1 (keys: {'required' if keys else 'none'}; admin: "
+                  f"{'on' if admin_key else 'off'}); request log {service.request_log.path}")
+    run_server(create_app(service), sock)

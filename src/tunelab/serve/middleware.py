@@ -1,0 +1,135 @@
+"""ASGI middleware, outermost first: accounting (request log + metrics), API keys, body size limit.
+
+Keys and the body limit are checked before the request reaches FastAPI, so an unauthenticated or oversized
+request is refused before its body is parsed or validated.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import Any, Callable
+
+from starlette.responses import JSONResponse
+
+from tunelab.serve.errors import error_body
+
+ADMIN_PREFIX = "/v1/adapters"
+UNLOGGED = ("/health", "/metrics")
+
+
+def refuse(scope: dict, status: int, message: str) -> JSONResponse:
+    """An error response; the message also goes to the request's log entry."""
+    log = scope.get("state", {}).get("log")
+    if log is not None:
+        log["error"] = message
+    return JSONResponse(error_body(status, message), status_code=status)
+
+
+class Accounting:
+    """Times every request and, once its last byte is sent, hands what the service left on
+    `request.state.log` to `record` (the request log and the metrics)."""
+
+    def __init__(self, app: Any, record: Callable[[dict[str, Any]], None]):
+        self.app = app
+        self.record = record
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLOGGED:
+            await self.app(scope, receive, send)
+            return
+        started, arrived = time.perf_counter(), time.time()
+        log: dict[str, Any] = {}
+        scope.setdefault("state", {})["log"] = log
+        status = {"code": 500}
+
+        async def sending(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            entry = {**log, "ts": arrived, "endpoint": scope["path"], "status": log.get("status", status["code"]),
+                     "latency_ms": (time.perf_counter() - started) * 1000, "stream": log.get("stream")}
+            self.record(entry)
+
+
+class ApiKeys:
+    """`Authorization: Bearer KEY` on /v1/*: an API key (or the admin key); /v1/adapters: the admin key only."""
+
+    def __init__(self, app: Any, api_keys: frozenset[str], admin_key: str | None):
+        self.app = app
+        self.api_keys = api_keys
+        self.admin_key = admin_key
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        refusal = self.refusal(scope) if scope["type"] == "http" and scope["path"].startswith("/v1/") else None
+        if refusal is not None:
+            await refusal(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def refusal(self, scope: dict) -> JSONResponse | None:
+        token = bearer_token(scope)
+        if scope["path"].startswith(ADMIN_PREFIX):
+            if self.admin_key is None:
+                return refuse(scope, 403, "The admin endpoints are off; start the server with --admin-key")
+            if token is None or not hmac.compare_digest(token, self.admin_key):
+                return refuse(scope, 401, "Missing or wrong admin key (Authorization: Bearer <admin key>)")
+            return None
+        if not self.api_keys:
+            return None
+        keys = self.api_keys | ({self.admin_key} if self.admin_key else set())
+        if token is None or not any(hmac.compare_digest(token, key) for key in keys):
+            return refuse(scope, 401, "Missing or wrong API key (Authorization: Bearer <key>)")
+        return None
+
+
+def bearer_token(scope: dict) -> str | None:
+    for name, value in scope.get("headers", []):
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+class BodyLimit:
+    """Refuse bodies over `limit` bytes with 413, by Content-Length or by counting what arrives."""
+
+    def __init__(self, app: Any, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        def too_big() -> JSONResponse:
+            return refuse(scope, 413, f"The request body is over this server's limit of {self.limit} bytes")
+
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await too_big()(scope, receive, send)
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.limit:
+                await too_big()(scope, receive, send)
+                return
+        replayed = False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: wait for the disconnect, as the server would send it
+
+        await self.app(scope, replay, send)

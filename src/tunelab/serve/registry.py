@@ -1,0 +1,147 @@
+"""Which model ids the server answers to: the base model and the runs whose adapters it holds.
+
+An adapter is accepted when its run trained a LoRA-family adapter (a peft LoRA folder: LoRA, rsLoRA, DoRA, the
+adapter of QLoRA) on the same base model the server holds; anything else is refused with a line that says why.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tunelab.errors import TunelabError
+from tunelab.models.load import ModelRef
+
+
+@dataclass
+class ServedModel:
+    id: str
+    tokenizer: Any
+    stop_ids: set[int]
+    root: str  # the base model's folder, or the run folder
+    adapter: str | None = None  # peft's name for the adapter inside the model; None for the base
+    parent: str | None = None  # the base model's id, for adapters
+    mixable: bool = True  # peft can batch it with other adapters through `adapter_names`
+    folder: str | None = None  # the adapter folder
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+class Registry:
+    """Model ids -> ServedModel; safe to read and change from the server's threads."""
+
+    def __init__(self, base: ServedModel):
+        self.base = base
+        self._models = {base.id: base}
+        self._lock = threading.Lock()
+        self._numbers = itertools.count(1)
+
+    def get(self, model_id: str) -> ServedModel | None:
+        with self._lock:
+            return self._models.get(model_id)
+
+    def ids(self) -> list[str]:
+        with self._lock:
+            return list(self._models)
+
+    def all(self) -> list[ServedModel]:
+        with self._lock:
+            return list(self._models.values())
+
+    def adapter_name(self) -> str:
+        """A fresh name for peft (unique for the server's life, so a reloaded id never meets its old self)."""
+        return f"adapter{next(self._numbers)}"
+
+    def add(self, model: ServedModel) -> None:
+        with self._lock:
+            if model.id in self._models:
+                raise TunelabError(f"model id '{model.id}' is already served; DELETE it first or pick another name")
+            self._models[model.id] = model
+
+    def remove(self, model_id: str) -> ServedModel | None:
+        with self._lock:
+            if model_id == self.base.id:
+                raise TunelabError(f"'{model_id}' is the base model; only adapters can be unloaded")
+            return self._models.pop(model_id, None)
+
+
+def base_id(name: str) -> str:
+    """The id of a base model: a built-in name as is, a folder or file by its name; a run's model/ or merged/
+    folder by the run's name."""
+    path = Path(name)
+    if len(path.parts) == 1 and path.suffix != ".gguf":
+        return name
+    if path.name in ("model", "merged") and (path.parent / "run.json").is_file():
+        return f"{path.parent.name}-{path.name}"
+    return path.name
+
+
+def open_base(name: str, home: Path) -> tuple[Any, ServedModel, ModelRef]:
+    from tunelab.data.templates import stop_token_ids
+    from tunelab.models.load import load_causal_lm, model_stop_ids, resolve_model
+    from tunelab.models.tokenizer import load_tokenizer
+
+    ref = resolve_model(name, home)
+    model = load_causal_lm(ref.path).eval()
+    tokenizer = load_tokenizer(ref.path)
+    served = ServedModel(base_id(name), tokenizer, stop_token_ids(tokenizer, model_stop_ids(model)), str(ref.path))
+    return model, served, ref
+
+
+def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, base_ref: ModelRef,
+                 adapter_name: str, home: Path) -> ServedModel:
+    """Check that a run's adapter can join the served base, and describe it (nothing is loaded yet)."""
+    from peft import PeftConfig, PeftType
+
+    from tunelab.data.templates import stop_token_ids
+    from tunelab.inference import open_run_models
+    from tunelab.methods.registry import get_method
+    from tunelab.models.load import resolve_model
+
+    models = open_run_models(run_path, home)
+    method = get_method(models.recipe.method.name)
+    folder = models.run.model
+    if not method.is_adapter or not (folder / "adapter_config.json").is_file():
+        raise TunelabError(
+            f"{run_path}: method '{method.name}' did not train a peft adapter, so it cannot be hot-swapped; "
+            f"serve its model on its own with --base {models.run.merged if models.run.merged.is_dir() else folder}"
+        )
+    config = PeftConfig.from_pretrained(str(folder))
+    if config.peft_type != PeftType.LORA:
+        raise TunelabError(
+            f"{run_path}: its {config.peft_type.value} adapter is not LoRA-family; the server hot-swaps LoRA-family "
+            "adapters only (export --format merged and serve that with --base)"
+        )
+    run_base = resolve_model(models.recipe.model.name, home)
+    if not same_model(run_base.path, base_ref.path):
+        raise TunelabError(
+            f"{run_path}: trained on base model '{models.recipe.model.name}', but the server holds "
+            f"'{base_ref.name}'; serve it with --base {models.recipe.model.name}"
+        )
+    tokenizer = models.tokenizer()
+    return ServedModel(
+        id=model_id or models.run.root.name,
+        tokenizer=tokenizer,
+        stop_ids=stop_token_ids(tokenizer, sorted(base.stop_ids)),
+        root=str(models.run.root),
+        adapter=adapter_name,
+        parent=base.id,
+        mixable=not getattr(config, "use_dora", False),  # peft's mixed batches do not support DoRA
+        folder=str(folder),
+    )
+
+
+def same_model(first: Path, second: Path) -> bool:
+    """The same checkpoint folder, or two conversions of the same GGUF file (same source sha256)."""
+    from tunelab.models.convert import is_converted, read_manifest
+
+    if os.path.realpath(first) == os.path.realpath(second):
+        return True
+    if is_converted(first) and is_converted(second):
+        digest = [read_manifest(folder).get("source", {}).get("gguf_sha256") for folder in (first, second)]
+        return digest[0] is not None and digest[0] == digest[1]
+    return False

@@ -1,0 +1,1 @@
+"""One thin router per endpoint; the work is in service.Service (app.state.service)."""

@@ -1,0 +1,16 @@
+"""POST /v1/completions"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from tunelab.serve.protocol import Completion, CompletionRequest
+from tunelab.serve.routes.common import answer, log_of, service_of
+
+router = APIRouter()
+
+
+@router.post("/v1/completions", response_model=Completion)
+async def completions(body: CompletionRequest, request: Request):
+    log = log_of(request)
+    return answer(await service_of(request).complete(body, log), log, body.stream)

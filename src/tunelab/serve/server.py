@@ -1,0 +1,97 @@
+"""Build the service from runs and a base model, bind the port first (a clear error when it is taken), run uvicorn."""
+
+from __future__ import annotations
+
+import errno
+import socket
+from pathlib import Path
+from typing import Any, Callable
+
+from tunelab.errors import TunelabError
+from tunelab.serve.settings import ServeSettings
+
+
+def parse_run_specs(specs: list[str]) -> list[tuple[str | None, str]]:
+    """`RUN` or `NAME=RUN` -> (model id or None, run folder)."""
+    parsed = []
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if sep and not Path(spec).exists():
+            if not name or not path:
+                raise TunelabError(f"'{spec}': give RUN or NAME=RUN")
+            parsed.append((name, path))
+        else:
+            parsed.append((None, spec))
+    return parsed
+
+
+def base_of_runs(runs: list[tuple[str | None, str]], home: Path) -> str:
+    """The base model the runs were trained on (they must agree, or --base must say which)."""
+    from tunelab.inference import open_run_models
+
+    bases = {path: open_run_models(path, home).recipe.model.name for _, path in runs}
+    names = sorted(set(bases.values()))
+    if len(names) > 1:
+        described = ", ".join(f"{path} on '{name}'" for path, name in bases.items())
+        raise TunelabError(f"the runs were trained on different base models ({described}); serve them separately")
+    return names[0]
+
+
+def build_service(runs: list[str], base: str | None, settings: ServeSettings, home: Path,
+                  say: Callable[[str], None] = print) -> Any:
+    from tunelab.monitor.requestlog import RequestLog
+    from tunelab.serve.engine import Engine
+    from tunelab.serve.metrics import Metrics
+    from tunelab.serve.registry import Registry, open_adapter, open_base
+    from tunelab.serve.service import Service
+
+    specs = parse_run_specs(runs)
+    if base is None and not specs:
+        raise TunelabError("give at least one RUN or --base MODEL")
+    base_name = base or base_of_runs(specs, home)
+    say(f"loading base model {base_name}")
+    model, base_served, ref = open_base(base_name, home)
+    engine = Engine(model, base_served.tokenizer.pad_token_id, max_batch_rows=settings.max_batch_rows,
+                    max_queue=settings.max_queue, batch_wait=settings.batch_wait,
+                    autocast_bf16=settings.autocast_bf16)
+    registry = Registry(base_served)
+    request_log = RequestLog(settings.serve_dir)
+    metrics = Metrics(engine.queue_depth)
+    engine.on_batch = lambda rows, seconds: metrics.batch_rows.observe(rows)
+    service = Service(engine, registry, ref, settings, metrics, request_log, home,
+                      context_length=model.config.max_position_embeddings)
+    engine.start()
+    try:
+        for model_id, path in specs:
+            served = open_adapter(path, model_id, base_served, ref, registry.adapter_name(), home)
+            engine.load_adapter(served.adapter, served.folder, served.mixable).result()
+            registry.add(served)
+            say(f"adapter {served.id} <- {path}")
+    except BaseException:
+        service.close()
+        raise
+    return service
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before any model is loaded so a taken port fails in a second."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        if error.errno == errno.EADDRINUSE:
+            raise TunelabError(f"--port {port}: {host}:{port} is already in use; pick another port") from None
+        raise TunelabError(f"--host {host} --port {port}: cannot listen there ({error.strerror})") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_server(app: Any, sock: socket.socket, log_level: str = "warning") -> None:
+    import uvicorn
+
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[sock])

@@ -1,0 +1,352 @@
+"""The work behind the OpenAI routes: check a request, turn it into engine rows, await them, shape the answer.
+
+One Service lives on `app.state.service`. The engine runs on its own thread; results come back to the event loop
+through `loop.call_soon_threadsafe` (Pending). What each request was (model, adapter, tokens, queue time, error) is
+left on `request.state.log` for the accounting middleware, which writes the request log and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from tunelab.errors import TunelabError
+from tunelab.models.load import ModelRef
+from tunelab.monitor.requestlog import RequestLog
+from tunelab.serve import protocol as api
+from tunelab.serve.engine import Engine, Job, QueueFull
+from tunelab.serve.errors import APIError, model_not_found
+from tunelab.serve.metrics import Metrics
+from tunelab.serve.registry import Registry, ServedModel
+from tunelab.serve.rows import Row
+from tunelab.serve.settings import ServeSettings
+
+MAX_STOP_STRINGS = 4
+# OpenAI parameters this server does not implement: accepted only at these neutral values.
+NEUTRAL = {
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "logit_bias": (None, {}),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "tools": (None, []),
+    "tool_choice": (None, "none"),
+    "suffix": (None, ""),
+    "echo": (False,),
+    "best_of": (None, 1),
+}
+
+
+class Pending:
+    """The event-loop side of a job: streamed text arrives in `events`, the finished job in `done`."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.done: asyncio.Future = loop.create_future()
+
+    def emit(self, index: int, text: str) -> None:  # engine thread
+        self._call(self.events.put_nowait, (index, text))
+
+    def finished(self, job: Job) -> None:  # engine thread
+        self._call(self._finish, job)
+
+    def _finish(self, job: Job) -> None:
+        self.events.put_nowait(None)
+        if not self.done.done():
+            self.done.set_result(job)
+
+    def _call(self, function: Any, *args: Any) -> None:
+        try:
+            self.loop.call_soon_threadsafe(function, *args)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody waits
+            pass
+
+
+@dataclass
+class Prepared:
+    served: ServedModel
+    prompts: list[list[int]]
+    max_tokens: int
+
+
+class Service:
+    def __init__(self, engine: Engine, registry: Registry, base_ref: ModelRef, settings: ServeSettings,
+                 metrics: Metrics, request_log: RequestLog, home: Path, context_length: int):
+        self.engine = engine
+        self.registry = registry
+        self.base_ref = base_ref
+        self.settings = settings
+        self.metrics = metrics
+        self.request_log = request_log
+        self.home = home
+        self.context_length = context_length
+        self._swap = threading.Lock()  # a request's lookup+submit and an adapter's removal never interleave
+        self._admin = asyncio.Lock()
+
+    def close(self) -> None:
+        self.engine.stop()
+        self.request_log.close()
+
+    # ---- models -----------------------------------------------------------------------------------------
+    def list_models(self) -> api.ModelList:
+        return api.ModelList(data=[card(model) for model in self.registry.all()])
+
+    def served(self, model_id: str, log: dict[str, Any]) -> ServedModel:
+        log["model"] = model_id
+        served = self.registry.get(model_id)
+        if served is None:
+            raise model_not_found(model_id, self.registry.ids())
+        log["adapter"] = None if served.adapter is None else served.root
+        return served
+
+    # ---- chat and completions ---------------------------------------------------------------------------
+    async def chat(self, body: api.ChatCompletionRequest, log: dict[str, Any]) -> Any:
+        from tunelab.data.templates import encode_prompt
+
+        check_request(body, self.settings)
+        served = self.served(body.model, log)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        try:
+            prompt = encode_prompt(served.tokenizer, messages)
+        except TunelabError as error:
+            raise APIError(400, f"model '{served.id}': {error}", param="messages") from None
+        if self.settings.log_content:
+            log["prompt"] = json.dumps(messages, ensure_ascii=False)
+        prepared = self.prepare(served, [prompt], body, log)
+        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            return self.stream_chat(request_id, body, prepared, log)
+        job = await self.run(prepared, body, log, stream=False)
+        choices = [api.ChatChoice(index=row.index, message=api.AssistantMessage(content=row.text),
+                                  finish_reason=row.finish_reason) for row in job.rows]
+        return api.ChatCompletion(id=request_id, model=served.id, choices=choices, usage=usage(prepared, job))
+
+    async def complete(self, body: api.CompletionRequest, log: dict[str, Any]) -> Any:
+        check_request(body, self.settings)
+        served = self.served(body.model, log)
+        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if not texts:
+            raise APIError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
+        prompts = [served.tokenizer(text)["input_ids"] for text in texts]
+        if any(not ids for ids in prompts):
+            raise APIError(400, "prompt: an empty prompt gives the model nothing to continue", param="prompt")
+        if self.settings.log_content:
+            log["prompt"] = json.dumps(texts, ensure_ascii=False)
+        prepared = self.prepare(served, prompts, body, log)
+        request_id = f"cmpl-{uuid.uuid4().hex}"
+        if body.stream:
+            return self.stream_completion(request_id, body, prepared, log)
+        job = await self.run(prepared, body, log, stream=False)
+        choices = [api.CompletionChoice(index=row.index, text=row.text, finish_reason=row.finish_reason)
+                   for row in job.rows]
+        return api.Completion(id=request_id, created=int(time.time()), model=served.id, choices=choices,
+                              usage=usage(prepared, job))
+
+    def prepare(self, served: ServedModel, prompts: list[list[int]], body: api.SamplingFields,
+                log: dict[str, Any]) -> Prepared:
+        """Check the request against the limits; the number of new tokens it may have."""
+        log["prompt_tokens"] = sum(len(ids) for ids in prompts)
+        asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        if asked is not None and asked > self.settings.max_tokens:
+            raise APIError(400, f"max_tokens={asked} exceeds this server's limit of {self.settings.max_tokens}",
+                           param="max_tokens")
+        if len(prompts) * body.n > self.settings.max_batch_rows:
+            raise APIError(400, f"n x prompts = {len(prompts) * body.n} exceeds this server's "
+                                f"{self.settings.max_batch_rows} rows per batch", param="n")
+        longest = max(len(ids) for ids in prompts)
+        room = self.context_length - longest
+        max_tokens = asked or min(self.settings.max_tokens, room)
+        if longest + max(max_tokens, 1) > self.context_length:
+            raise APIError(400, f"This model's maximum context length is {self.context_length} tokens; the prompt "
+                                f"has {longest} and max_tokens asks for {max_tokens} more", param="messages")
+        return Prepared(served, prompts, max_tokens)
+
+    def job(self, prepared: Prepared, body: api.SamplingFields, pending: Pending, stream: bool) -> Job:
+        import torch
+
+        deadline = time.monotonic() + self.settings.request_timeout
+        generator = torch.Generator().manual_seed(body.seed if body.seed is not None else random.getrandbits(62))
+        job = Job(adapter=prepared.served.adapter, mixable=prepared.served.mixable, rows=[],
+                  on_done=pending.finished, deadline=deadline)
+        job.rows = [
+            Row(index=prompt_index * body.n + choice, prompt_ids=ids, max_tokens=prepared.max_tokens,
+                temperature=body.temperature, top_p=body.top_p, stop=body.stop_strings(),
+                stop_ids=prepared.served.stop_ids, tokenizer=prepared.served.tokenizer, generator=generator,
+                emit=pending.emit if stream else None, is_cancelled=lambda: job.cancelled, deadline=deadline)
+            for prompt_index, ids in enumerate(prepared.prompts) for choice in range(body.n)
+        ]
+        return job
+
+    def submit(self, prepared: Prepared, body: api.SamplingFields, stream: bool) -> tuple[Job, Pending]:
+        pending = Pending(asyncio.get_running_loop())
+        job = self.job(prepared, body, pending, stream)
+        with self._swap:
+            if self.registry.get(prepared.served.id) is not prepared.served:  # unloaded meanwhile
+                raise model_not_found(prepared.served.id, self.registry.ids())
+            try:
+                self.engine.submit(job)
+            except QueueFull as full:
+                raise APIError(429, f"The server is busy ({self.settings.max_queue} requests waiting); retry after "
+                                    f"{full.retry_after} s", headers={"Retry-After": str(full.retry_after)}) from None
+        return job, pending
+
+    async def run(self, prepared: Prepared, body: api.SamplingFields, log: dict[str, Any], stream: bool) -> Job:
+        job, pending = self.submit(prepared, body, stream)
+        try:
+            await pending.done
+        except asyncio.CancelledError:
+            job.cancel()
+            raise
+        account(job, log, self.settings.log_content)
+        error = failure(job)
+        if error is not None:
+            raise error
+        return job
+
+    def stream_chat(self, request_id: str, body: api.ChatCompletionRequest, prepared: Prepared,
+                          log: dict[str, Any]) -> AsyncIterator[str]:
+        created = int(time.time())
+
+        def chunk(choices: list[api.ChunkChoice], usage_: api.Usage | None = None) -> str:
+            return sse(api.ChatCompletionChunk(id=request_id, created=created, model=prepared.served.id,
+                                               choices=choices, usage=usage_))
+
+        job, pending = self.submit(prepared, body, stream=True)
+        return self.events(job, pending, body, prepared, log, chunk, opening=[
+            chunk([api.ChunkChoice(index=row.index, delta=api.Delta(role="assistant", content=""))])
+            for row in job.rows
+        ], piece=lambda index, text: [api.ChunkChoice(index=index, delta=api.Delta(content=text))],
+            ending=lambda row: [api.ChunkChoice(index=row.index, delta=api.Delta(), finish_reason=row.finish_reason)])
+
+    def stream_completion(self, request_id: str, body: api.CompletionRequest, prepared: Prepared,
+                                log: dict[str, Any]) -> AsyncIterator[str]:
+        created = int(time.time())
+
+        def chunk(choices: list[api.CompletionChoice], usage_: api.Usage | None = None) -> str:
+            return sse(api.Completion(id=request_id, created=created, model=prepared.served.id, choices=choices,
+                                      usage=usage_))
+
+        job, pending = self.submit(prepared, body, stream=True)
+        return self.events(job, pending, body, prepared, log, chunk, opening=[],
+                           piece=lambda index, text: [api.CompletionChoice(index=index, text=text)],
+                           ending=lambda row: [api.CompletionChoice(index=row.index, text="",
+                                                                    finish_reason=row.finish_reason)])
+
+    async def events(self, job: Job, pending: Pending, body: api.SamplingFields, prepared: Prepared,
+                     log: dict[str, Any], chunk: Any, opening: list[str], piece: Any,
+                     ending: Any) -> AsyncIterator[str]:
+        """Server-sent events: text as it is generated, then each choice's finish_reason, usage, [DONE]."""
+        try:
+            for line in opening:
+                yield line
+            while (event := await pending.events.get()) is not None:
+                yield chunk(piece(*event))
+            account(job, log, self.settings.log_content)
+            error = failure(job)
+            if error is not None:
+                log["error"] = error.message
+                log["status"] = error.status
+                yield sse_data(error.body())
+            else:
+                for row in job.rows:
+                    yield chunk(ending(row))
+                if body.stream_options and body.stream_options.include_usage:
+                    yield chunk([], usage(prepared, job))
+            yield "data: [DONE]\n\n"
+        finally:
+            if not pending.done.done():  # the client went away: stop generating for it
+                job.cancel()
+                log["error"] = "client disconnected"
+
+    # ---- adapters ---------------------------------------------------------------------------------------
+    async def load_adapter(self, body: api.LoadAdapterRequest) -> api.ModelCard:
+        from starlette.concurrency import run_in_threadpool
+
+        from tunelab.serve.registry import open_adapter
+
+        async with self._admin:
+            if body.name and self.registry.get(body.name):
+                raise APIError(409, f"model id '{body.name}' is already served; DELETE it first", param="name")
+            try:
+                served = await run_in_threadpool(open_adapter, body.run, body.name, self.registry.base,
+                                                 self.base_ref, self.registry.adapter_name(), self.home)
+            except TunelabError as error:
+                raise APIError(400, str(error), param="run") from None
+            if self.registry.get(served.id):
+                raise APIError(409, f"model id '{served.id}' is already served; DELETE it first or give a name",
+                               param="name")
+            await asyncio.wrap_future(self.engine.load_adapter(served.adapter, served.folder, served.mixable))
+            self.registry.add(served)
+            return card(served)
+
+    async def unload_adapter(self, model_id: str) -> api.DeletedModel:
+        async with self._admin:
+            with self._swap:
+                try:
+                    served = self.registry.remove(model_id)
+                except TunelabError as error:
+                    raise APIError(400, str(error), param="model") from None
+                if served is None:
+                    raise model_not_found(model_id, self.registry.ids())
+                _, in_flight = self.engine.retire(served.adapter)
+            return api.DeletedModel(id=model_id, in_flight=in_flight)
+
+
+def check_request(body: api.SamplingFields, settings: ServeSettings) -> None:
+    for name, neutral in NEUTRAL.items():
+        if name in type(body).model_fields and getattr(body, name) not in neutral:
+            raise APIError(400, f"'{name}' is not supported by this server", param=name)
+    response_format = getattr(body, "response_format", None)
+    if response_format is not None and response_format.type != "text":
+        raise APIError(400, f"response_format '{response_format.type}' is not supported by this server",
+                       param="response_format")
+    if len(body.stop_strings()) > MAX_STOP_STRINGS or any(not stop for stop in body.stop_strings()):
+        raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} non-empty strings", param="stop")
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
+
+
+def account(job: Job, log: dict[str, Any], with_content: bool) -> None:
+    log["completion_tokens"] = sum(len(row.ids) for row in job.rows)
+    if job.started is not None:
+        log["queue_ms"] = (job.started - job.submitted) * 1000
+    if with_content:
+        log["output"] = json.dumps([row.text for row in job.rows], ensure_ascii=False)
+
+
+def failure(job: Job) -> APIError | None:
+    """The error a finished job ends in, if any: timed out (504), shut down (503), generation failed (500)."""
+    if job.error == "timeout" or any(row.finish_reason == "timeout" for row in job.rows):
+        return APIError(504, "The request timed out (the server's --request-timeout)", code="timeout")
+    if job.error is None:
+        return None
+    if "shutting down" in job.error:
+        return APIError(503, job.error)
+    return APIError(500, job.error)
+
+
+def usage(prepared: Prepared, job: Job) -> api.Usage:
+    prompt = sum(len(ids) for ids in prepared.prompts)
+    completion = sum(len(row.ids) for row in job.rows)
+    return api.Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+
+def card(model: ServedModel) -> api.ModelCard:
+    return api.ModelCard(id=model.id, created=model.created, root=model.root, parent=model.parent)
+
+
+def sse(body: Any) -> str:
+    return f"data: {body.model_dump_json(exclude_none=False)}\n\n"
+
+
+def sse_data(value: dict[str, Any]) -> str:
+    return f"data: {json.dumps(value)}\n\n"

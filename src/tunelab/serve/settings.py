@@ -1,0 +1,34 @@
+"""What `tunelab serve` was told: limits, keys and where the request log goes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tunelab.errors import TunelabError
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    serve_dir: Path = Path("serve")
+    api_keys: frozenset[str] = field(default_factory=frozenset)  # empty: the API needs no key
+    admin_key: str | None = None  # None: the admin endpoints (load/unload adapters) are off
+    max_batch_rows: int = 8  # rows (choices) generated together
+    batch_wait: float = 0.01  # seconds an idle engine waits for more requests to batch with the first
+    max_queue: int = 64  # requests waiting for the engine; past this: 429
+    max_tokens: int = 512  # new tokens a request may ask for (and the default when it asks for none)
+    max_body_bytes: int = 1 << 20  # request body; past this: 413
+    request_timeout: float = 120.0  # seconds from arrival to the last token; past this: 504
+    log_content: bool = False  # also keep prompts and outputs in the request log
+    autocast_bf16: bool = False
+
+
+def read_keys_file(path: Path) -> frozenset[str]:
+    """One key a line; blank lines and lines starting with # are ignored."""
+    if not path.is_file():
+        raise TunelabError(f"--api-keys-file {path}: file not found")
+    keys = {line.strip() for line in path.read_text(encoding="utf-8").splitlines()}
+    keys = {key for key in keys if key and not key.startswith("#")}
+    if not keys:
+        raise TunelabError(f"--api-keys-file {path}: holds no key")
+    return frozenset(keys)

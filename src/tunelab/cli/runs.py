@@ -34,9 +34,12 @@ def runs_default(context: typer.Context) -> None:
 
 
 @runs_app.command("list")
-def runs_list(folder: Path = typer.Argument(DEFAULT_RUNS, help="A folder of runs (or one run).")) -> None:
+def runs_list(
+    folder: Path = typer.Argument(DEFAULT_RUNS, help="A folder of runs (or one run)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per run instead of a table."),
+) -> None:
     """List runs with their status, base model, method and headline metric base -> tuned."""
-    show_runs(folder)
+    show_runs(folder, as_json)
 
 
 def shown(metric: str | None, value: float | None, signed: bool = False) -> str:
@@ -47,7 +50,10 @@ def shown(metric: str | None, value: float | None, signed: bool = False) -> str:
     return format_delta(metric, value) if signed else format_value(metric, value)
 
 
-def show_runs(folder: Path) -> None:
+def show_runs(folder: Path, as_json: bool = False) -> None:
+    import dataclasses
+    import json
+
     from rich.table import Table
 
     from tunelab.errors import TunelabError
@@ -56,13 +62,18 @@ def show_runs(folder: Path) -> None:
     if folder == DEFAULT_RUNS and not folder.is_dir():
         raise TunelabError(f"no {folder}/ folder here; `tunelab runs list FOLDER` lists the runs in another one")
     paths = find_runs(folder)
+    if as_json:
+        for path in paths:
+            print(json.dumps(dataclasses.asdict(summarize_run(path)), default=str))
+        return
     if not paths:
         console.print(f"no runs in {folder}")
         return
     table = Table(title=f"runs in {folder}")
     for column in ("run", "status", "model", "steps", "metric", "base", "tuned", "change", "forgetting",
                    "objective"):
-        table.add_column(column, justify="right" if column in ("steps", "base", "tuned", "change") else "left")
+        table.add_column(column, justify="right" if column in ("steps", "base", "tuned", "change") else "left",
+                         overflow="fold")
     for path in paths:
         run = summarize_run(path)
         change = shown(run.primary, None if run.tuned is None else run.tuned - run.base, signed=True)

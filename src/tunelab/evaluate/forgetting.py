@@ -24,6 +24,7 @@ from tunelab.evaluate.loss import row_losses
 
 GENERAL_TEXT = "general_text.txt"
 GENERAL_PROMPTS = "general_prompts.txt"
+TEXT_BATCH = 32  # general-text passages are single sentences: many fit in one forward pass
 
 
 @dataclass
@@ -82,7 +83,7 @@ def run_probe(model: Any, tokenizer: Any, probe: Probe, stop_ids: set[int], max_
     for name, passages in probe.texts.items():
         rows = [encode_text(tokenizer, passage, stop_ids) for passage in passages]
         rows = [Encoded(row.input_ids[:max_length], row.labels[:max_length]) for row in rows]
-        results[name] = row_losses(model, rows, tokenizer.pad_token_id, autocast_bf16=bf16)
+        results[name] = row_losses(model, rows, tokenizer.pad_token_id, batch_size=TEXT_BATCH, autocast_bf16=bf16)
     if probe.prompts:
         conversations = [[{"role": "user", "content": prompt}] for prompt in probe.prompts]
         prompts = [encode_prompt(tokenizer, messages) for messages in conversations]

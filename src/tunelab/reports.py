@@ -17,7 +17,7 @@ table { border-collapse: collapse; margin: 0.5rem 0; } td, th { border: 1px soli
 th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .good { color: #1a7f37; } .bad { color: #cf222e; } figure { margin: 0.5rem 0; }
 pre { background: #f6f8fa; padding: 0.5rem; white-space: pre-wrap; } mark { background: #fff3b0; }
-td pre { margin: 0; max-width: 24rem; max-height: 14rem; overflow: auto; font-size: 0.85rem; }
+td pre { margin: 0; max-width: 24rem; max-height: 14rem; overflow: auto; font-size: 0.85rem; overflow-wrap: anywhere; }
 td { vertical-align: top; } .verdict { font-size: 1.2rem; font-weight: bold; padding: 0.5rem 0.8rem; }
 .verdict.good { background: #dafbe1; } .verdict.bad { background: #ffebe9; } .note { color: #666; }
 """

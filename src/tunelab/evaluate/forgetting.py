@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tunelab.config.schema import ForgettingSection
-from tunelab.data.templates import Encoded, encode_conversation, encode_prompt, encode_text
+from tunelab.data.templates import Encoded, encode_conversation, encode_prompt, tokens
 from tunelab.errors import TunelabError
 from tunelab.evaluate.loss import row_losses
 
@@ -81,8 +81,10 @@ def run_probe(model: Any, tokenizer: Any, probe: Probe, stop_ids: set[int], max_
 
     results: dict[str, Any] = {}
     for name, passages in probe.texts.items():
-        rows = [encode_text(tokenizer, passage, stop_ids) for passage in passages]
-        rows = [Encoded(row.input_ids[:max_length], row.labels[:max_length]) for row in rows]
+        # The text alone, no end-of-text token: whether a model expects a chat turn to end after a bare sentence is
+        # exactly what chat tuning changes, and it would swamp the change in how well it reads the text.
+        rows = [tokens(tokenizer, passage)[:max_length] for passage in passages]
+        rows = [Encoded(ids, ids) for ids in rows]
         results[name] = row_losses(model, rows, tokenizer.pad_token_id, batch_size=TEXT_BATCH, autocast_bf16=bf16)
     if probe.prompts:
         conversations = [[{"role": "user", "content": prompt}] for prompt in probe.prompts]

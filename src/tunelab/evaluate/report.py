@@ -14,7 +14,15 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tunelab.evaluate.compare import MODELS, better, format_delta, format_interval, format_value, regressions
+from tunelab.evaluate.compare import (
+    EVAL_FORMAT,
+    MODELS,
+    better,
+    format_delta,
+    format_interval,
+    format_value,
+    regressions,
+)
 from tunelab.files import read_json, read_jsonl, write_text_atomic
 from tunelab.reports import Markup, Section, new_figure, page, paragraph, svg, table
 from tunelab.runs import RunDir
@@ -30,6 +38,8 @@ def write_report(run: RunDir) -> Path:
 def build_report(run: RunDir) -> str:
     record = run.read_record()
     evaluation = read_json(run.eval_json) if run.eval_json.is_file() else None
+    if evaluation is not None and evaluation.get("format") != EVAL_FORMAT:
+        evaluation = None  # written by an earlier tunelab without intervals or flips: shown as not evaluated
     examples = read_jsonl(run.eval_examples) if run.eval_examples.is_file() else []
     answers = read_jsonl(run.forgetting_answers) if run.forgetting_answers.is_file() else []
     log = read_jsonl(run.train_log) if run.train_log.is_file() else []
@@ -49,7 +59,7 @@ def build_report(run: RunDir) -> str:
 def verdict_section(record: dict[str, Any], evaluation: dict[str, Any] | None, root: Path) -> Section:
     section = Section("Verdict")
     if not evaluation:
-        return section.add(paragraph(f"Not evaluated yet: run `tunelab eval {root}`."))
+        return section.add(paragraph(f"No evaluation in this tunelab's format yet: run `tunelab eval {root}`."))
     verdict = evaluation.get("objective")
     if verdict is None:
         section.add("<p class='verdict'>No objective in the recipe.</p>")

@@ -74,10 +74,13 @@ def preformatted(text: str) -> str:
 
 def svg(figure: Any, caption: str = "") -> str:
     """A matplotlib figure as inline SVG (closed afterwards, so reports never leak figures)."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    # Text as <text> elements, not outlines: smaller pages, and labels a reader (or a test) can search and copy.
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        figure.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(figure)
     text = buffer.getvalue()
     markup = text[text.index("<svg"):]

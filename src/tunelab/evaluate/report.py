@@ -289,9 +289,11 @@ def mark(ok: bool) -> str:
     return "right" if ok else "wrong"
 
 
-def last_user_message(prompt: list[dict[str, str]]) -> str:
+def last_user_message(prompt: list[dict[str, str]], keep: int = 400) -> str:
+    """The last user turn; of a long one its end, where what differs between rows usually is."""
     users = [message["content"] for message in prompt if message["role"] == "user"]
-    return users[-1] if users else json.dumps(prompt)
+    text = users[-1] if users else json.dumps(prompt)
+    return text if len(text) <= keep else "…" + text[-keep:]
 
 
 def sample_table(rows: list[dict[str, Any]]) -> str:

@@ -28,7 +28,7 @@ from tunelab.train.precision import device_type, resolve_precision
 from tunelab.train.trackers import check_trackers, integrations, tracker_callbacks
 
 # Recipe sections a resumed run may change: they do not alter what is trained.
-RESUMABLE_CHANGES = ("eval", "output")
+RESUMABLE_CHANGES = ("eval", "objective", "output")
 
 
 def train(

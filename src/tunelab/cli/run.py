@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,7 @@ def train(
 ) -> None:
     """Fine-tune a model as a recipe says, then evaluate it against its base."""
     from tunelab.config.load import load_recipe
+    from tunelab.evaluate.gate import enforce
 
     config = load_recipe(recipe, overrides or [])
     quiet_libraries()
@@ -39,8 +41,6 @@ def train(
     elif config.objective is not None:
         console.print(f"[yellow]objective not checked[/yellow] (no evaluation); `tunelab eval {run.root}` checks it")
     console.print(f"[bold]done[/bold] in {time.perf_counter() - started:.0f} s: {run.root}")
-    from tunelab.evaluate.gate import enforce
-
     enforce(verdict)
 
 
@@ -76,15 +76,9 @@ def evaluation_recipe(recipe: dict, overrides: list[str], source: str):
         section = item.partition("=")[0].strip().split(".")[0]
         if section not in ("eval", "objective"):
             raise TunelabError(f"command line: '{item}': tunelab eval can change eval.* and objective.* only")
-    raw = json_copy(recipe)
+    raw = copy.deepcopy(recipe)
     overridden = apply_overrides(raw, list(overrides))
     return validate_recipe(raw, source=source, overridden=overridden)
-
-
-def json_copy(value):
-    import json
-
-    return json.loads(json.dumps(value))
 
 
 @app.command("eval")

@@ -77,9 +77,10 @@ def verdict_section(record: dict[str, Any], evaluation: dict[str, Any] | None, r
              f"{format_delta(primary, evaluation['delta'][primary])} {format_interval(primary, delta_interval, True)}"
              f" on {evaluation['rows']} held-out rows."]
     if forgetting:
+        where = "above the" if forgetting["flagged"] else "within the"
         lines.append(f"Forgetting: {100 * forgetting['value']:+.1f}% perplexity on {forgetting['worst_probe']} "
-                     f"({'flagged' if forgetting['flagged'] else 'below'} the {100 * forgetting['threshold']:.0f}% "
-                     "threshold).")
+                     f"({where} {100 * forgetting['threshold']:.0f}% threshold"
+                     f"{', flagged' if forgetting['flagged'] else ''}).")
     return section.add("".join(paragraph(line) for line in lines))
 
 

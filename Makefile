@@ -30,6 +30,7 @@ test: install
 
 bench: install
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/eval_generate.py
 
 lint: install
 	$(BIN)/python -m pip install --quiet ruff

@@ -17,7 +17,14 @@ table { border-collapse: collapse; margin: 0.5rem 0; } td, th { border: 1px soli
 th { background: #f3f3f3; text-align: left; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .good { color: #1a7f37; } .bad { color: #cf222e; } figure { margin: 0.5rem 0; }
 pre { background: #f6f8fa; padding: 0.5rem; white-space: pre-wrap; } mark { background: #fff3b0; }
+td pre { margin: 0; max-width: 24rem; max-height: 14rem; overflow: auto; font-size: 0.85rem; overflow-wrap: anywhere; }
+td { vertical-align: top; } .verdict { font-size: 1.2rem; font-weight: bold; padding: 0.5rem 0.8rem; }
+.verdict.good { background: #dafbe1; } .verdict.bad { background: #ffebe9; } .note { color: #666; }
 """
+
+
+class Markup(str):
+    """HTML built by tunelab (its parts already escaped): `table` puts it in a cell as is."""
 
 
 @dataclass
@@ -46,6 +53,8 @@ def table(headers: list[str], rows: Iterable[Iterable[Any]]) -> str:
 
 
 def cell(value: Any) -> str:
+    if isinstance(value, Markup):
+        return f"<td>{value}</td>"
     if isinstance(value, bool) or value is None:
         return f"<td>{html.escape(str(value))}</td>"
     if isinstance(value, int):
@@ -65,10 +74,13 @@ def preformatted(text: str) -> str:
 
 def svg(figure: Any, caption: str = "") -> str:
     """A matplotlib figure as inline SVG (closed afterwards, so reports never leak figures)."""
+    import matplotlib
     import matplotlib.pyplot as plt
 
     buffer = io.StringIO()
-    figure.savefig(buffer, format="svg", bbox_inches="tight")
+    # Text as <text> elements, not outlines: smaller pages, and labels a reader (or a test) can search and copy.
+    with matplotlib.rc_context({"svg.fonttype": "none"}):
+        figure.savefig(buffer, format="svg", bbox_inches="tight")
     plt.close(figure)
     text = buffer.getvalue()
     markup = text[text.index("<svg"):]
@@ -76,11 +88,11 @@ def svg(figure: Any, caption: str = "") -> str:
     return f"<figure class='plot'>{markup}{caption_html}</figure>"
 
 
-def new_figure(width: float = 6.0, height: float = 3.2) -> tuple[Any, Any]:
-    """A figure and axes on the non-interactive backend (no display needed)."""
+def new_figure(width: float = 6.0, height: float = 3.2, columns: int = 1) -> tuple[Any, Any]:
+    """A figure and axes (a row of `columns` axes) on the non-interactive backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=(width, height))
+    return plt.subplots(1, columns, figsize=(width, height))

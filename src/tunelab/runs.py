@@ -8,7 +8,10 @@ Layout (paths relative to the run folder):
     model/            what training produced: an adapter in PEFT's format, or a whole model; plus the tokenizer
     merged/           the adapter folded into the base weights, where the method can merge
     eval.json         base-vs-tuned evaluation; eval_worst.jsonl its worst examples
+    eval/             examples.jsonl (every test row: both outputs, flip), forgetting_answers.jsonl
+    report.html       the self-contained evaluation report
     train_log.jsonl   the trainer's log history
+    tensorboard/      TensorBoard event files
 """
 
 from __future__ import annotations
@@ -73,6 +76,26 @@ class RunDir:
     def train_log(self) -> Path:
         return self.root / "train_log.jsonl"
 
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def eval_examples(self) -> Path:
+        return self.eval_dir / "examples.jsonl"
+
+    @property
+    def forgetting_answers(self) -> Path:
+        return self.eval_dir / "forgetting_answers.jsonl"
+
+    @property
+    def report_html(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
     def is_run(self) -> bool:
         return self.record_path.is_file()
 
@@ -112,13 +135,30 @@ def open_run(root: str | Path) -> RunDir:
     run = RunDir(Path(root))
     if not run.is_run():
         raise TunelabError(f"{root}: not a tunelab run folder (no run.json)")
-    record = run.read_record()
-    if record.get("schema_version") != RUN_SCHEMA_VERSION:
-        raise TunelabError(
-            f"{root}: run written by tunelab {record.get('tunelab_version', '?')} with run format "
-            f"{record.get('schema_version')}; this tunelab {__version__} reads format {RUN_SCHEMA_VERSION}"
-        )
+    try:
+        record = run.read_record()
+    except ValueError as error:
+        raise TunelabError(f"{run.record_path}: not valid JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise TunelabError(f"{run.record_path}: not a run record")
+    check_run_format(root, record)
     return run
+
+
+def check_run_format(root: str | Path, record: dict[str, Any]) -> None:
+    """A run folder written in another run format is refused with what to do, never half-read."""
+    written = record.get("schema_version")
+    if written == RUN_SCHEMA_VERSION:
+        return
+    by = f"tunelab {record.get('tunelab_version', '?')}"
+    if isinstance(written, int) and written > RUN_SCHEMA_VERSION:
+        advice = "it comes from a newer tunelab; upgrade tunelab to read it"
+    elif isinstance(written, int):
+        advice = "it comes from an older tunelab; read it with that version or train the run again"
+    else:
+        advice = "run.json has no valid schema_version"
+    raise TunelabError(f"{root}: run format {written} (written by {by}), this tunelab {__version__} reads format "
+                       f"{RUN_SCHEMA_VERSION}; {advice}")
 
 
 def now() -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,6 +23,7 @@ def train(
 ) -> None:
     """Fine-tune a model as a recipe says, then evaluate it against its base."""
     from tunelab.config.load import load_recipe
+    from tunelab.evaluate.gate import enforce
 
     config = load_recipe(recipe, overrides or [])
     quiet_libraries()
@@ -33,32 +35,68 @@ def train(
     metrics = record.get("metrics", {})
     console.print(f"[bold green]trained[/bold green] {record['steps']} steps, {record['tokens_seen']:,} tokens, "
                   f"{metrics.get('train_tokens_per_second') or 0:.0f} tokens/s; saved {run.model}")
+    verdict = None
     if config.eval.after_train and not no_eval:
-        evaluate_and_show(run.root)
+        verdict = evaluate_and_show(run.root)
+    elif config.objective is not None:
+        console.print(f"[yellow]objective not checked[/yellow] (no evaluation); `tunelab eval {run.root}` checks it")
     console.print(f"[bold]done[/bold] in {time.perf_counter() - started:.0f} s: {run.root}")
+    enforce(verdict)
 
 
-def evaluate_and_show(run_root: Path, max_rows: int | None = None) -> None:
-    from tunelab.evaluate.compare import comparison_table, evaluate_run
+def evaluate_and_show(run_root: Path, max_rows: int | None = None, overrides: list[str] = ()) -> dict | None:
+    """Evaluate, record, print the comparison and verdict, write report.html; returns the objective's verdict."""
+    from tunelab.evaluate.compare import comparison_table, evaluate_run, flip_line, forgetting_lines
+    from tunelab.evaluate.report import write_report
+    from tunelab.evaluate.summary import evaluation_record, verdict_line
     from tunelab.inference import open_run_models
 
     models = open_run_models(run_root, tunelab_home())
-    report = evaluate_run(models, console, max_rows=max_rows)
+    recipe = evaluation_recipe(models.record["recipe"], overrides, str(models.run.record_path))
+    report = evaluate_run(models, console, max_rows=max_rows, recipe=recipe)
     record = models.run.read_record()
-    record["evaluation"] = {key: report[key] for key in ("rows", "base", "tuned", "delta")}
+    record["evaluation"] = evaluation_record(report)
     models.run.write_record(record)
     console.print(comparison_table(report))
-    console.print(f"[dim]written {models.run.eval_json} and {models.run.eval_worst}[/dim]")
+    for line in [*forgetting_lines(report["forgetting"]), flip_line(report["flips"])]:
+        console.print(line)
+    write_report(models.run)
+    console.print(f"[dim]written {models.run.eval_json}, {models.run.eval_examples}, "
+                  f"{models.run.report_html}[/dim]")
+    console.print(verdict_line(report["objective"]))
+    return report["objective"]
+
+
+def evaluation_recipe(recipe: dict, overrides: list[str], source: str):
+    """The run's recipe with `eval.*` / `objective.*` overrides: what to measure may change, what was trained not."""
+    from tunelab.config.load import apply_overrides, validate_recipe
+    from tunelab.errors import TunelabError
+
+    for item in overrides:
+        section = item.partition("=")[0].strip().split(".")[0]
+        if section not in ("eval", "objective"):
+            raise TunelabError(f"command line: '{item}': tunelab eval can change eval.* and objective.* only")
+    raw = copy.deepcopy(recipe)
+    overridden = apply_overrides(raw, list(overrides))
+    return validate_recipe(raw, source=source, overridden=overridden)
 
 
 @app.command("eval")
 def eval_command(
     run: Path = typer.Argument(..., help="Run folder."),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="eval.* or objective.* changes for this evaluation, e.g. objective.min=0.9 eval.max_rows=50"),
     max_rows: Optional[int] = typer.Option(None, help="Evaluate on at most this many test rows."),
 ) -> None:
-    """Base vs tuned on the run's held-out test rows, with the same decoding."""
+    """Base vs tuned on the run's held-out test rows with the same decoding; checks the objective, rebuilds the report.
+
+    Exit code 0 when the recipe's objective is met (or there is none), 3 when it is not.
+    """
     quiet_libraries()
-    evaluate_and_show(run, max_rows)
+    verdict = evaluate_and_show(run, max_rows, overrides or [])
+    from tunelab.evaluate.gate import enforce
+
+    enforce(verdict)
 
 
 def load_for_chat(run: Path, base: bool):

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from tunelab.errors import TunelabError
+from tunelab.evaluate.registry import resolve_name
 from tunelab.methods.lora import LoraConfig
 from tunelab.methods.registry import MethodSection
 
@@ -185,6 +187,30 @@ class TrainSection(Section):
     save_every: int | None = Field(None, ge=1, description="Checkpoint every N steps; None: once per epoch.")
     save_total_limit: int = Field(2, ge=1, description="Checkpoints kept on disk.")
     log_every: int = Field(5, ge=1)
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="Where training logs go besides train_log.jsonl: TensorBoard event files in <run>/tensorboard "
+        "(default); wandb and mlflow when installed (they read their usual WANDB_*/MLFLOW_* settings). [] for none.",
+    )
+
+
+class ForgettingSection(Section):
+    enabled: bool = Field(
+        True, description="Measure general ability on base and tuned: perplexity on the general text tunelab ships "
+        "(340 sentences written for it) and on the optional `text` and `prompts` below."
+    )
+    text: str | None = Field(
+        None, description="Your own general text as well: a .txt file (one passage a line) or a data file with a "
+        "`text` column."
+    )
+    prompts: str | None = Field(
+        None, description="General prompts ('builtin': 30 that tunelab ships, or a .txt file, one a line): both "
+        "models answer them, and the tuned model's perplexity on the base model's answers is compared."
+    )
+    max_new_tokens: int = Field(64, ge=1, description="Longest answer to a general prompt.")
+    threshold: float = Field(
+        0.05, ge=0, description="Relative perplexity increase (tuned / base - 1) above which forgetting is flagged."
+    )
 
 
 class EvalSection(Section):
@@ -193,6 +219,62 @@ class EvalSection(Section):
     max_new_tokens: int = Field(256, ge=1)
     max_rows: int | None = Field(None, ge=1, description="Evaluate on at most this many test rows.")
     worst_examples: int = Field(5, ge=0, description="Examples with the highest tuned loss kept in eval_worst.jsonl.")
+    metrics: list[str] | None = Field(
+        None,
+        description="Metrics to compute besides loss and perplexity (always computed). None: the defaults for the "
+        "test rows (JSON answers: exact/normalized match, valid_json, json_match, json_field_accuracy; class "
+        "labels: accuracy, precision, recall, f1, mcc; other text: exact/normalized match, bleu, chrf, rouge1/2/L).",
+    )
+    bootstrap: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals; 0: none.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap resampling.")
+    forgetting: ForgettingSection = Field(default_factory=ForgettingSection)
+    samples: int = Field(8, ge=0, description="Test rows shown side by side (base, tuned, reference) in the report.")
+
+    @field_validator("metrics")
+    @classmethod
+    def known_metrics(cls, names: list[str] | None) -> list[str] | None:
+        for name in names or []:
+            try:
+                resolve_name(name)
+            except TunelabError as error:
+                raise ValueError(str(error)) from None
+        return names
+
+
+class ObjectiveSection(Section):
+    """What counts as success, decided before training. Checked at the end of `tunelab train` and by
+    `tunelab eval`: exit code 0 when met, 3 when not."""
+
+    metric: str = Field(..., description="The metric judged, e.g. f1, json_match, bleu, loss (see eval.metrics).")
+    min: float | None = Field(None, description="The tuned model's value must be at least this.")
+    max: float | None = Field(None, description="The tuned model's value must be at most this (loss, perplexity).")
+    min_gain_over_base: float | None = Field(
+        None, description="Tuned must beat base by at least this, in the metric's units (rates are 0-1: 0.1 = "
+        "+10 points; for loss and perplexity a gain is a decrease)."
+    )
+    significant: bool = Field(
+        False, description="The gain over base must also be significant: its bootstrap interval excludes zero."
+    )
+    max_forgetting: float | None = Field(
+        None, ge=0, description="Largest allowed relative perplexity increase on the general-ability probes "
+        "(0.05 = 5%)."
+    )
+
+    @field_validator("metric")
+    @classmethod
+    def known_metric(cls, name: str) -> str:
+        try:
+            return resolve_name(name)
+        except TunelabError as error:
+            raise ValueError(str(error)) from None
+
+    @model_validator(mode="after")
+    def some_condition(self) -> "ObjectiveSection":
+        if all(value is None for value in (self.min, self.max, self.min_gain_over_base, self.max_forgetting)) \
+                and not self.significant:
+            raise ValueError("give at least one of min, max, min_gain_over_base, significant, max_forgetting")
+        return self
 
 
 class OutputSection(Section):
@@ -208,7 +290,14 @@ class Recipe(Section):
     method: MethodSection = Field(default_factory=LoraConfig)
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
+    objective: ObjectiveSection | None = Field(None, description="Success criteria checked after evaluation.")
     output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="after")
+    def forgetting_measured_for_objective(self) -> "Recipe":
+        if self.objective and self.objective.max_forgetting is not None and not self.eval.forgetting.enabled:
+            raise ValueError("objective.max_forgetting needs eval.forgetting.enabled: true")
+        return self
 
     @model_validator(mode="before")
     @classmethod

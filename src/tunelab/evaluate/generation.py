@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -12,10 +12,15 @@ class Generated:
     texts: list[str]
     new_tokens: int
     seconds: float
+    row_tokens: list[int] = field(default_factory=list)  # tokens generated for each prompt, in prompt order
 
     @property
     def tokens_per_second(self) -> float:
         return self.new_tokens / self.seconds if self.seconds else 0.0
+
+    @property
+    def rows_per_second(self) -> float:
+        return len(self.texts) / self.seconds if self.seconds else 0.0
 
 
 def generate_texts(
@@ -33,6 +38,7 @@ def generate_texts(
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
+    row_tokens = [0] * len(prompts)
     new_tokens = 0
     started = time.perf_counter()
     device = next(model.parameters()).device
@@ -41,7 +47,7 @@ def generate_texts(
         batch = left_pad([prompts[i] for i in chunk], tokenizer.pad_token_id)
         batch = {key: value.to(device) for key, value in batch.items()}
         options = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
-                   "eos_token_id": stop_ids or tokenizer.eos_token_id}
+                   "eos_token_id": stop_ids or tokenizer.eos_token_id, "use_cache": True}
         if temperature > 0:
             options.update(do_sample=True, temperature=temperature)
         else:
@@ -52,8 +58,9 @@ def generate_texts(
         for row, index in enumerate(chunk):
             ids = trim_at_stop(continuations[row].tolist(), set(stop_ids or [tokenizer.eos_token_id]))
             new_tokens += len(ids)
+            row_tokens[index] = len(ids)
             texts[index] = tokenizer.decode(ids, skip_special_tokens=True)
-    return Generated(texts, new_tokens, time.perf_counter() - started)
+    return Generated(texts, new_tokens, time.perf_counter() - started, row_tokens)
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> dict[str, Any]:

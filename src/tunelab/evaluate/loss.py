@@ -9,14 +9,16 @@ from tunelab.data.templates import IGNORE_INDEX, Encoded
 
 def row_losses(model: Any, rows: list[Encoded], pad_id: int, batch_size: int = 8,
                autocast_bf16: bool = False) -> list[tuple[float, int]]:
-    """(summed loss, label tokens) per row, in order."""
+    """(summed loss, label tokens) per row, in order. Rows are batched by length so batches pad little."""
     import torch
     import torch.nn.functional as F
 
     device = next(model.parameters()).device
-    results: list[tuple[float, int]] = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].input_ids))
+    results: list[tuple[float, int]] = [(0.0, 0)] * len(rows)
+    for start in range(0, len(order), batch_size):
+        positions = order[start : start + batch_size]
+        chunk = [rows[i] for i in positions]
         width = max(len(row.input_ids) for row in chunk)
         input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
         labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
@@ -33,8 +35,8 @@ def row_losses(model: Any, rows: list[Encoded], pad_id: int, batch_size: int = 8
             ignore_index=IGNORE_INDEX, reduction="none",
         ).view(shifted.shape)
         counts = (shifted != IGNORE_INDEX).sum(dim=1)
-        for total, count in zip(token_losses.sum(dim=1).tolist(), counts.tolist()):
-            results.append((total, count))
+        for position, total, count in zip(positions, token_losses.sum(dim=1).tolist(), counts.tolist()):
+            results[position] = (total, count)
     return results
 
 

@@ -1,14 +1,51 @@
-"""Metrics for base-vs-tuned comparison, each a plain function of predictions and references."""
+"""Metrics for base-vs-tuned comparison, each a plain function of predictions and references.
+
+Row-level functions live here; registry.py turns them (and sacrebleu, rouge-score, scikit-learn) into metrics with
+per-row statistics that the bootstrap can resample.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import unicodedata
 from typing import Any
 
 
 def exact_match(prediction: str, reference: str) -> bool:
     return prediction.strip() == reference.strip()
+
+
+def normalize_text(text: str) -> str:
+    """Unicode NFKC, case-folded, whitespace runs as one space, no surrounding space and no final full stop.
+
+    Looser than exact match on what does not change meaning (case, spacing, a closing period); punctuation inside
+    the text is kept, since in code or JSON it does change meaning.
+    """
+    text = re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    return text[:-1].rstrip() if text.endswith(".") else text
+
+
+def normalized_match(prediction: str, reference: str) -> bool:
+    return normalize_text(prediction) == normalize_text(reference)
+
+
+def json_fields_matched(prediction: str, reference: str) -> tuple[int, int, dict[str, bool]]:
+    """(fields right, fields in the reference, right per field) for a reference that is a JSON object.
+
+    A prediction that is not a JSON object gets every field wrong; extra keys in the prediction are not counted.
+    """
+    reference_value = json.loads(reference)
+    ok, predicted = parse_json(prediction)
+    if not ok or not isinstance(predicted, dict):
+        predicted = {}
+    right = {key: key in predicted and predicted[key] == value for key, value in reference_value.items()}
+    return sum(right.values()), len(right), right
+
+
+def references_are_json_objects(references: list[str]) -> bool:
+    return references_are_json(references) and all(isinstance(json.loads(r), dict) for r in references)
 
 
 def parse_json(text: str) -> tuple[bool, Any]:

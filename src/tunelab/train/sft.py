@@ -26,9 +26,10 @@ from tunelab.models.tokenizer import load_tokenizer
 from tunelab.runs import RunDir, new_record, now, prepare_run_dir
 from tunelab.train.callbacks import JsonlLog
 from tunelab.train.precision import device_type, resolve_precision
+from tunelab.train.trackers import check_trackers, integrations, tracker_callbacks
 
 # Recipe sections a resumed run may change: they do not alter what is trained.
-RESUMABLE_CHANGES = ("eval", "output")
+RESUMABLE_CHANGES = ("eval", "objective", "output")
 
 
 def train(
@@ -52,6 +53,8 @@ def train(
     loaded, tokenized = prepared.loaded(), sft_tokenized(prepared)
     if prior is not None:
         check_same_data(prior, loaded)
+    check_evaluation(recipe, loaded)
+    check_trackers(recipe.train.report_to)
     check_trainable(recipe, tokenized)
     device = device_type()
     precision = resolve_precision(recipe.train.precision, device)
@@ -153,6 +156,19 @@ def check_trainable(recipe: Recipe, tokenized: dict[str, TokenizedSplit]) -> Non
         raise TunelabError("train.early_stopping_patience needs validation rows (data.validation or data.split)")
 
 
+def check_evaluation(recipe: Recipe, loaded: LoadedData) -> None:
+    """What the evaluation after training would refuse (metrics that do not fit, a missing probe file) is refused
+    now, before the training it would come after."""
+    from tunelab.evaluate.forgetting import load_probe
+    from tunelab.evaluate.plan import plan_evaluation
+
+    if loaded.splits.test and (recipe.eval.after_train or recipe.objective is not None):
+        plan_evaluation(loaded.splits.test, recipe.eval, recipe.objective)
+    elif recipe.objective is not None:
+        raise TunelabError("objective: needs test rows to be checked on (data.test or data.split.test > 0)")
+    load_probe(recipe.eval.forgetting)
+
+
 def describe_run(ref: ModelRef, loaded: LoadedData, tokenized: dict[str, TokenizedSplit], model: Any,
                  recipe: Recipe, device: str, precision: str) -> dict[str, Any]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -220,7 +236,8 @@ def training_arguments(train: TrainSection, run: RunDir, device: str, precision:
         logging_steps=train.log_every,
         logging_first_step=True,
         include_num_input_tokens_seen="non_padding",
-        report_to=[],
+        report_to=integrations(train.report_to),
+        run_name=run.root.name,
         disable_tqdm=True,
         activation_checkpointing=train.gradient_checkpointing,
         remove_unused_columns=False,  # the collator needs input_ids and labels only, and gets exactly those
@@ -242,7 +259,8 @@ def build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, token
     from tunelab.train.progress import RichProgress
 
     has_validation = tokenized["validation"].kept > 0
-    extra = [RichProgress(console), JsonlLog(run.train_log), *callbacks]
+    trackers = tracker_callbacks(recipe.train.report_to, run.tensorboard)
+    extra = [RichProgress(console), JsonlLog(run.train_log), *trackers, *callbacks]
     if recipe.train.early_stopping_patience:
         extra.append(EarlyStoppingCallback(early_stopping_patience=recipe.train.early_stopping_patience))
     trainer = Trainer(

@@ -1,0 +1,324 @@
+"""report.html: one self-contained page that answers "did fine-tuning help, and what did it cost?".
+
+Built from the run folder alone (run.json, train_log.jsonl, eval.json, eval/*.jsonl), so `tunelab report RUN`
+rebuilds it without loading a model. Parts: the objective's verdict; training and validation loss with the
+early-stopping point, learning rate; base vs tuned metrics with intervals; confusion matrices where labels apply;
+answer-length and closeness histograms; forgetting; flips; the worst regressions; side-by-side samples.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from tunelab.evaluate.compare import (
+    EVAL_FORMAT,
+    MODELS,
+    better,
+    format_delta,
+    format_interval,
+    format_value,
+    regressions,
+)
+from tunelab.files import read_json, read_jsonl, write_text_atomic
+from tunelab.reports import Markup, Section, new_figure, page, paragraph, svg, table
+from tunelab.runs import RunDir
+
+BASE_COLOUR, TUNED_COLOUR, REFERENCE_COLOUR = "#8c8c8c", "#1f77b4", "#2ca02c"
+
+
+def write_report(run: RunDir) -> Path:
+    write_text_atomic(run.report_html, build_report(run))
+    return run.report_html
+
+
+def build_report(run: RunDir) -> str:
+    record = run.read_record()
+    evaluation = read_json(run.eval_json) if run.eval_json.is_file() else None
+    if evaluation is not None and evaluation.get("format") != EVAL_FORMAT:
+        evaluation = None  # written by an earlier tunelab without intervals or flips: shown as not evaluated
+    examples = read_jsonl(run.eval_examples) if run.eval_examples.is_file() else []
+    answers = read_jsonl(run.forgetting_answers) if run.forgetting_answers.is_file() else []
+    log = read_jsonl(run.train_log) if run.train_log.is_file() else []
+    sections = [verdict_section(record, evaluation, run.root), training_section(record, log)]
+    if evaluation:
+        samples = (record.get("recipe", {}).get("eval") or {}).get("samples", 8)
+        sections += [metrics_section(evaluation), labels_section(evaluation), distributions_section(examples),
+                     forgetting_section(evaluation, answers), flips_section(evaluation, examples),
+                     samples_section(examples, samples)]
+    sections.append(run_section(record))
+    base_model = (record.get("base_model") or {}).get("name", "?")
+    subtitle = (f"{base_model} + {(record.get('method') or {}).get('name', '?')}, {record.get('steps', '?')} steps; "
+                f"started {record.get('started_at')}, status {record.get('status')}")
+    return page(f"tunelab run {run.root.name}", [section for section in sections if section], subtitle)
+
+
+def verdict_section(record: dict[str, Any], evaluation: dict[str, Any] | None, root: Path) -> Section:
+    section = Section("Verdict")
+    if not evaluation:
+        return section.add(paragraph(f"No evaluation in this tunelab's format yet: run `tunelab eval {root}`."))
+    verdict = evaluation.get("objective")
+    if verdict is None:
+        section.add("<p class='verdict'>No objective in the recipe.</p>")
+    else:
+        css, word = ("good", "Objective met") if verdict["met"] else ("bad", "Objective NOT met")
+        section.add(f"<p class='verdict {css}'>{word}</p>")
+        section.add(table(["check", "result", "detail"],
+                          [[entry["check"], "pass" if entry["ok"] else "FAIL", entry["text"]]
+                           for entry in verdict["checks"]]))
+    primary = evaluation["primary_metric"]
+    delta_interval = ((evaluation.get("intervals") or {}).get("delta") or {}).get(primary)
+    forgetting = evaluation.get("forgetting")
+    lines = [f"{primary}: base {format_value(primary, evaluation['base'][primary])}, tuned "
+             f"{format_value(primary, evaluation['tuned'][primary])}, change "
+             f"{format_delta(primary, evaluation['delta'][primary])} {format_interval(primary, delta_interval, True)}"
+             f" on {evaluation['rows']} held-out rows."]
+    if forgetting:
+        where = "above the" if forgetting["flagged"] else "within the"
+        lines.append(f"Forgetting: {100 * forgetting['value']:+.1f}% perplexity on {forgetting['worst_probe']} "
+                     f"({where} {100 * forgetting['threshold']:.0f}% threshold"
+                     f"{', flagged' if forgetting['flagged'] else ''}).")
+    return section.add("".join(paragraph(line) for line in lines))
+
+
+def step_of(checkpoint: str | None) -> int | None:
+    match = re.search(r"checkpoint-(\d+)", checkpoint or "")
+    return int(match.group(1)) if match else None
+
+
+def training_section(record: dict[str, Any], log: list[dict[str, Any]]) -> Section:
+    section = Section("Training")
+    train = [(entry["step"], entry["loss"]) for entry in log if "loss" in entry]
+    validation = [(entry["step"], entry["eval_loss"]) for entry in log if "eval_loss" in entry]
+    rates = [(entry["step"], entry["learning_rate"]) for entry in log if "learning_rate" in entry]
+    if not train:
+        return section.add(paragraph("No training log (train_log.jsonl) in this run."))
+    metrics = record.get("metrics") or {}
+    best_step = step_of(metrics.get("best_checkpoint"))
+    figure, axes = new_figure(7, 3.4)
+    axes.plot(*zip(*train), color=TUNED_COLOUR, label="training loss")
+    if validation:
+        axes.plot(*zip(*validation), color="#d62728", marker="o", label="validation loss")
+    if best_step is not None:
+        axes.axvline(best_step, color="#555", linestyle="--", label=f"best checkpoint (step {best_step})")
+    if record.get("stopped_early"):
+        axes.axvline(record["steps"], color="#ff7f0e", linestyle=":", label=f"stopped early (step {record['steps']})")
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_yscale("log" if min(loss for _, loss in train) > 0 and max_ratio(train) > 20 else "linear")
+    axes.legend()
+    section.add(svg(figure, "Training loss (every logged step) and validation loss; the dashed line marks the "
+                            "checkpoint kept when early stopping picks the best one."))
+    if rates:
+        figure, axes = new_figure(7, 2.2)
+        axes.plot(*zip(*rates), color="#9467bd")
+        axes.set_xlabel("step")
+        axes.set_ylabel("learning rate")
+        section.add(svg(figure, "Learning rate schedule."))
+    facts = [["steps", f"{record.get('steps')} of {record.get('max_steps')}"],
+             ["tokens seen", record.get("tokens_seen")],
+             ["final training loss", train[-1][1]],
+             ["best validation loss", metrics.get("best_eval_loss") or metrics.get("final_eval_loss")],
+             ["training time (s)", metrics.get("train_runtime_seconds")],
+             ["training tokens/s", metrics.get("train_tokens_per_second")]]
+    return section.add(table(["", "value"], facts))
+
+
+def max_ratio(points: list[tuple[int, float]]) -> float:
+    values = [value for _, value in points]
+    return max(values) / min(values) if min(values) > 0 else 1.0
+
+
+def metrics_section(evaluation: dict[str, Any]) -> Section:
+    intervals = evaluation.get("intervals") or {}
+    level = f"{100 * intervals['confidence']:.0f}% paired bootstrap intervals, {intervals['resamples']} resamples" \
+        if intervals else "no intervals (eval.bootstrap: 0)"
+    section = Section(f"Base vs tuned on {evaluation['rows']} held-out rows")
+    section.add(paragraph(f"Same rows, same greedy decoding ({evaluation['decoding']['max_new_tokens']} new tokens "
+                          f"at most). {level}. * marks the run's headline metric."))
+    rows = []
+    for key in evaluation["delta"]:
+        delta = evaluation["delta"][key]
+        css = {True: "good", False: "bad", None: ""}[better(key, delta)]
+        change = f"{format_delta(key, delta)} {format_interval(key, (intervals.get('delta') or {}).get(key), True)}"
+        rows.append([f"{key} *" if key == evaluation["primary_metric"] else key,
+                     f"{format_value(key, evaluation['base'][key])} "
+                     f"{format_interval(key, (intervals.get('base') or {}).get(key))}",
+                     f"{format_value(key, evaluation['tuned'][key])} "
+                     f"{format_interval(key, (intervals.get('tuned') or {}).get(key))}",
+                     Markup(f"<span class='{css}'>{html.escape(change)}</span>")])
+    section.add(table(["metric", "base", "tuned", "change"], rows))
+    rates = [key for key in evaluation["delta"] if evaluation["units"].get(key) == "rate"]
+    if rates and intervals:
+        section.add(change_plot(evaluation, rates))
+    fields = [evaluation["details"][label].get("json_fields") for label in MODELS]
+    if fields[0]:
+        section.add(table(["JSON field", "base", "tuned"],
+                          [[key, f"{100 * fields[0][key]:.1f}%", f"{100 * fields[1].get(key, 0):.1f}%"]
+                           for key in fields[0]]))
+    generation = evaluation["base"].get("generation_tokens_per_second"), \
+        evaluation["tuned"].get("generation_tokens_per_second")
+    section.add(paragraph(f"Generation speed: base {generation[0] or 0:.0f}, tuned {generation[1] or 0:.0f} tokens/s "
+                          f"(batched, left-padded, KV cache, batch {evaluation['decoding']['batch_size']})."))
+    return section
+
+
+def change_plot(evaluation: dict[str, Any], keys: list[str]) -> str:
+    """Each rate metric's change in points with its interval: a forest plot."""
+    figure, axes = new_figure(6.5, 0.45 * len(keys) + 1.0)
+    for position, key in enumerate(reversed(keys)):
+        delta = 100 * evaluation["delta"][key]
+        low, high = (100 * value for value in evaluation["intervals"]["delta"][key])
+        colour = "#1a7f37" if low > 0 else "#cf222e" if high < 0 else "#555"
+        axes.errorbar(delta, position, xerr=[[delta - low], [high - delta]], fmt="o", color=colour, capsize=4)
+    axes.axvline(0, color="#999", linewidth=1)
+    axes.set_yticks(range(len(keys)), list(reversed(keys)))
+    axes.set_xlabel("tuned - base (points)")
+    return svg(figure, "Change per metric with its interval; green: the whole interval is above zero.")
+
+
+def labels_section(evaluation: dict[str, Any]) -> Section | None:
+    details = [evaluation["details"][label].get("labels") for label in MODELS]
+    if not details[0]:
+        return None
+    section = Section("Classes")
+    per_class = []
+    for name in details[0]["labels"]:
+        base, tuned = details[0]["per_class"][name], details[1]["per_class"][name]
+        per_class.append([name, base["support"], base["precision"], tuned["precision"], base["recall"],
+                          tuned["recall"], base["f1"], tuned["f1"]])
+    section.add(table(["class", "support", "precision base", "precision tuned", "recall base", "recall tuned",
+                       "F1 base", "F1 tuned"], per_class))
+    figure, axes_pair = new_figure(9, 3.8, columns=2)
+    for axes, label, detail in zip(axes_pair, MODELS, details):
+        confusion_plot(axes, detail, label)
+    figure.tight_layout()
+    return section.add(svg(figure, "Confusion matrices: rows are the true class, columns the answer given."))
+
+
+def confusion_plot(axes: Any, detail: dict[str, Any], label: str) -> None:
+    matrix = detail["confusion"]
+    columns = detail["confusion_columns"]
+    axes.imshow(matrix, cmap="Blues")
+    for row, values in enumerate(matrix):
+        for column, value in enumerate(values):
+            axes.text(column, row, str(value), ha="center", va="center", fontsize=9)
+    axes.set_xticks(range(len(columns)), columns, rotation=45, ha="right")
+    axes.set_yticks(range(len(detail["labels"])), detail["labels"])
+    axes.set_title(label)
+    axes.set_xlabel("answer")
+    axes.set_ylabel("true class")
+
+
+def distributions_section(examples: list[dict[str, Any]]) -> Section | None:
+    if not examples:
+        return None
+    section = Section("Distributions")
+    figure, axes = new_figure(6.5, 3)
+    lengths = {"reference": [row["reference_tokens"] for row in examples],
+               **{label: [row[f"{label}_tokens"] for row in examples] for label in MODELS}}
+    top = max(max(values) for values in lengths.values()) + 1
+    bins = min(40, max(5, top))
+    for name, colour in (("reference", REFERENCE_COLOUR), ("base", BASE_COLOUR), ("tuned", TUNED_COLOUR)):
+        axes.hist(lengths[name], bins=bins, range=(0, top), histtype="step", linewidth=2, color=colour, label=name)
+    axes.set_xlabel("answer length (tokens)")
+    axes.set_ylabel("rows")
+    axes.legend()
+    section.add(svg(figure, "Answer lengths: a tuned model should match the references' shape."))
+    figure, axes = new_figure(6.5, 3)
+    for label, colour in (("base", BASE_COLOUR), ("tuned", TUNED_COLOUR)):
+        axes.hist([row[f"{label}_similarity"] for row in examples], bins=20, range=(0, 100), histtype="step",
+                  linewidth=2, color=colour, label=label)
+    axes.set_xlabel("closeness to the reference (sentence chrF, 0-100)")
+    axes.set_ylabel("rows")
+    axes.legend()
+    return section.add(svg(figure, "Per-row closeness to the reference, base and tuned."))
+
+
+def forgetting_section(evaluation: dict[str, Any], answers: list[dict[str, str]]) -> Section:
+    section = Section("Forgetting")
+    forgetting = evaluation.get("forgetting")
+    if not forgetting:
+        return section.add(paragraph("Not measured (eval.forgetting.enabled: false)."))
+    section.add(paragraph(f"Perplexity of base and tuned on text unrelated to the task; a change above "
+                          f"{100 * forgetting['threshold']:.0f}% is flagged."))
+    rows = []
+    for name, probe in forgetting["probes"].items():
+        interval = probe.get("interval")
+        span = f"[{100 * interval[0]:+.1f}%, {100 * interval[1]:+.1f}%]" if interval else ""
+        rows.append([name, probe["rows"], probe["tokens"], probe["base_perplexity"], probe["tuned_perplexity"],
+                     f"{100 * probe['relative_change']:+.1f}% {span}", "FLAGGED" if probe["flagged"] else "ok"])
+    section.add(table(["probe", "rows", "tokens", "base perplexity", "tuned perplexity", "change", ""], rows))
+    if answers:
+        section.add(paragraph("General prompts, answered by both models:"))
+        section.add(table(["prompt", "base", "tuned"], [[pre(row["prompt"]), pre(row["base"]), pre(row["tuned"])]
+                                                         for row in answers[:10]]))
+    return section
+
+
+def flips_section(evaluation: dict[str, Any], examples: list[dict[str, Any]]) -> Section:
+    flips = evaluation["flips"]
+    section = Section("Flips and worst regressions")
+    section.add(paragraph(f"Each row judged right or wrong by {flips['judged_by']} for both models "
+                          "(all rows in eval/examples.jsonl)."))
+    section.add(table(["fixed (base wrong, tuned right)", "broken (base right, tuned wrong)", "both right",
+                       "both wrong"], [[flips["fixed"], flips["broken"], flips["both_right"], flips["both_wrong"]]]))
+    worst = regressions(examples, 10)
+    if not worst:
+        return section.add(paragraph("No row where the tuned model did worse than the base."))
+    section.add(paragraph(f"Worst regressions ({len(worst)}): broken rows first, then the largest drops in "
+                          "closeness to the reference."))
+    return section.add(sample_table(worst))
+
+
+def samples_section(examples: list[dict[str, Any]], count: int) -> Section | None:
+    if not examples or not count:
+        return None
+    section = Section("Samples side by side")
+    section.add(paragraph(f"The first {min(count, len(examples))} test rows."))
+    return section.add(sample_table(examples[:count]))
+
+
+def pre(text: str) -> Markup:
+    return Markup(f"<pre>{html.escape(text)}</pre>")
+
+
+def mark(ok: bool) -> str:
+    return "right" if ok else "wrong"
+
+
+def last_user_message(prompt: list[dict[str, str]], keep: int = 400) -> str:
+    """The last user turn; of a long one its end, where what differs between rows usually is."""
+    users = [message["content"] for message in prompt if message["role"] == "user"]
+    text = users[-1] if users else json.dumps(prompt)
+    return text if len(text) <= keep else "…" + text[-keep:]
+
+
+def sample_table(rows: list[dict[str, Any]]) -> str:
+    body = [[row["source"], pre(last_user_message(row["prompt"])), pre(row["reference"]),
+             pre(row["base"]), pre(row["tuned"]),
+             f"{mark(row['base_correct'])} / {mark(row['tuned_correct'])}; closeness "
+             f"{row['base_similarity']:.0f} -> {row['tuned_similarity']:.0f}"] for row in rows]
+    return table(["row", "prompt", "reference", "base", "tuned", "base / tuned"], body)
+
+
+def splits_text(splits: dict[str, Any]) -> str:
+    return "; ".join(f"{name} {info.get('kept')} rows ({info.get('tokens', 0):,} tokens, "
+                     f"{info.get('dropped_overlong')} dropped, {info.get('truncated')} truncated)"
+                     for name, info in splits.items())
+
+
+def run_section(record: dict[str, Any]) -> Section:
+    environment = record.get("environment") or {}
+    packages = environment.get("packages") or {}
+    facts = [["base model", (record.get("base_model") or {}).get("name")],
+             ["method", json.dumps(record.get("method"))],
+             ["device / precision", f"{record.get('device')} / {record.get('precision')}"],
+             ["data", splits_text((record.get("data") or {}).get("splits") or {})],
+             ["tunelab", record.get("tunelab_version")],
+             ["packages", ", ".join(f"{name} {version}" for name, version in packages.items() if version)],
+             ["git", environment.get("git_sha")], ["host", environment.get("host")]]
+    return Section("Run").add(table(["", ""], facts))

@@ -153,8 +153,9 @@ def test_bad_evaluation_input_is_refused_before_training(tmp_path, home, tiny_ch
     no_answers = write_jsonl(tmp_path / "test.jsonl", [{"prompt": "abc", "completion": ""}])
     recipe = tiny_recipe(tmp_path, tiny_checkpoint, train)
     recipe["data"]["test"] = str(no_answers)
-    code, _, err = cli("train", write_recipe(tmp_path, recipe))
-    assert code == 2 and f"{no_answers}:1: every test row has an empty reference answer" in error_line(err)
+    code, _, err = cli("train", write_recipe(tmp_path, recipe))  # a test split with no reference answer
+    assert code == 2 and f"{no_answers}: all 1 test row(s) also appear in train or were rejected (1: no assistant " \
+        "answer left (empty turns))" in error_line(err)
 
     recipe = tiny_recipe(tmp_path, tiny_checkpoint, train, train={"report_to": ["wandb"]})
     code, _, err = cli("train", write_recipe(tmp_path, recipe))

@@ -333,17 +333,25 @@ def tokenize_rows(splits: dict[str, list[Row]], data: DataSection, tokenizer: An
     splits.update(kept)
 
 
+def main_reasons(rejected: list[Rejected], role: str, most: int = 2) -> str:
+    """The commonest rejection reasons of one file's rows, e.g. '3: exact duplicate; 1: empty text'."""
+    reasons = Counter(item.reason for item in rejected if item.file_role == role)
+    return "; ".join(f"{count}: {reason}" for reason, count in reasons.most_common(most)) or "no reason recorded"
+
+
 def whole_set_problems(diagnosis: Diagnosis, data: DataSection) -> list[str]:
     """What makes the set unusable as a whole; `data check` lists them, prepare and train stop at the first."""
     problems = []
     splits, read = diagnosis.splits, diagnosis.read
     train_read = read.get("train", 0)
     if not splits["train"]:
-        problems.append(f"nothing usable left: all {train_read} train rows were rejected (see rejected.jsonl)")
+        problems.append(f"nothing usable left: all {train_read} train rows were rejected "
+                        f"({main_reasons(diagnosis.rejected, 'train')}; see rejected.jsonl)")
     for role in ("validation", "test"):
         if role in read and not splits[role] and read[role]:
             problems.append(f"{getattr(data, role)}: all {read[role]} {role} row(s) also appear in train or were "
-                            "rejected, so nothing is held out (see rejected.jsonl)")
+                            f"rejected ({main_reasons(diagnosis.rejected, role)}), so nothing is held out "
+                            "(see rejected.jsonl)")
     labels = Counter(row.example.label for row in splits["train"] if row.example.kind == "label")
     if len(labels) == 1:
         only = next(iter(labels))

@@ -50,11 +50,12 @@ def train(
     stop_ids = stop_token_ids(tokenizer, model_stop_ids(model))
     # The data doctor (cleaning, dedup, contamination, template lint), cached: the data `data prepare` made.
     prepared = prepare_data(recipe.data, tokenizer, stop_ids, model_context(model), home)
-    loaded, tokenized = prepared.loaded(), sft_tokenized(prepared)
+    loaded = prepared.loaded()
     if prior is not None:
         check_same_data(prior, loaded)
     check_evaluation(recipe, loaded)
     check_trackers(recipe.train.report_to)
+    tokenized = sft_tokenized(prepared)
     check_trainable(recipe, tokenized)
     device = device_type()
     precision = resolve_precision(recipe.train.precision, device)

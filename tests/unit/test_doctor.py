@@ -86,7 +86,8 @@ def test_nothing_usable_left_is_a_problem(tmp_path, tokenizer):
     path = tmp_path / "d.jsonl"
     path.write_text("[1]\n\"text\"\n")
     prepared = doctor(tokenizer, tmp_path, train=str(path), format="prompt_completion")
-    assert prepared.problems == ["nothing usable left: all 2 train rows were rejected (see rejected.jsonl)"]
+    assert prepared.problems == ["nothing usable left: all 2 train rows were rejected (1: a row must be a JSON "
+                                 "object, got list; 1: a row must be a JSON object, got str; see rejected.jsonl)"]
     with pytest.raises(TunelabError, match="nothing usable left"):
         doctor(tokenizer, tmp_path, check=False, train=str(path), format="prompt_completion", bad_rows="quarantine")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -19,6 +19,7 @@ from tunelab.data.prepare import LoadedData, TokenizedSplit, load_data, tokenize
 from tunelab.data.templates import resolve_chat_template, stop_token_ids
 from tunelab.errors import TunelabError
 from tunelab.files import write_text_atomic
+from tunelab.methods.base import check_merge_request, wants_merge
 from tunelab.methods.registry import get_method
 from tunelab.models.load import ModelRef, load_causal_lm, model_stop_ids, resolve_model
 from tunelab.models.tokenizer import load_tokenizer
@@ -37,17 +38,23 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     callbacks: tuple = (),
+    convert: Callable[[LoadedData], LoadedData] | None = None,
 ) -> RunDir:
+    """`convert` turns the loaded rows into the conversations to train on (classification by a causal LM)."""
     from transformers import set_seed
 
     root = Path(recipe.output.dir)
     prior = check_run_dir(root, resume, overwrite, recipe)
+    method = get_method(recipe.method.name)
+    check_merge_request(method, "merge" in recipe.output.model_fields_set and recipe.output.merge)
     ref = resolve_model(recipe.model.name, home, console=console)
     tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
     model = load_causal_lm(ref.path)
     loaded = load_data(recipe.data)
     if prior is not None:
         check_same_data(prior, loaded)
+    if convert is not None:
+        loaded = convert(loaded)
     stop_ids = stop_token_ids(tokenizer, model_stop_ids(model))
     tokenized = {
         name: tokenize_examples(examples, tokenizer, stop_ids, recipe.data.max_length, recipe.data.overlong)
@@ -56,7 +63,6 @@ def train(
     check_trainable(recipe, tokenized)
     device = device_type()
     precision = resolve_precision(recipe.train.precision, device)
-    method = get_method(recipe.method.name)
     set_seed(recipe.train.seed)  # adapter initialisation is random: the same recipe must give the same run
     model = method.wrap(model, recipe.method)
 
@@ -74,7 +80,7 @@ def train(
         method.save(trainer.model, run.model)
         tokenizer.save_pretrained(str(run.model))
         record.update(training_summary(trainer, result))
-        if recipe.output.merge and method.is_adapter and method.merge is not None:
+        if wants_merge(method, recipe.output.merge):
             merged = method.merge(trainer.model)
             merged.save_pretrained(str(run.merged))
             tokenizer.save_pretrained(str(run.merged))
@@ -158,6 +164,7 @@ def describe_run(ref: ModelRef, loaded: LoadedData, tokenized: dict[str, Tokeniz
         },
         "device": device,
         "precision": precision,
+        "padding_free": recipe.train.padding_free and get_method(recipe.method.name).padding_free,
         "artifacts": {"model": "model", "merged": None, "checkpoints": "checkpoints", "data": "data"},
     }
 
@@ -239,7 +246,9 @@ def build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, token
     trainer = Trainer(
         model=model,
         args=training_arguments(recipe.train, run, device, precision, has_validation),
-        data_collator=training_collator(tokenizer.pad_token_id, recipe.train.padding_free),
+        # A method that prepends virtual tokens to each row says it cannot train on padding-free batches.
+        data_collator=training_collator(tokenizer.pad_token_id,
+                                        recipe.train.padding_free and get_method(recipe.method.name).padding_free),
         train_dataset=as_dataset(tokenized["train"].rows),
         eval_dataset=as_dataset(tokenized["validation"].rows) if has_validation else None,
         processing_class=tokenizer,

@@ -25,7 +25,10 @@ def train(
 
     config = load_recipe(recipe, overrides or [])
     quiet_libraries()
-    from tunelab.train.sft import train as run_training
+    if config.task == "classification":
+        from tunelab.train.classify import train as run_training
+    else:
+        from tunelab.train.sft import train as run_training
 
     started = time.perf_counter()
     run = run_training(config, tunelab_home(), console, resume=resume, overwrite=overwrite)
@@ -43,11 +46,20 @@ def evaluate_and_show(run_root: Path, max_rows: int | None = None) -> None:
     from tunelab.inference import open_run_models
 
     models = open_run_models(run_root, tunelab_home())
-    report = evaluate_run(models, console, max_rows=max_rows)
+    if models.recipe.task == "classification":
+        from tunelab.evaluate.classification import classification_table, confusion_text, evaluate_classification
+
+        report = evaluate_classification(models, console, max_rows=max_rows)
+        table = classification_table(report)
+    else:
+        report = evaluate_run(models, console, max_rows=max_rows)
+        table = comparison_table(report)
     record = models.run.read_record()
     record["evaluation"] = {key: report[key] for key in ("rows", "base", "tuned", "delta")}
     models.run.write_record(record)
-    console.print(comparison_table(report))
+    console.print(table)
+    if models.recipe.task == "classification":
+        console.print(confusion_text(report), markup=False)
     console.print(f"[dim]written {models.run.eval_json} and {models.run.eval_worst}[/dim]")
 
 

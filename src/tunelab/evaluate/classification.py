@@ -72,7 +72,9 @@ def classifier_loaders(models: RunModels, style: str, labels: list[str], pad_id:
     return {"base": base, "tuned": lambda: method.load(base, models.run.model).eval()}
 
 
-def evaluate_classification(models: RunModels, console: Console, max_rows: int | None = None) -> dict[str, Any]:
+def evaluate_classification(models: RunModels, console: Console, max_rows: int | None = None,
+                            which: tuple[str, ...] = ("base", "tuned")) -> dict[str, Any]:
+    """Metrics of base and tuned model (or only those in `which`; eval.json is written when both ran)."""
     info = models.record.get("classification")
     if not info:
         raise TunelabError(f"{models.run.root}: the run records no classes (was its training completed?)")
@@ -96,6 +98,8 @@ def evaluate_classification(models: RunModels, console: Console, max_rows: int |
 
     predictions, results = {}, {}
     for name, load in classifier_loaders(models, style, labels, tokenizer.pad_token_id).items():
+        if name not in which:
+            continue
         model = load()
         predictions[name] = predict(model)
         del model
@@ -103,10 +107,11 @@ def evaluate_classification(models: RunModels, console: Console, max_rows: int |
         results[name] = label_metrics(predictions[name], references, labels)
     majority = Counter(answer(example) for example in splits.train).most_common(1)[0][0]
     results["majority"] = label_metrics([majority] * len(test), references, labels)
-    report = {
-        "task": "classification", "style": style, "rows": len(test), "labels": labels, "majority_class": majority,
-        **results, "delta": {key: results["tuned"][key] - results["base"][key] for key in SUMMARY_METRICS},
-    }
+    report = {"task": "classification", "style": style, "rows": len(test), "labels": labels,
+              "majority_class": majority, **results}
+    if set(which) != {"base", "tuned"}:
+        return report
+    report["delta"] = {key: results["tuned"][key] - results["base"][key] for key in SUMMARY_METRICS}
     write_json(models.run.eval_json, report)
     write_jsonl(models.run.eval_worst, misclassified(test, references, predictions, models.recipe.eval.worst_examples))
     return report

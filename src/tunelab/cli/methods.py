@@ -34,7 +34,7 @@ def methods_list() -> None:
 
 @app.command("compare-methods")
 def compare_methods_command(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file: its data, model and settings are used for every method."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML file: its data, model and settings serve every method."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.generate.rows=200"),
     methods: str = typer.Option(ALL_METHODS, help="Comma-separated methods."),
     steps: int = typer.Option(30, min=1, help="Optimizer steps per method (the same budget for all)."),

@@ -128,3 +128,23 @@ def test_generate_style_needs_a_causal_lm(tiny_encoder, vowel_data, tmp_path, ho
     recipe = classification_recipe(tmp_path, tiny_encoder, vowel_data, classification={"style": "generate"})
     with pytest.raises(TunelabError, match="classification.style: generate needs a causal LM"):
         train(validate_recipe(recipe), home, QUIET)
+
+
+def test_cli_trains_evaluates_and_classifies(capsys, tiny_encoder, vowel_data, tmp_path, home):
+    import yaml
+
+    from tests.unit.test_cli import invoke, one_error_line
+
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(classification_recipe(tmp_path, tiny_encoder, vowel_data)))
+    code, out, err = invoke(capsys, "train", str(path))
+    assert code == 0, err
+    assert "mcc" in out and "f1 vowel" in out and "confusion (tuned" in out
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["evaluation"]["rows"] == 16
+    code, out, err = invoke(capsys, "classify", str(tmp_path / "run"), "abc", "bcd")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert [line.split("\t")[1] for line in lines] == ["abc", "bcd"]
+    assert all(line.split("\t")[0] in ("consonant", "vowel") for line in lines)
+    code, _, err = invoke(capsys, "generate", str(tmp_path / "run"), "abc")
+    assert code == 2 and "use tunelab classify" in one_error_line(err)

@@ -44,7 +44,7 @@ def test_unknown_method_lists_every_method(tmp_path):
     ({"name": "qlora", "block_size": 96},
      "method qlora: no 4-bit backend can quantize layer 'model.layers.0.self_attn.q_proj' (32x32 weights are not a "
      "multiple of method.block_size=96)"),
-    ({"name": "prefix", "num_virtual_tokens": 4}, "output.merge: method 'prefix' cannot be merged into the base weights"),
+    ({"name": "prefix", "num_virtual_tokens": 4}, "output.merge: method 'prefix' cannot be merged into the base"),
 ])
 def test_bad_method_input_is_one_line_and_exit_2(capsys, tmp_path, home, tiny_checkpoint, reverse_data, method,
                                                   message):

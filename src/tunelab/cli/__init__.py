@@ -13,7 +13,7 @@ import sys
 
 from rich.markup import escape
 
-from tunelab.cli import methods, models, run  # noqa: F401  (each module registers its commands)
+from tunelab.cli import classify, methods, models, run  # noqa: F401  (each module registers its commands)
 from tunelab.cli.app import app, error_console
 from tunelab.errors import TunelabError
 

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from tunelab.cli.app import app, console, quiet_libraries
+from tunelab.errors import TunelabError
 from tunelab.paths import tunelab_home
 
 
@@ -77,6 +78,9 @@ def load_for_chat(run: Path, base: bool):
     from tunelab.inference import open_run_models
 
     models = open_run_models(run, tunelab_home())
+    if models.record.get("classification", {}).get("style") == "head":
+        raise TunelabError(f"{run}: this run is a classifier with a head, it does not write text; "
+                           "use tunelab classify RUN TEXT")
     return models, (models.base() if base else models.tuned()), models.tokenizer()
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.app import app, console, quiet_libraries
+from tunelab.cli.app import app, quiet_libraries
 from tunelab.errors import TunelabError
 from tunelab.paths import tunelab_home
 

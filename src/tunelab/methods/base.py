@@ -63,3 +63,10 @@ def check_merge_request(method: Method, merge_asked: bool) -> None:
 def wants_merge(method: Method, merge: bool) -> bool:
     """Whether to write a merged model: asked (the default) and defined for the method (full needs none)."""
     return merge and method.is_adapter and method.merge is not None
+
+
+def no_merge_note(method: Method, merge: bool) -> str | None:
+    """The line a run prints when a merged model was wanted (the default) but the method cannot merge."""
+    if merge and method.is_adapter and method.merge is None:
+        return f"no merged model: method '{method.name}' cannot merge ({method.no_merge_reason}); the adapter is saved"
+    return None

@@ -24,7 +24,7 @@ from tunelab.data.prepare import LoadedData, TokenizedSplit, load_data, write_da
 from tunelab.data.split import Splits
 from tunelab.errors import TunelabError
 from tunelab.files import write_text_atomic
-from tunelab.methods.base import check_merge_request, wants_merge
+from tunelab.methods.base import check_merge_request, no_merge_note, wants_merge
 from tunelab.methods.registry import get_method
 from tunelab.models.classifier import is_causal_lm_checkpoint, load_sequence_classifier
 from tunelab.models.load import resolve_model
@@ -161,6 +161,9 @@ def train_head(recipe: Recipe, ref: Any, home: Path, console: Console, resume: b
             method.merge(trainer.model).save_pretrained(str(run.merged))
             tokenizer.save_pretrained(str(run.merged))
             record["artifacts"]["merged"] = "merged"
+        elif note := no_merge_note(method, recipe.output.merge):
+            console.print(f"[dim]{note}[/dim]")
+            record["merge_note"] = note
     except BaseException as error:
         record.update(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
                       error=str(error) or type(error).__name__, ended_at=now())

@@ -19,7 +19,7 @@ from tunelab.data.prepare import LoadedData, TokenizedSplit, load_data, tokenize
 from tunelab.data.templates import resolve_chat_template, stop_token_ids
 from tunelab.errors import TunelabError
 from tunelab.files import write_text_atomic
-from tunelab.methods.base import check_merge_request, wants_merge
+from tunelab.methods.base import check_merge_request, no_merge_note, wants_merge
 from tunelab.methods.registry import get_method
 from tunelab.models.load import ModelRef, load_causal_lm, model_stop_ids, resolve_model
 from tunelab.models.tokenizer import load_tokenizer
@@ -85,6 +85,9 @@ def train(
             merged.save_pretrained(str(run.merged))
             tokenizer.save_pretrained(str(run.merged))
             record["artifacts"]["merged"] = "merged"
+        elif note := no_merge_note(method, recipe.output.merge):
+            console.print(f"[dim]{note}[/dim]")
+            record["merge_note"] = note
     except BaseException as error:
         record.update(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
                       error=str(error) or type(error).__name__, ended_at=now())

@@ -41,3 +41,14 @@ def test_qlora_adapter_is_a_plain_lora_adapter(tiny_checkpoint, tmp_path):
 
 def test_every_method_is_covered_by_a_format_test():
     assert set(PEFT_METHODS) | {"qlora", "adapter", "full"} == set(METHODS)
+
+
+def test_prompt_tuning_starts_from_the_init_text_embeddings(tiny_checkpoint):
+    from tunelab.models.tiny import tiny_tokenizer
+
+    method = get_method("prompt")
+    config = method.config_class(num_virtual_tokens=6, init_text="abc")
+    model = method.wrap(load_causal_lm(tiny_checkpoint), config)
+    ids = tiny_tokenizer()("abc", add_special_tokens=False)["input_ids"]
+    expected = model.get_base_model().get_input_embeddings().weight[ids * 2]  # repeated to 6 virtual tokens
+    assert torch.equal(model.prompt_encoder["default"].embedding.weight, expected)

@@ -30,13 +30,13 @@ def test_minilm_head_learns_sms_spam(unique_sms, tmp_path):
 
     home = tmp_path / "home"
     recipe = load_recipe("recipes/sms-spam.yaml", [
-        f"data.train={unique_sms}", f"output.dir={tmp_path / 'run'}", "train.max_steps=40", "train.eval_every=40",
-        "train.save_every=40", "eval.max_rows=300", "data.max_length=64",
+        f"data.train={unique_sms}", f"output.dir={tmp_path / 'run'}", "train.max_steps=30", "train.save_every=30",
+        "data.split.validation=0", "eval.max_rows=200", "data.max_length=64",
     ])
     run = train(recipe, home, Console(quiet=True))
     report = evaluate_classification(open_run_models(run.root, home), Console(quiet=True))
-    assert report["labels"] == ["ham", "spam"] and report["rows"] == 300
-    assert report["tuned"]["mcc"] > 0.6 and report["tuned"]["f1_macro"] > report["base"]["f1_macro"] + 0.2
+    assert report["labels"] == ["ham", "spam"] and report["rows"] == 200
+    assert report["tuned"]["mcc"] > 0.5 and report["tuned"]["f1_macro"] > report["base"]["f1_macro"] + 0.2
     assert json.loads((run.root / "run.json").read_text())["classification"]["style"] == "head"
 
 

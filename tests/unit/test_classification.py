@@ -148,3 +148,11 @@ def test_cli_trains_evaluates_and_classifies(capsys, tiny_encoder, vowel_data, t
     assert all(line.split("\t")[0] in ("consonant", "vowel") for line in lines)
     code, _, err = invoke(capsys, "generate", str(tmp_path / "run"), "abc")
     assert code == 2 and "use tunelab classify" in one_error_line(err)
+
+
+def test_an_empty_split_encodes_to_no_rows():
+    from tunelab.models.tiny import tiny_tokenizer
+    from tunelab.train.classify import encode_rows
+
+    dataset, counts = encode_rows([], tiny_tokenizer(), ["a", "b"], 16)
+    assert len(dataset) == 0 and counts.kept == 0 and counts.tokens == 0

@@ -107,7 +107,8 @@ def encode_rows(examples: list[Example], tokenizer: Any, labels: list[str],
     """Token ids, attention masks and class ids of label rows; rows over max_length are cut (and counted)."""
     from datasets import Dataset
 
-    encoded = tokenizer([example.text for example in examples], truncation=False)["input_ids"]
+    texts = [example.text for example in examples]
+    encoded = tokenizer(texts, truncation=False)["input_ids"] if texts else []  # a split may be empty
     truncated = sum(len(ids) > max_length for ids in encoded)
     input_ids = [ids[:max_length] for ids in encoded]
     counts = TokenizedSplit(kept=len(examples), truncated=truncated, tokens=sum(map(len, input_ids)))

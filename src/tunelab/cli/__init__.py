@@ -13,7 +13,17 @@ import sys
 
 from rich.markup import escape
 
-from tunelab.cli import data, export, models, monitor, run, runs, serve  # noqa: F401  (each registers its commands)
+from tunelab.cli import (  # noqa: F401  (each module registers its commands)
+    classify,
+    data,
+    export,
+    methods,
+    models,
+    monitor,
+    run,
+    runs,
+    serve,
+)
 from tunelab.cli.app import app, error_console
 from tunelab.errors import TunelabError
 

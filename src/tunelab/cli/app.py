@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 
@@ -29,6 +30,10 @@ def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
 def quiet_libraries() -> None:
     """Keep the libraries' own progress bars and info logs out of tunelab's output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # transformers and peft import torchao (QLoRA's 4-bit backend) where it is installed; its optional GPU kernels
+    # fail to load on a CPU machine and torch flags one of its enums, at every start. Neither concerns the user.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     # Deprecation notices from inside the libraries are for tunelab's developers, not its users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     import datasets

@@ -20,6 +20,7 @@ def models_list() -> None:
     from tunelab.models.builtin import model_dir
     from tunelab.models.catalog import BUILTIN_MODELS
     from tunelab.models.convert import is_converted
+    from tunelab.models.packaged import PACKAGED_CHECKPOINTS, find_folder
 
     home = tunelab_home()
     table = Table(title=f"built-in models (cache: {home / 'models'})")
@@ -28,6 +29,9 @@ def models_list() -> None:
     for model in BUILTIN_MODELS.values():
         status = "ready" if is_converted(model_dir(model, home)) else "not pulled (pulled on first use)"
         table.add_row(model.name, status, model.description)
+    for checkpoint in PACKAGED_CHECKPOINTS.values():
+        status = "ready" if find_folder(checkpoint) else f"installed on first use ({checkpoint.package})"
+        table.add_row(checkpoint.name, status, checkpoint.description)
     console.print(table)
     console.print("A recipe's model.name may also be a local Hugging Face checkpoint folder or a .gguf file.")
 

@@ -10,6 +10,7 @@ from typing import Optional
 import typer
 
 from tunelab.cli.app import app, console, quiet_libraries
+from tunelab.errors import TunelabError
 from tunelab.paths import tunelab_home
 
 
@@ -27,7 +28,10 @@ def train(
 
     config = load_recipe(recipe, overrides or [])
     quiet_libraries()
-    from tunelab.train.sft import train as run_training
+    if config.task == "classification":
+        from tunelab.train.classify import train as run_training
+    else:
+        from tunelab.train.sft import train as run_training
 
     started = time.perf_counter()
     run = run_training(config, tunelab_home(), console, resume=resume, overwrite=overwrite)
@@ -53,24 +57,39 @@ def evaluate_and_show(run_root: Path, max_rows: int | None = None, overrides: li
 
     models = open_run_models(run_root, tunelab_home())
     recipe = evaluation_recipe(models.record["recipe"], overrides, str(models.run.record_path))
-    report = evaluate_run(models, console, max_rows=max_rows, recipe=recipe)
+    if recipe.task == "classification":
+        report = show_classification(models, recipe, max_rows)
+    else:
+        report = evaluate_run(models, console, max_rows=max_rows, recipe=recipe)
+        console.print(comparison_table(report))
+        for line in [*forgetting_lines(report["forgetting"]), flip_line(report["flips"])]:
+            console.print(line)
     record = models.run.read_record()
     record["evaluation"] = evaluation_record(report)
     models.run.write_record(record)
-    console.print(comparison_table(report))
-    for line in [*forgetting_lines(report["forgetting"]), flip_line(report["flips"])]:
-        console.print(line)
     write_report(models.run)
-    console.print(f"[dim]written {models.run.eval_json}, {models.run.eval_examples}, "
-                  f"{models.run.report_html}[/dim]")
+    console.print(f"[dim]written {models.run.eval_json}, {models.run.report_html}[/dim]")
     console.print(verdict_line(report["objective"]))
     return report["objective"]
+
+
+def show_classification(models, recipe, max_rows: int | None) -> dict:
+    """Classification: base, tuned and the majority class on the test rows, with the objective's verdict."""
+    from tunelab.evaluate.classification import classification_table, confusion_text, evaluate_classification
+    from tunelab.evaluate.gate import check_objective
+    from tunelab.files import write_json
+
+    report = evaluate_classification(models, console, max_rows=max_rows)
+    report.update(primary_metric="f1", intervals=None, objective=check_objective(recipe.objective, report))
+    write_json(models.run.eval_json, report)
+    console.print(classification_table(report))
+    console.print(confusion_text(report), markup=False)
+    return report
 
 
 def evaluation_recipe(recipe: dict, overrides: list[str], source: str):
     """The run's recipe with `eval.*` / `objective.*` overrides: what to measure may change, what was trained not."""
     from tunelab.config.load import apply_overrides, validate_recipe
-    from tunelab.errors import TunelabError
 
     for item in overrides:
         section = item.partition("=")[0].strip().split(".")[0]
@@ -103,6 +122,9 @@ def load_for_chat(run: Path, base: bool):
     from tunelab.inference import open_run_models
 
     models = open_run_models(run, tunelab_home())
+    if models.record.get("classification", {}).get("style") == "head":
+        raise TunelabError(f"{run}: this run is a classifier with a head, it does not write text; "
+                           "use tunelab classify RUN TEXT")
     return models, (models.base() if base else models.tuned()), models.tokenizer()
 
 

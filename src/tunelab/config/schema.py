@@ -279,12 +279,44 @@ class ObjectiveSection(Section):
 
 class OutputSection(Section):
     dir: str | None = Field(None, description="Run folder; default runs/<recipe file name>.")
-    merge: bool = Field(True, description="Also save a merged model where the method can merge.")
+    merge: bool = Field(
+        True, description="Also save a merged model where the method can merge; saying `merge: true` for a method "
+        "that cannot merge (prefix, prompt, adapter) is an error."
+    )
+
+
+class ClassificationSection(Section):
+    style: Literal["auto", "head", "generate"] = Field(
+        "auto", description="head: a classification head on the model's last hidden state (encoders such as "
+        "minilm-l6-v2, or a causal LM); generate: a causal LM fine-tuned to answer the label, decoded over the label "
+        "set only; auto: generate for a causal LM checkpoint, head otherwise."
+    )
+    labels: list[str] | None = Field(
+        None, description="The classes, in the order of reports and confusion matrices; default: the labels found "
+        "in the training split, sorted. A held-out row with another label is an error."
+    )
+    prompt: str = Field(
+        "Classify the text into one of these classes: {labels}. Answer with the class only.\n\nText: {text}",
+        description="style generate: the user message built from each row ({labels}: the classes, comma-separated; "
+        "{text}: the row's text). The model answers with the label.",
+    )
+
+    @model_validator(mode="after")
+    def prompt_has_text(self) -> "ClassificationSection":
+        if "{text}" not in self.prompt:
+            raise ValueError("classification.prompt must contain {text}, where each row's text goes")
+        if self.labels is not None and len(set(self.labels)) < 2:
+            raise ValueError("classification.labels needs at least two different classes")
+        return self
 
 
 class Recipe(Section):
     """A whole run. Paths in it are relative to the directory tunelab runs in."""
 
+    task: Literal["sft", "classification"] = Field(
+        "sft", description="sft: learn to write the answers of conversation rows; classification: learn the `label` "
+        "of label rows (text, label), evaluated with accuracy, per-class and macro precision/recall/F1, MCC."
+    )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
     method: MethodSection = Field(default_factory=LoraConfig)
@@ -292,6 +324,9 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     objective: ObjectiveSection | None = Field(None, description="Success criteria checked after evaluation.")
     output: OutputSection = Field(default_factory=OutputSection)
+    classification: ClassificationSection = Field(
+        default_factory=ClassificationSection, description="Options of task: classification."
+    )
 
     @model_validator(mode="after")
     def forgetting_measured_for_objective(self) -> "Recipe":

@@ -29,6 +29,8 @@ def row_losses(model: Any, rows: list[Encoded], pad_id: int, batch_size: int = 8
             attention_mask[index, : len(row.input_ids)] = 1
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+        # Prompt tuning returns logits for the virtual tokens it put in front too; the last `width` are the row's.
+        logits = logits[:, -width:]
         shifted = labels[:, 1:].to(device)
         token_losses = F.cross_entropy(
             logits[:, :-1].float().reshape(-1, logits.shape[-1]), shifted.reshape(-1),

@@ -77,7 +77,7 @@ def perplexity(loss: float) -> float:
 
 
 def label_metrics(predictions: list[str], references: list[str], labels: list[str] | None = None) -> dict[str, Any]:
-    """Classification metrics (scikit-learn): accuracy, per-class and macro precision/recall/F1, MCC, confusion.
+    """Classification metrics (scikit-learn): accuracy, macro precision/recall/F1 and per class, MCC, confusion.
 
     `labels` fixes the class order (rows and columns of the confusion matrix); a prediction outside it (a model
     that answered something else) counts as wrong for every class.
@@ -91,9 +91,9 @@ def label_metrics(predictions: list[str], references: list[str], labels: list[st
     macro = precision_recall_fscore_support(references, predictions, labels=labels, average="macro", zero_division=0)
     return {
         "accuracy": accuracy_score(references, predictions),
-        "precision_macro": macro[0],
-        "recall_macro": macro[1],
-        "f1_macro": macro[2],
+        "precision": macro[0],  # macro averages: the names the metric registry and objectives use
+        "recall": macro[1],
+        "f1": macro[2],
         "mcc": matthews_corrcoef(references, predictions),
         "per_class": {
             label: {"precision": p, "recall": r, "f1": f, "support": int(s)}

@@ -23,10 +23,11 @@ def save(model: Any, folder: Path) -> None:
 
 
 def load(load_base: Callable[[], Any], folder: Path) -> Any:
-    # The folder holds a whole model, so the base is not needed.
+    # The folder holds a whole model (causal LM or classifier), so the base is not needed.
+    from tunelab.models.classifier import is_sequence_classifier_checkpoint, load_saved_classifier
     from tunelab.models.load import load_causal_lm
 
-    return load_causal_lm(folder)
+    return load_saved_classifier(folder) if is_sequence_classifier_checkpoint(folder) else load_causal_lm(folder)
 
 
 METHOD = Method(
@@ -38,4 +39,5 @@ METHOD = Method(
     load=load,
     merge=lambda model: model,
     is_adapter=False,
+    typical_lr=1e-4,
 )

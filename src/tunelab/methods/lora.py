@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from tunelab.methods.base import Method, MethodConfig
-from tunelab.methods.peft_common import load_peft, merge_peft, save_peft, wrap_with_peft
+from tunelab.methods.peft_common import load_peft, merge_peft, peft_task_type, save_peft, wrap_with_peft
 
 
 class LoraConfig(MethodConfig):
@@ -21,7 +21,7 @@ class LoraConfig(MethodConfig):
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha / sqrt(r).")
 
 
-def peft_lora_config(config: LoraConfig, **extra: Any) -> Any:
+def peft_lora_config(config: LoraConfig, task_type: str = "CAUSAL_LM", **extra: Any) -> Any:
     from peft import LoraConfig as PeftLoraConfig
 
     return PeftLoraConfig(
@@ -30,13 +30,13 @@ def peft_lora_config(config: LoraConfig, **extra: Any) -> Any:
         lora_dropout=config.dropout,
         target_modules=config.target_modules,
         use_rslora=config.use_rslora,
-        task_type="CAUSAL_LM",
+        task_type=task_type,
         **extra,
     )
 
 
 def wrap(model: Any, config: LoraConfig) -> Any:
-    return wrap_with_peft(model, peft_lora_config(config))
+    return wrap_with_peft(model, peft_lora_config(config, peft_task_type(model)))
 
 
 METHOD = Method(
@@ -47,4 +47,5 @@ METHOD = Method(
     save=save_peft,
     load=load_peft,
     merge=merge_peft,
+    typical_lr=1e-3,
 )

@@ -24,6 +24,16 @@ def wrap_with_peft(model: Any, peft_config: Any) -> Any:
         raise
 
 
+def peft_task_type(model: Any) -> str:
+    """peft's task type for the model being wrapped: a sequence classifier keeps its new head trainable (peft adds
+    `classifier`/`score` to modules_to_save for SEQ_CLS); everything else is a causal LM."""
+    return "SEQ_CLS" if is_sequence_classifier(model) else "CAUSAL_LM"
+
+
+def is_sequence_classifier(model: Any) -> bool:
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
 def linear_layer_names(model: Any) -> set[str]:
     """Short names of the model's linear layers (what `target_modules` can name)."""
     from torch import nn

@@ -7,7 +7,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from tunelab.errors import TunelabError
-from tunelab.methods import full, lora
+from tunelab.methods import adapter, dora, full, ia3, lora, prefix, prompt, qlora
 from tunelab.methods.base import Method
 
 METHODS: dict[str, Method] = {
@@ -15,6 +15,12 @@ METHODS: dict[str, Method] = {
     for method in (
         lora.METHOD,
         full.METHOD,
+        dora.METHOD,
+        qlora.METHOD,
+        prefix.METHOD,
+        prompt.METHOD,
+        ia3.METHOD,
+        adapter.METHOD,
     )
 }
 

@@ -23,10 +23,12 @@ class ModelRef:
 
 def resolve_model(name: str, home: Path, console: Any = None) -> ModelRef:
     """The checkpoint folder for a built-in name, a .gguf file or a local folder; converts on first use."""
-    from tunelab.models import builtin, convert
+    from tunelab.models import builtin, convert, packaged
 
     if name in BUILTIN_MODELS:
         return ModelRef(name, "builtin", builtin.pull(BUILTIN_MODELS[name], home, console=console))
+    if name in packaged.PACKAGED_CHECKPOINTS:
+        return ModelRef(name, "builtin", packaged.locate(packaged.PACKAGED_CHECKPOINTS[name]))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelRef(name, "gguf", convert.cached_gguf_checkpoint(path, home, console=console))
@@ -35,9 +37,15 @@ def resolve_model(name: str, home: Path, console: Any = None) -> ModelRef:
             raise TunelabError(f"model.name: folder '{path}' holds no config.json, so it is not a checkpoint")
         return ModelRef(name, "folder", path)
     raise TunelabError(
-        f"model.name: '{name}' is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
+        f"model.name: '{name}' is not a built-in model ({', '.join(builtin_names())}), "
         "a checkpoint folder or a .gguf file"
     )
+
+
+def builtin_names() -> list[str]:
+    from tunelab.models.packaged import PACKAGED_CHECKPOINTS
+
+    return [*BUILTIN_MODELS, *PACKAGED_CHECKPOINTS]
 
 
 def load_causal_lm(folder: str | Path, dtype: Any = None) -> Any:

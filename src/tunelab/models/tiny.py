@@ -64,3 +64,25 @@ def save_tiny_checkpoint(folder: str | Path, hidden_size: int = 32, layers: int 
     model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
     return folder
+
+
+def save_tiny_encoder_checkpoint(folder: str | Path, hidden_size: int = 32, layers: int = 2, seed: int = 0) -> Path:
+    """A tiny random BERT encoder (no head, like minilm-l6-v2) with the character tokenizer, for classification."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    folder = Path(folder)
+    tokenizer = tiny_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        intermediate_size=hidden_size * 2,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(seed)
+    BertModel(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder

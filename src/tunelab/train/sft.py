@@ -9,7 +9,7 @@ from __future__ import annotations
 import gc
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rich.console import Console
 
@@ -20,6 +20,7 @@ from tunelab.data.prepare import LoadedData, TokenizedSplit
 from tunelab.data.templates import resolve_chat_template, stop_token_ids
 from tunelab.errors import TunelabError
 from tunelab.files import write_text_atomic
+from tunelab.methods.base import check_merge_request, no_merge_note, wants_merge
 from tunelab.methods.registry import get_method
 from tunelab.models.load import ModelRef, load_causal_lm, model_stop_ids, resolve_model
 from tunelab.models.tokenizer import load_tokenizer
@@ -39,11 +40,15 @@ def train(
     resume: bool = False,
     overwrite: bool = False,
     callbacks: tuple = (),
+    convert: Callable[[LoadedData], LoadedData] | None = None,
 ) -> RunDir:
+    """`convert` turns the loaded rows into the conversations to train on (classification by a causal LM)."""
     from transformers import set_seed
 
     root = Path(recipe.output.dir)
     prior = check_run_dir(root, resume, overwrite, recipe)
+    method = get_method(recipe.method.name)
+    check_merge_request(method, "merge" in recipe.output.model_fields_set and recipe.output.merge)
     ref = resolve_model(recipe.model.name, home, console=console)
     tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
     model = load_causal_lm(ref.path)
@@ -53,13 +58,14 @@ def train(
     loaded = prepared.loaded()
     if prior is not None:
         check_same_data(prior, loaded)
+    if convert is not None:  # rows turned into the conversations to train on (classification by a causal LM)
+        loaded = convert(loaded)
     check_evaluation(recipe, loaded)
     check_trackers(recipe.train.report_to)
-    tokenized = sft_tokenized(prepared)
+    tokenized = sft_tokenized(prepared) if convert is None else tokenize_splits(loaded, tokenizer, stop_ids, recipe)
     check_trainable(recipe, tokenized)
     device = device_type()
     precision = resolve_precision(recipe.train.precision, device)
-    method = get_method(recipe.method.name)
     set_seed(recipe.train.seed)  # adapter initialisation is random: the same recipe must give the same run
     model = method.wrap(model, recipe.method)
 
@@ -83,11 +89,14 @@ def train(
         method.save(trainer.model, run.model)
         tokenizer.save_pretrained(str(run.model))
         record.update(training_summary(trainer, result))
-        if recipe.output.merge and method.is_adapter and method.merge is not None:
+        if wants_merge(method, recipe.output.merge):
             merged = method.merge(trainer.model)
             merged.save_pretrained(str(run.merged))
             tokenizer.save_pretrained(str(run.merged))
             record["artifacts"]["merged"] = "merged"
+        elif note := no_merge_note(method, recipe.output.merge):
+            console.print(f"[dim]{note}[/dim]")
+            record["merge_note"] = note
     except BaseException as error:
         record.update(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
                       error=str(error) or type(error).__name__, ended_at=now())
@@ -98,6 +107,15 @@ def train(
     del trainer, model
     gc.collect()
     return run
+
+
+def tokenize_splits(loaded: LoadedData, tokenizer: Any, stop_ids: set[int],
+                    recipe: Recipe) -> dict[str, TokenizedSplit]:
+    """Token ids and labels of rows a `convert` hook produced (the data doctor tokenized the rows it was given)."""
+    from tunelab.data.prepare import tokenize_examples
+
+    return {name: tokenize_examples(examples, tokenizer, stop_ids, recipe.data.max_length, recipe.data.overlong)
+            for name, examples in loaded.splits.items()}
 
 
 def check_run_dir(root: Path, resume: bool, overwrite: bool, recipe: Recipe) -> dict[str, Any] | None:
@@ -184,6 +202,7 @@ def describe_run(ref: ModelRef, loaded: LoadedData, tokenized: dict[str, Tokeniz
         },
         "device": device,
         "precision": precision,
+        "padding_free": recipe.train.padding_free and get_method(recipe.method.name).padding_free,
         "artifacts": {"model": "model", "merged": None, "checkpoints": "checkpoints", "data": "data"},
     }
 
@@ -267,7 +286,9 @@ def build_trainer(recipe: Recipe, run: RunDir, model: Any, tokenizer: Any, token
     trainer = Trainer(
         model=model,
         args=training_arguments(recipe.train, run, device, precision, has_validation),
-        data_collator=training_collator(tokenizer.pad_token_id, recipe.train.padding_free),
+        # A method that prepends virtual tokens to each row says it cannot train on padding-free batches.
+        data_collator=training_collator(tokenizer.pad_token_id,
+                                        recipe.train.padding_free and get_method(recipe.method.name).padding_free),
         train_dataset=as_dataset(tokenized["train"].rows),
         eval_dataset=as_dataset(tokenized["validation"].rows) if has_validation else None,
         processing_class=tokenizer,

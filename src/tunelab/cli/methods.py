@@ -1,0 +1,81 @@
+"""`tunelab methods` (what each tuning method is) and `tunelab compare-methods` (the trade-off on your data)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tunelab.cli.app import app, console
+from tunelab.errors import TunelabError
+from tunelab.paths import tunelab_home
+
+ALL_METHODS = "lora,dora,qlora,prefix,prompt,ia3,adapter,full"
+
+
+@app.command("methods")
+def methods_list() -> None:
+    """The tuning methods a recipe's method.name can name, with what each declares."""
+    from rich.table import Table
+
+    from tunelab.methods.registry import METHODS
+
+    table = Table(title="tuning methods (method.name)")
+    for column in ("name", "merge", "padding-free", "typical lr", "summary"):
+        table.add_column(column)
+    for method in METHODS.values():
+        merge = "yes" if method.merge is not None and method.is_adapter else "no" if method.is_adapter else "n/a"
+        table.add_row(method.name, merge, "yes" if method.padding_free else "no", f"{method.typical_lr:g}",
+                      method.summary)
+    console.print(table)
+
+
+@app.command("compare-methods")
+def compare_methods_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file: its data, model and settings serve every method."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.generate.rows=200"),
+    methods: str = typer.Option(ALL_METHODS, help="Comma-separated methods."),
+    steps: int = typer.Option(30, min=1, help="Optimizer steps per method (the same budget for all)."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the runs and the table; default runs/<recipe>-methods."),
+    eval_rows: Optional[int] = typer.Option(None, min=1, help="Evaluate on at most this many test rows."),
+    same_lr: bool = typer.Option(False, "--same-lr", help="Train every method at the recipe's train.lr."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison in the output folder."),
+) -> None:
+    """Train each method with the same data and step budget, evaluate it and the base model, write the table."""
+    from tunelab.config.load import load_recipe
+    from tunelab.methods.registry import get_method
+    from tunelab.tradeoff import Plan, compare_methods, table_rows, write_results
+
+    config = load_recipe(recipe, overrides or [])
+    names = [name.strip() for name in methods.split(",") if name.strip()]
+    for name in names:
+        get_method(name)  # an unknown name stops here, before any training
+    if not names or len(set(names)) != len(names) or "base" in names:
+        raise TunelabError(f"--methods: give distinct method names ('{methods}'); the base model is always included")
+    folder = out or Path("runs") / f"{recipe.stem}-methods"
+    if (folder / "methods.json").exists() and not overwrite:
+        raise TunelabError(f"{folder}: already holds a comparison; use --overwrite to replace it or --out elsewhere")
+    if folder.exists() and any(folder.iterdir()) and not (folder / "methods.json").exists() and not overwrite:
+        raise TunelabError(f"{folder}: exists and is not a comparison folder; choose another --out")
+    plan = Plan(config.model_dump(mode="json"), names, steps, folder, same_lr, eval_rows)
+    started = time.perf_counter()
+    rows = compare_methods(plan, tunelab_home(), lambda line: console.print(line, markup=False))
+    caption = (f"{config.model.name}, task {config.task}, {steps} steps of batch {config.train.batch_size} per "
+               f"method, {'the recipe lr' if same_lr else 'each method at its typical lr'}; "
+               f"{time.perf_counter() - started:.0f} s in all")
+    json_path, markdown_path = write_results(plan, rows, caption)
+    print_table(*table_rows(config.task, rows), caption)
+    console.print(f"[dim]written {markdown_path} and {json_path}[/dim]")
+
+
+def print_table(headers: list[str], body: list[list[str]], caption: str) -> None:
+    from rich.table import Table
+
+    table = Table(title=caption)
+    for header in headers:
+        table.add_column(header, justify="left" if header == "method" else "right")
+    for cells in body:
+        table.add_row(*cells)
+    console.print(table)

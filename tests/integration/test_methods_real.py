@@ -1,0 +1,53 @@
+"""Real models and data: MiniLM-L6 with a head learns SMS spam; QLoRA and prefix tuning train on the 135M model."""
+
+import json
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from tests.conftest import SHARED_DATA
+from tunelab.config.load import load_recipe
+from tunelab.evaluate.classification import evaluate_classification
+from tunelab.inference import open_run_models
+
+pytestmark = pytest.mark.integration
+SMS = SHARED_DATA / "sms_spam" / "SMSSpamCollection"
+
+
+@pytest.fixture(scope="module")
+def unique_sms(tmp_path_factory) -> Path:
+    if not SMS.is_file():
+        pytest.skip(f"{SMS} is absent (the shared data sets are not on this machine)")
+    lines = list(dict.fromkeys(SMS.read_text(encoding="utf-8").splitlines()))  # exact duplicates would span splits
+    path = tmp_path_factory.mktemp("sms") / "sms.tsv"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_minilm_head_learns_sms_spam(unique_sms, tmp_path):
+    from tunelab.train.classify import train
+
+    home = tmp_path / "home"
+    recipe = load_recipe("recipes/sms-spam.yaml", [
+        f"data.train={unique_sms}", f"output.dir={tmp_path / 'run'}", "train.max_steps=30", "train.save_every=30",
+        "data.split.validation=0", "eval.max_rows=200", "data.max_length=64",
+    ])
+    run = train(recipe, home, Console(quiet=True))
+    report = evaluate_classification(open_run_models(run.root, home), Console(quiet=True))
+    assert report["labels"] == ["ham", "spam"] and report["rows"] == 200
+    assert report["tuned"]["mcc"] > 0.5 and report["tuned"]["f1"] > report["base"]["f1"] + 0.2
+    assert json.loads((run.root / "run.json").read_text())["classification"]["style"] == "head"
+
+
+@pytest.mark.parametrize("method", ["qlora", "prefix"])
+def test_method_lowers_the_loss_on_the_135m_model(method, real_home, real_model, tmp_path):
+    from tunelab.train.sft import train
+
+    recipe = load_recipe(f"recipes/quickstart-{method}.yaml", [
+        f"output.dir={tmp_path / 'run'}", "train.max_steps=8", "train.batch_size=2", "train.eval_every=8",
+        "train.save_every=8", "train.log_every=1", "data.generate.rows=60", "output.merge=false",
+    ])
+    run = train(recipe, real_home, Console(quiet=True))
+    losses = [json.loads(line)["loss"] for line in run.train_log.read_text().splitlines() if '"loss"' in line]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3

@@ -196,6 +196,12 @@ def prepare_data(data: DataSection, tokenizer: Any, stop_ids: set[int], context:
     return prepared
 
 
+def doctor_summary(prepared: Prepared) -> dict[str, Any]:
+    """What run.json records about the data doctor's pass."""
+    return {"key": prepared.key, "from_cache": prepared.from_cache, "counts": prepared.report["counts"],
+            "rejected": prepared.report["rejected_by_stage"]}
+
+
 def sft_tokenized(prepared: Prepared) -> dict[str, TokenizedSplit]:
     """Token ids and labels for supervised fine-tuning, which trains on conversation and plain-text rows only."""
     others = [kind for kind in prepared.report["splits"]["train"]["kinds"] if kind not in ("chat", "text")]

@@ -19,8 +19,9 @@ from rich.console import Console
 
 from tunelab.config.load import recipe_to_yaml
 from tunelab.config.schema import ClassificationSection, Recipe
+from tunelab.data.cache import doctor_summary, prepare_data
 from tunelab.data.formats import Example, with_system
-from tunelab.data.prepare import LoadedData, TokenizedSplit, load_data, write_data
+from tunelab.data.prepare import LoadedData, TokenizedSplit
 from tunelab.data.split import Splits
 from tunelab.errors import TunelabError
 from tunelab.files import write_text_atomic
@@ -121,14 +122,24 @@ def train_head(recipe: Recipe, ref: Any, home: Path, console: Console, resume: b
                callbacks: tuple) -> RunDir:
     from transformers import set_seed
 
-    from tunelab.train.sft import check_run_dir, check_same_data, describe_run, last_checkpoint, print_plan
+    from tunelab.train.sft import (
+        check_run_dir,
+        check_same_data,
+        describe_run,
+        last_checkpoint,
+        print_doctor,
+        print_plan,
+    )
 
     root = Path(recipe.output.dir)
     prior = check_run_dir(root, resume, overwrite, recipe)
     method = get_method(recipe.method.name)
     check_merge_request(method, "merge" in recipe.output.model_fields_set and recipe.output.merge)
     tokenizer = load_tokenizer(ref.path)
-    loaded = load_data(recipe.data)
+    # The data doctor (cleaning, dedup, contamination), cached, as for every other task. Label rows are not rendered
+    # with a chat template, so there are no stop ids to check and the template lint skips them.
+    prepared = prepare_data(recipe.data, tokenizer, set(), None, home)
+    loaded = prepared.loaded()
     if prior is not None:
         check_same_data(prior, loaded)
     labels = class_labels(loaded.splits, recipe.classification)
@@ -146,10 +157,12 @@ def train_head(recipe: Recipe, ref: Any, home: Path, console: Console, resume: b
                                device, precision))
     train_counts = dict(Counter(example.label for example in loaded.splits.train))
     record.update(padding_free=False, classification={"style": "head", "labels": labels, "train_counts": train_counts})
-    write_data(loaded, run.data)
+    record["data"]["doctor"] = doctor_summary(prepared)
+    prepared.copy_to(run.data)
     write_text_atomic(run.recipe_path, recipe_to_yaml(recipe))
     run.write_record(record)
     print_plan(console, record, run)
+    print_doctor(console, prepared, run)
     try:
         trainer = head_trainer(recipe, run, model, tokenizer, encoded, device, precision, console, callbacks)
         result = trainer.train(resume_from_checkpoint=last_checkpoint(run) if resume else None)

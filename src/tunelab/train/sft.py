@@ -15,8 +15,8 @@ from rich.console import Console
 
 from tunelab.config.load import recipe_to_yaml
 from tunelab.config.schema import Recipe, TrainSection
-from tunelab.data.cache import prepare_data, sft_tokenized
-from tunelab.data.prepare import LoadedData, TokenizedSplit
+from tunelab.data.cache import Prepared, doctor_summary, prepare_data, sft_tokenized
+from tunelab.data.prepare import LoadedData, TokenizedSplit, tokenize_examples, write_data
 from tunelab.data.templates import resolve_chat_template, stop_token_ids
 from tunelab.errors import TunelabError
 from tunelab.files import write_text_atomic
@@ -72,16 +72,14 @@ def train(
     run = prepare_run_dir(root, resume, overwrite)
     record = prior or new_record("sft", recipe.model_dump(mode="json"))
     record.update(describe_run(ref, loaded, tokenized, model, recipe, device, precision))
-    record["data"]["doctor"] = {"key": prepared.key, "from_cache": prepared.from_cache,
-                                "counts": prepared.report["counts"], "rejected": prepared.report["rejected_by_stage"]}
+    record["data"]["doctor"] = doctor_summary(prepared)
     prepared.copy_to(run.data)
+    if convert is not None:  # the splits as trained on and evaluated: the converted rows
+        write_data(loaded, run.data)
     write_text_atomic(run.recipe_path, recipe_to_yaml(recipe))
     run.write_record(record)
     print_plan(console, record, run)
-    counts = prepared.report["counts"]
-    console.print(f"[bold]data doctor[/bold] {counts['rejected']:,} of {counts['read']:,} rows rejected (reasons in "
-                  f"{run.data / 'rejected.jsonl'}, report in data_report.html); "
-                  f"{'prepared data reused (cache hit)' if prepared.from_cache else 'data prepared now and cached'}")
+    print_doctor(console, prepared, run)
 
     try:
         trainer = build_trainer(recipe, run, model, tokenizer, tokenized, device, precision, console, callbacks)
@@ -109,10 +107,16 @@ def train(
     return run
 
 
+def print_doctor(console: Console, prepared: Prepared, run: RunDir) -> None:
+    counts = prepared.report["counts"]
+    console.print(f"[bold]data doctor[/bold] {counts['rejected']:,} of {counts['read']:,} rows rejected (reasons in "
+                  f"{run.data / 'rejected.jsonl'}, report in data_report.html); "
+                  f"{'prepared data reused (cache hit)' if prepared.from_cache else 'data prepared now and cached'}")
+
+
 def tokenize_splits(loaded: LoadedData, tokenizer: Any, stop_ids: set[int],
                     recipe: Recipe) -> dict[str, TokenizedSplit]:
     """Token ids and labels of rows a `convert` hook produced (the data doctor tokenized the rows it was given)."""
-    from tunelab.data.prepare import tokenize_examples
 
     return {name: tokenize_examples(examples, tokenizer, stop_ids, recipe.data.max_length, recipe.data.overlong)
             for name, examples in loaded.splits.items()}

@@ -5,8 +5,8 @@
     python bench/methods.py sms-spam-lm [--steps 40]     # SmolLM2-135M answering ham/spam
 
 Every method gets the same rows, batch size and number of steps, at its own typical learning rate; the base model
-is evaluated on the same test rows. The SMS Spam Collection holds exact duplicate messages, which tunelab refuses to
-have on both sides of a split; this script writes a copy without them (first occurrence kept) and trains on that.
+is evaluated on the same test rows. The SMS Spam Collection is read as it is: the data doctor removes its exact and
+near-duplicate messages and the test rows that overlap train, as in any run.
 The table is printed and written to runs/bench-<name>-methods/methods.md (and methods.json).
 """
 
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,19 +26,6 @@ SETS = {
 }
 
 
-def without_duplicates(source: Path, folder: Path) -> Path:
-    """A copy of a label<TAB>text file with each exact (label, text) line kept once."""
-    seen, lines = set(), []
-    for line in source.read_text(encoding="utf-8").splitlines():
-        if line not in seen:
-            seen.add(line)
-            lines.append(line)
-    target = folder / "SMSSpamCollection.unique.tsv"
-    target.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    print(f"{source.name}: {len(seen)} unique of {len(source.read_text(encoding='utf-8').splitlines())} lines")
-    return target
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data_set", choices=list(SETS))
@@ -48,19 +34,18 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=None)
     options = parser.parse_args()
     recipe, overrides, steps, eval_rows = SETS[options.data_set]
-    with tempfile.TemporaryDirectory() as scratch:
-        if options.data_set.startswith("sms"):
-            if not SMS.is_file():
-                sys.exit(f"{SMS} is absent: the SMS benchmark needs ../shared/data")
-            overrides = [*overrides, f"data.train={without_duplicates(SMS, Path(scratch))}"]
-        command = [sys.executable, "-m", "tunelab", "compare-methods", recipe, *overrides,
-                   "--methods", options.methods, "--steps", str(options.steps or steps),
-                   "--out", f"runs/bench-{options.data_set}-methods", "--overwrite"]
-        rows = options.eval_rows or eval_rows
-        if rows:
-            command += ["--eval-rows", str(rows)]
-        print(" ".join(command[1:]), flush=True)
-        subprocess.run(command, cwd=REPO, check=True)
+    if options.data_set.startswith("sms"):
+        if not SMS.is_file():
+            sys.exit(f"{SMS} is absent: the SMS benchmark needs ../shared/data")
+        overrides = [*overrides, f"data.train={SMS}"]
+    command = [sys.executable, "-m", "tunelab", "compare-methods", recipe, *overrides,
+               "--methods", options.methods, "--steps", str(options.steps or steps),
+               "--out", f"runs/bench-{options.data_set}-methods", "--overwrite"]
+    rows = options.eval_rows or eval_rows
+    if rows:
+        command += ["--eval-rows", str(rows)]
+    print(" ".join(command[1:]), flush=True)
+    subprocess.run(command, cwd=REPO, check=True)
 
 
 if __name__ == "__main__":

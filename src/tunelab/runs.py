@@ -110,25 +110,37 @@ class RunDir:
         write_json(self.record_path, record)
 
 
-def prepare_run_dir(root: Path, resume: bool, overwrite: bool) -> RunDir:
-    """A run folder to write into; refuses to clobber anything unless told to, and never a non-run folder."""
+def check_output_dir(root: Path, resume: bool, overwrite: bool) -> RunDir:
+    """Refuse, before anything is written, to clobber a run unless told to, and ever to use a non-run folder."""
     run = RunDir(root)
     if resume and overwrite:
         raise TunelabError("--resume and --overwrite contradict each other; pick one")
-    occupied = root.exists() and any(root.iterdir()) if root.is_dir() else root.exists()
-    occupied = occupied and not run.is_prepared_only()  # `data prepare` made the folder for this run
     if resume:
         if not run.is_run():
             raise TunelabError(f"{root}: no run to resume here")
         return run
-    if occupied:
+    if is_occupied(run):
         if not run.is_run():
             raise TunelabError(f"{root}: exists and is not a tunelab run; choose another output.dir")
         if not overwrite:
             raise TunelabError(f"{root}: already holds a run; use --resume to continue it or --overwrite to replace it")
+    return run
+
+
+def prepare_run_dir(root: Path, resume: bool, overwrite: bool) -> RunDir:
+    """The run folder to write into, checked again (time passed since the first check) and emptied on --overwrite."""
+    run = check_output_dir(root, resume, overwrite)
+    if not resume and is_occupied(run):
         shutil.rmtree(root)
     root.mkdir(parents=True, exist_ok=True)
     return run
+
+
+def is_occupied(run: RunDir) -> bool:
+    """Anything in the folder but what `data prepare` put there for this run."""
+    root = run.root
+    occupied = root.exists() and any(root.iterdir()) if root.is_dir() else root.exists()
+    return occupied and not run.is_prepared_only()
 
 
 def open_run(root: str | Path) -> RunDir:

@@ -238,22 +238,19 @@ def worst_examples(test: list, references: list[str], runs: dict[str, ModelRun],
     ]
 
 
-def format_value(key: str, value: float | None) -> str:
+def format_value(key: str, value: float | None, signed: bool = False) -> str:
+    """A metric's value as people read it: rates in percent (a change in points), losses to four places."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
     unit = registry.METRICS[key].unit if key in registry.METRICS else "loss"
+    sign = "+" if signed else ""
     if unit == "rate":
-        return f"{100 * value:.1f}%"
-    return f"{value:.4f}" if unit == "loss" or abs(value) < 10 else f"{value:.2f}"
+        return f"{100 * value:{sign}.1f}" + (" pts" if signed else "%")
+    return f"{value:{sign}.4f}" if unit == "loss" or abs(value) < 10 else f"{value:{sign}.2f}"
 
 
 def format_delta(key: str, value: float | None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    unit = registry.METRICS[key].unit if key in registry.METRICS else "loss"
-    if unit == "rate":
-        return f"{100 * value:+.1f} pts"
-    return f"{value:+.4f}" if unit == "loss" or abs(value) < 10 else f"{value:+.2f}"
+    return format_value(key, value, signed=True)
 
 
 def format_interval(key: str, interval: list[float] | None, signed: bool = False) -> str:

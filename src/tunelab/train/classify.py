@@ -25,12 +25,12 @@ from tunelab.data.prepare import LoadedData, TokenizedSplit
 from tunelab.data.split import Splits
 from tunelab.errors import TunelabError
 from tunelab.files import write_text_atomic
-from tunelab.methods.base import check_merge_request, no_merge_note, wants_merge
+from tunelab.methods.base import check_merge_request
 from tunelab.methods.registry import get_method
 from tunelab.models.classifier import is_causal_lm_checkpoint, load_sequence_classifier
 from tunelab.models.load import resolve_model
 from tunelab.models.tokenizer import load_tokenizer
-from tunelab.runs import RunDir, new_record, now, prepare_run_dir
+from tunelab.runs import RunDir, new_record, prepare_run_dir
 from tunelab.train.precision import device_type, resolve_precision
 
 
@@ -126,9 +126,9 @@ def train_head(recipe: Recipe, ref: Any, home: Path, console: Console, resume: b
         check_run_dir,
         check_same_data,
         describe_run,
-        last_checkpoint,
         print_doctor,
         print_plan,
+        train_and_save,
     )
 
     root = Path(recipe.output.dir)
@@ -163,28 +163,8 @@ def train_head(recipe: Recipe, ref: Any, home: Path, console: Console, resume: b
     run.write_record(record)
     print_plan(console, record, run)
     print_doctor(console, prepared, run)
-    try:
-        trainer = head_trainer(recipe, run, model, tokenizer, encoded, device, precision, console, callbacks)
-        result = trainer.train(resume_from_checkpoint=last_checkpoint(run) if resume else None)
-        method.save(trainer.model, run.model)
-        tokenizer.save_pretrained(str(run.model))
-        from tunelab.train.sft import training_summary
-
-        record.update(training_summary(trainer, result))
-        if wants_merge(method, recipe.output.merge):
-            method.merge(trainer.model).save_pretrained(str(run.merged))
-            tokenizer.save_pretrained(str(run.merged))
-            record["artifacts"]["merged"] = "merged"
-        elif note := no_merge_note(method, recipe.output.merge):
-            console.print(f"[dim]{note}[/dim]")
-            record["merge_note"] = note
-    except BaseException as error:
-        record.update(status="interrupted" if isinstance(error, KeyboardInterrupt) else "failed",
-                      error=str(error) or type(error).__name__, ended_at=now())
-        run.write_record(record)
-        raise
-    record.update(status="completed", ended_at=now())
-    run.write_record(record)
+    build = partial(head_trainer, recipe, run, model, tokenizer, encoded, device, precision, console, callbacks)
+    train_and_save(build, method, tokenizer, run, record, recipe, console, resume)
     return run
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -24,7 +25,7 @@ from tunelab.methods.base import check_merge_request, no_merge_note, wants_merge
 from tunelab.methods.registry import get_method
 from tunelab.models.load import ModelRef, load_causal_lm, model_stop_ids, resolve_model
 from tunelab.models.tokenizer import load_tokenizer
-from tunelab.runs import RunDir, new_record, now, prepare_run_dir
+from tunelab.runs import RunDir, check_output_dir, new_record, now, prepare_run_dir
 from tunelab.train.callbacks import JsonlLog
 from tunelab.train.precision import device_type, resolve_precision
 from tunelab.train.trackers import check_trackers, integrations, tracker_callbacks
@@ -81,8 +82,17 @@ def train(
     print_plan(console, record, run)
     print_doctor(console, prepared, run)
 
+    build = partial(build_trainer, recipe, run, model, tokenizer, tokenized, device, precision, console, callbacks)
+    train_and_save(build, method, tokenizer, run, record, recipe, console, resume)
+    return run
+
+
+def train_and_save(build: Callable[[], Any], method: Any, tokenizer: Any, run: RunDir, record: dict[str, Any],
+                   recipe: Recipe, console: Console, resume: bool) -> None:
+    """Train with the trainer `build` makes, save the model (and the merged one when asked), and keep run.json
+    true to what happened: completed, failed or interrupted (a later --resume starts from the last checkpoint)."""
     try:
-        trainer = build_trainer(recipe, run, model, tokenizer, tokenized, device, precision, console, callbacks)
+        trainer = build()
         result = trainer.train(resume_from_checkpoint=last_checkpoint(run) if resume else None)
         method.save(trainer.model, run.model)
         tokenizer.save_pretrained(str(run.model))
@@ -102,9 +112,8 @@ def train(
         raise
     record.update(status="completed", ended_at=now())
     run.write_record(record)
-    del trainer, model
+    del trainer
     gc.collect()
-    return run
 
 
 def print_doctor(console: Console, prepared: Prepared, run: RunDir) -> None:
@@ -124,23 +133,14 @@ def tokenize_splits(loaded: LoadedData, tokenizer: Any, stop_ids: set[int],
 
 def check_run_dir(root: Path, resume: bool, overwrite: bool, recipe: Recipe) -> dict[str, Any] | None:
     """Refuse early what prepare_run_dir would refuse later; on --resume, the run's record."""
-    if resume and overwrite:
-        raise TunelabError("--resume and --overwrite contradict each other; pick one")
-    run = RunDir(root)
-    if resume:
-        if not run.is_run():
-            raise TunelabError(f"{root}: no run to resume here")
-        prior = run.read_record()
-        check_same_recipe(prior["recipe"], recipe.model_dump(mode="json"))
-        if last_checkpoint(run) is None:
-            raise TunelabError(f"{root}: the run saved no checkpoint yet, so there is nothing to resume from")
-        return prior
-    if root.exists() and (not root.is_dir() or any(root.iterdir())) and not run.is_prepared_only():
-        if not run.is_run():
-            raise TunelabError(f"{root}: exists and is not a tunelab run; choose another output.dir")
-        if not overwrite:
-            raise TunelabError(f"{root}: already holds a run; use --resume to continue it or --overwrite to replace it")
-    return None
+    run = check_output_dir(root, resume, overwrite)
+    if not resume:
+        return None
+    prior = run.read_record()
+    check_same_recipe(prior["recipe"], recipe.model_dump(mode="json"))
+    if last_checkpoint(run) is None:
+        raise TunelabError(f"{root}: the run saved no checkpoint yet, so there is nothing to resume from")
+    return prior
 
 
 def model_context(model: Any) -> int | None:

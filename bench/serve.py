@@ -2,7 +2,7 @@
 
 Both servers answer OpenAI chat requests for the same run's adapter on a loopback port, and the same clients (the
 official `openai` package, one thread per client) send the same prompts with greedy decoding:
-  naive     one HF `generate` per request, one request at a time (a lock around the model; no batching)
+  naive     one HF `generate` per request, one request at a time on one worker thread (no batching)
   tunelab   tunelab's server: dynamic batching of concurrent requests (engine.py), peft adapter_names
 Prints, per number of concurrent clients, completion tokens/s, p50/p95 request latency and tunelab's tokens/s
 as a ratio of the naive server's at the same concurrency.
@@ -14,12 +14,13 @@ as a ratio of the naive server's at the same concurrency.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import tempfile
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -58,13 +59,19 @@ def naive_app(run: Path, home: Path, bf16: bool):
     models = open_run_models(run, home)
     model, tokenizer = models.tuned(), models.tokenizer()
     stops = sorted(stop_token_ids(tokenizer, model_stop_ids(model)))
-    lock = threading.Lock()
+    # One worker thread runs every generate, one request at a time. (A lock in FastAPI's thread pool would also
+    # serialize them, but then each request may run on another OS thread with its own OpenMP team, and the idle
+    # teams spinning made that baseline twice as slow at 4 clients: too easy to beat.)
+    worker = ThreadPoolExecutor(1)
     app = FastAPI()
 
     @app.post("/v1/chat/completions")
     def chat(body: dict) -> dict:
+        return worker.submit(answer, body).result()
+
+    def answer(body: dict) -> dict:
         ids = torch.tensor([encode_prompt(tokenizer, body["messages"])])
-        with lock, torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             output = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                     max_new_tokens=body["max_tokens"], eos_token_id=stops,
                                     pad_token_id=tokenizer.pad_token_id, temperature=None, top_p=None, top_k=None)
@@ -112,6 +119,40 @@ def drive(url: str, model: str, prompts: list[list[dict]], clients: int, max_tok
             "texts": [text for _, _, text in results]}
 
 
+def measure(mode: str, args: argparse.Namespace, levels: list[int]) -> list[tuple[str, int, dict]]:
+    import torch
+
+    from tunelab.cli.app import quiet_libraries
+    from tunelab.paths import tunelab_home
+    from tunelab.serve.app import create_app
+    from tunelab.serve.server import build_service
+    from tunelab.serve.settings import ServeSettings
+
+    quiet_libraries()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    home, bf16 = tunelab_home(), args.precision == "bf16"
+    print(f"{mode}: run {args.run}  max_tokens {args.max_tokens}  greedy  {'bf16 autocast' if bf16 else 'fp32'}  "
+          f"cpus {os.cpu_count()}  torch threads {torch.get_num_threads()}", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as serve_dir:
+        if mode == "naive":
+            app = naive_app(args.run, home, bf16)
+        else:
+            settings = ServeSettings(serve_dir=Path(serve_dir), max_batch_rows=args.max_batch, max_queue=256,
+                                     max_tokens=args.max_tokens, autocast_bf16=bf16, request_timeout=3600)
+            app = create_app(build_service([f"bench={args.run}"], None, settings, home, say=lambda _: None))
+        server = Loopback(app)
+        drive(server.url, "bench", prompts_of(args.run, 2), 1, 8)  # warm-up
+        for clients in levels:
+            result = drive(server.url, "bench", prompts_of(args.run, max(args.requests, clients)), clients,
+                           args.max_tokens)
+            rows.append((mode, clients, result))
+            print(f"  {mode:8s} {clients} clients: {result['tokens_per_second']:.1f} tokens/s", flush=True)
+        server.stop()
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="A finished run with a LoRA adapter.")
@@ -125,39 +166,12 @@ def main() -> None:
                         help="bf16 autocast for both servers, or fp32 (tunelab serve's default).")
     args = parser.parse_args()
 
-    import torch
-
-    from tunelab.cli.app import quiet_libraries
-    from tunelab.paths import tunelab_home
-    from tunelab.serve.app import create_app
-    from tunelab.serve.server import build_service
-    from tunelab.serve.settings import ServeSettings
-
-    quiet_libraries()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    home, bf16 = tunelab_home(), args.precision == "bf16"
     levels = [int(part) for part in args.clients.split(",")]
-    print(f"run {args.run}  max_tokens {args.max_tokens}  greedy  {'bf16 autocast' if bf16 else 'fp32'}  "
-          f"cpus {os.cpu_count()}  torch threads {torch.get_num_threads()}")
     rows = []
-    with tempfile.TemporaryDirectory() as serve_dir:
+    # Each server is measured in a process of its own, so neither's threads or memory can slow the other.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), max_tasks_per_child=1) as pool:
         for mode in ("naive", "tunelab"):
-            if mode == "naive":
-                app, service = naive_app(args.run, home, bf16), None
-            else:
-                settings = ServeSettings(serve_dir=Path(serve_dir), max_batch_rows=args.max_batch, max_queue=256,
-                                         max_tokens=args.max_tokens, autocast_bf16=bf16, request_timeout=3600)
-                service = build_service([f"bench={args.run}"], None, settings, home, say=lambda _: None)
-                app = create_app(service)
-            server = Loopback(app)
-            drive(server.url, "bench", prompts_of(args.run, 2), 1, 8)  # warm-up
-            for clients in levels:
-                result = drive(server.url, "bench", prompts_of(args.run, max(args.requests, clients)), clients,
-                               args.max_tokens)
-                rows.append((mode, clients, result))
-                print(f"  {mode:8s} {clients} clients: {result['tokens_per_second']:.1f} tokens/s", flush=True)
-            server.stop()
+            rows += pool.submit(measure, mode, args, levels).result()
     print()
     print(f"{'server':8s} {'clients':>7s} {'requests':>8s} {'tokens':>7s} {'tokens/s':>9s} {'p50 s':>7s} "
           f"{'p95 s':>7s} {'vs naive':>9s}")

@@ -250,10 +250,16 @@ class Engine:
         """Which adapter each row uses: peft's per-row `adapter_names`, or the one adapter of an unmixable batch."""
         if not self._mixable:  # no adapter loaded: the model is the plain base
             return nullcontext()
-        if batch[0].mixable:
+        adapters = {job.adapter for job in batch}
+        if len(adapters) > 1:  # mixable adapters and base rows in one batch
             options["adapter_names"] = [job.adapter or "__base__" for job in batch for _ in job.rows]
             return nullcontext()
-        self.model.set_adapter(batch[0].adapter)
+        # One adapter for the whole batch: peft's plain forward, faster than its per-row path (which splits every
+        # LoRA layer's input by adapter; measured 0.85x the plain forward for one request).
+        adapter = adapters.pop()
+        if adapter is None:
+            return self.model.disable_adapter()
+        self.model.set_adapter(adapter)
         return nullcontext()
 
     def _load_adapter(self, name: str, folder: str, mixable: bool) -> None:

@@ -30,6 +30,8 @@ def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
 def quiet_libraries() -> None:
     """Keep the libraries' own progress bars and info logs out of tunelab's output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # A few library loops use tqdm directly (transformers' GGUF reader); tqdm reads TQDM_* at import.
+    os.environ.setdefault("TQDM_DISABLE", "1")
     # transformers and peft import torchao (QLoRA's 4-bit backend) where it is installed; its optional GPU kernels
     # fail to load on a CPU machine and torch flags one of its enums, at every start. Neither concerns the user.
     logging.getLogger("torchao").setLevel(logging.ERROR)

@@ -242,11 +242,12 @@ def format_value(key: str, value: float | None, signed: bool = False) -> str:
     """A metric's value as people read it: rates in percent (a change in points), losses to four places."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
-    unit = registry.METRICS[key].unit if key in registry.METRICS else "loss"
+    metric = registry.METRICS.get(key)
     sign = "+" if signed else ""
-    if unit == "rate":
+    if metric is not None and metric.unit == "rate":
         return f"{100 * value:{sign}.1f}" + (" pts" if signed else "%")
-    return f"{value:{sign}.4f}" if unit == "loss" or abs(value) < 10 else f"{value:{sign}.2f}"
+    digits = 2 if metric is not None and metric.scale == 100 else 4  # the same decimals for a value and its interval
+    return f"{value:{sign}.{digits}f}"
 
 
 def format_delta(key: str, value: float | None) -> str:

@@ -41,6 +41,7 @@ class Metric:
     higher_is_better: bool
     row_stats: Callable[[RowInputs], Any]  # (rows, k) numpy array
     score: Callable[[Any], float]  # from the statistics summed over rows
+    scale: float = 1.0  # the best score (100 for sacrebleu's BLEU and chrF): decides how many decimals are shown
 
 
 def as_array(rows: list[list[float]]) -> Any:
@@ -197,9 +198,9 @@ METRICS: dict[str, Metric] = {
         Metric("json_field_accuracy", "json_object", "share of the reference's fields answered with the same value",
                "rate", True, json_field_stats, ratio),
         Metric("bleu", "generation", "corpus BLEU (sacrebleu, 13a tokenizer), 0-100", "score", True,
-               sacrebleu_stats("bleu"), sacrebleu_score("bleu")),
+               sacrebleu_stats("bleu"), sacrebleu_score("bleu"), scale=100.0),
         Metric("chrf", "generation", "corpus chrF (sacrebleu), 0-100", "score", True,
-               sacrebleu_stats("chrf"), sacrebleu_score("chrf")),
+               sacrebleu_stats("chrf"), sacrebleu_score("chrf"), scale=100.0),
         Metric("rouge1", "generation", "mean ROUGE-1 F (rouge-score), 0-1", "score", True,
                rouge_stats("rouge1"), ratio),
         Metric("rouge2", "generation", "mean ROUGE-2 F (rouge-score), 0-1", "score", True,

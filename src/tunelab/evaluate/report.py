@@ -110,8 +110,11 @@ def training_section(record: dict[str, Any], log: list[dict[str, Any]]) -> Secti
     axes.set_ylabel("loss")
     axes.set_yscale("log" if min(loss for _, loss in train) > 0 and max_ratio(train) > 20 else "linear")
     axes.legend()
-    section.add(svg(figure, "Training loss (every logged step) and validation loss; the dashed line marks the "
-                            "checkpoint kept when early stopping picks the best one."))
+    caption = "Training loss (every logged step)"
+    caption += " and validation loss" if validation else " (the run held out no validation split)"
+    if best_step is not None:
+        caption += "; the dashed line marks the checkpoint kept as the best"
+    section.add(svg(figure, caption + "."))
     if rates:
         figure, axes = new_figure(7, 2.2)
         axes.plot(*zip(*rates), color="#9467bd")
@@ -121,7 +124,7 @@ def training_section(record: dict[str, Any], log: list[dict[str, Any]]) -> Secti
     facts = [["steps", f"{record.get('steps')} of {record.get('max_steps')}"],
              ["tokens seen", record.get("tokens_seen")],
              ["final training loss", train[-1][1]],
-             ["best validation loss", metrics.get("best_eval_loss") or metrics.get("final_eval_loss")],
+             ["best validation loss", metrics.get("best_eval_loss") or metrics.get("final_eval_loss") or "n/a"],
              ["training time (s)", metrics.get("train_runtime_seconds")],
              ["training tokens/s", metrics.get("train_tokens_per_second")]]
     return section.add(table(["", "value"], facts))

@@ -17,14 +17,12 @@ from typing import Any
 
 from rich.console import Console
 
-from tunelab.config.load import recipe_to_yaml
 from tunelab.config.schema import ClassificationSection, Recipe
-from tunelab.data.cache import doctor_summary, prepare_data
+from tunelab.data.cache import prepare_data
 from tunelab.data.formats import Example, with_system
 from tunelab.data.prepare import LoadedData, TokenizedSplit
 from tunelab.data.split import Splits
 from tunelab.errors import TunelabError
-from tunelab.files import write_text_atomic
 from tunelab.methods.base import check_merge_request
 from tunelab.methods.registry import get_method
 from tunelab.models.classifier import is_causal_lm_checkpoint, load_sequence_classifier
@@ -126,9 +124,8 @@ def train_head(recipe: Recipe, ref: Any, home: Path, console: Console, resume: b
         check_run_dir,
         check_same_data,
         describe_run,
-        print_doctor,
-        print_plan,
         train_and_save,
+        write_run_start,
     )
 
     root = Path(recipe.output.dir)
@@ -157,12 +154,7 @@ def train_head(recipe: Recipe, ref: Any, home: Path, console: Console, resume: b
                                device, precision))
     train_counts = dict(Counter(example.label for example in loaded.splits.train))
     record.update(padding_free=False, classification={"style": "head", "labels": labels, "train_counts": train_counts})
-    record["data"]["doctor"] = doctor_summary(prepared)
-    prepared.copy_to(run.data)
-    write_text_atomic(run.recipe_path, recipe_to_yaml(recipe))
-    run.write_record(record)
-    print_plan(console, record, run)
-    print_doctor(console, prepared, run)
+    write_run_start(run, record, recipe, prepared, console)
     build = partial(head_trainer, recipe, run, model, tokenizer, encoded, device, precision, console, callbacks)
     train_and_save(build, method, tokenizer, run, record, recipe, console, resume)
     return run

@@ -73,14 +73,9 @@ def train(
     run = prepare_run_dir(root, resume, overwrite)
     record = prior or new_record("sft", recipe.model_dump(mode="json"))
     record.update(describe_run(ref, loaded, tokenized, model, recipe, device, precision))
-    record["data"]["doctor"] = doctor_summary(prepared)
-    prepared.copy_to(run.data)
+    write_run_start(run, record, recipe, prepared, console)
     if convert is not None:  # the splits as trained on and evaluated: the converted rows
         write_data(loaded, run.data)
-    write_text_atomic(run.recipe_path, recipe_to_yaml(recipe))
-    run.write_record(record)
-    print_plan(console, record, run)
-    print_doctor(console, prepared, run)
 
     build = partial(build_trainer, recipe, run, model, tokenizer, tokenized, device, precision, console, callbacks)
     train_and_save(build, method, tokenizer, run, record, recipe, console, resume)
@@ -114,6 +109,17 @@ def train_and_save(build: Callable[[], Any], method: Any, tokenizer: Any, run: R
     run.write_record(record)
     del trainer
     gc.collect()
+
+
+def write_run_start(run: RunDir, record: dict[str, Any], recipe: Recipe, prepared: Prepared,
+                    console: Console) -> None:
+    """The run folder before the first step: the prepared data, the recipe as resolved, run.json; the plan shown."""
+    record["data"]["doctor"] = doctor_summary(prepared)
+    prepared.copy_to(run.data)
+    write_text_atomic(run.recipe_path, recipe_to_yaml(recipe))
+    run.write_record(record)
+    print_plan(console, record, run)
+    print_doctor(console, prepared, run)
 
 
 def print_doctor(console: Console, prepared: Prepared, run: RunDir) -> None:

@@ -32,16 +32,22 @@ def home(tmp_path, monkeypatch) -> Path:
     return folder
 
 
-def reverse_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
-    """A tiny learnable task: write the word backwards."""
+def unique_words(count: int, letters: str, seed: int = 0) -> list[str]:
+    """`count` distinct random words of 3 to 6 `letters`, the same for the same seed."""
     rng = random.Random(seed)
-    rows, seen = [], set()
-    while len(rows) < count:
-        word = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 6)))
+    words: list[str] = []
+    seen = set()
+    while len(words) < count:
+        word = "".join(rng.choice(letters) for _ in range(rng.randint(3, 6)))
         if word not in seen:
             seen.add(word)
-            rows.append({"prompt": word, "completion": word[::-1]})
-    return rows
+            words.append(word)
+    return words
+
+
+def reverse_rows(count: int, seed: int = 0) -> list[dict[str, str]]:
+    """A tiny learnable task: write the word backwards."""
+    return [{"prompt": word, "completion": word[::-1]} for word in unique_words(count, "abcdefgh", seed)]
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:

@@ -2,13 +2,12 @@
 the label set; metrics and one-line errors."""
 
 import json
-import random
 
 import pytest
 import torch
 from rich.console import Console
 
-from tests.conftest import tiny_recipe, write_jsonl
+from tests.conftest import tiny_recipe, unique_words, write_jsonl
 from tunelab.config.load import validate_recipe
 from tunelab.errors import TunelabError
 from tunelab.evaluate.classification import evaluate_classification, predict_by_label_scores
@@ -27,14 +26,8 @@ def tiny_encoder(tmp_path_factory):
 
 def vowel_rows(count, seed=0):
     """A learnable two-class task: does the word start with a vowel?"""
-    rng = random.Random(seed)
-    rows, seen = [], set()
-    while len(rows) < count:
-        word = "".join(rng.choice("aeioubcdfg") for _ in range(rng.randint(3, 6)))
-        if word not in seen:
-            seen.add(word)
-            rows.append({"text": word, "label": "vowel" if word[0] in "aeiou" else "consonant"})
-    return rows
+    return [{"text": word, "label": "vowel" if word[0] in "aeiou" else "consonant"}
+            for word in unique_words(count, "aeioubcdfg", seed)]
 
 
 @pytest.fixture

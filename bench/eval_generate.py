@@ -21,17 +21,19 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def test_prompts(model_name: str, home: Path, count: int):
     from tunelab.config.schema import DataSection
-    from tunelab.data.prepare import load_data
+    from tunelab.data.cache import prepare_data
     from tunelab.data.templates import encode_prompt, prompt_and_reference
-    from tunelab.models.load import resolve_model
+    from tunelab.models.load import model_limits, resolve_model
     from tunelab.models.tokenizer import load_tokenizer
 
     ref = resolve_model(model_name, home)
     tokenizer = load_tokenizer(ref.path)
     data = DataSection(generate={"task": "notes-to-json", "rows": 400},
                        split={"validation": 0.05, "test": 0.1, "seed": 42},
-                       system_prompt="You convert order notes to JSON.")
-    test = load_data(data).splits.test[:count]
+                       system_prompt="You convert order notes to JSON.", max_length=256)
+    limits = model_limits(ref.path, tokenizer)
+    # The quick start's held-out rows, as the data doctor prepares them for `tunelab train` (cached).
+    test = prepare_data(data, tokenizer, limits.stop_ids, limits.context, home).splits().test[:count]
     return ref, tokenizer, [encode_prompt(tokenizer, prompt_and_reference(example.messages)[0]) for example in test]
 
 
@@ -68,10 +70,10 @@ def main() -> None:
     import transformers
 
     from tunelab.data.templates import stop_token_ids
+    from tunelab.device import Placement, cpu_has_fast_bf16
     from tunelab.evaluate.generation import generate_texts
     from tunelab.models.load import load_causal_lm, model_stop_ids
     from tunelab.paths import tunelab_home
-    from tunelab.train.precision import cpu_has_fast_bf16
 
     transformers.logging.set_verbosity_error()
     home = Path(options.home) if options.home else tunelab_home()
@@ -79,11 +81,12 @@ def main() -> None:
     model = load_causal_lm(ref.path).eval()
     stop_ids = sorted(stop_token_ids(tokenizer, model_stop_ids(model)))
     bf16 = not options.fp32 and cpu_has_fast_bf16()
-    generate_texts(model, tokenizer, prompts[:2], 4, 2, stop_ids, autocast_bf16=bf16)  # warm-up, not timed
+    placement = Placement("cpu", "bf16" if bf16 else "fp32")
+    generate_texts(model, tokenizer, prompts[:2], 4, 2, stop_ids, placement=placement)  # warm-up, not timed
 
     naive_texts, naive_tokens, naive_seconds = naive(model, tokenizer, prompts, options.max_new_tokens, stop_ids, bf16)
     batched = generate_texts(model, tokenizer, prompts, options.max_new_tokens, options.batch_size, stop_ids,
-                             autocast_bf16=bf16)
+                             placement=placement)
     same = sum(a == b for a, b in zip(naive_texts, batched.texts))
     rows = len(prompts)
     print(f"model {options.model}, {rows} rows, greedy, max {options.max_new_tokens} new tokens, "

@@ -53,11 +53,11 @@ def naive_app(run: Path, home: Path, bf16: bool):
     from fastapi import FastAPI
 
     from tunelab.data.templates import encode_prompt, stop_token_ids
-    from tunelab.inference import open_run_models
     from tunelab.models.load import model_stop_ids
+    from tunelab.run.models import open_run_models
 
-    models = open_run_models(run, home)
-    model, tokenizer = models.tuned(), models.tokenizer()
+    models = open_run_models(run, home, "cpu")
+    model, tokenizer = models.inference().load_tuned(), models.tokenizer()
     stops = sorted(stop_token_ids(tokenizer, model_stop_ids(model)))
     # One worker thread runs every generate, one request at a time. (A lock in FastAPI's thread pool would also
     # serialize them, but then each request may run on another OS thread with its own OpenMP team, and the idle
@@ -88,7 +88,7 @@ def naive_app(run: Path, home: Path, bf16: bool):
 
 
 def prompts_of(run: Path, count: int) -> list[list[dict]]:
-    from tunelab.data.prepare import read_splits
+    from tunelab.data.dataset import read_splits
     from tunelab.data.templates import prompt_and_reference
 
     splits = read_splits(run / "data")
@@ -122,8 +122,9 @@ def drive(url: str, model: str, prompts: list[list[dict]], clients: int, max_tok
 def measure(mode: str, args: argparse.Namespace, levels: list[int]) -> list[tuple[str, int, dict]]:
     import torch
 
-    from tunelab.cli.app import quiet_libraries
+    from tunelab.device import Placement
     from tunelab.paths import tunelab_home
+    from tunelab.quiet import quiet_libraries
     from tunelab.serve.app import create_app
     from tunelab.serve.server import build_service
     from tunelab.serve.settings import ServeSettings
@@ -140,7 +141,8 @@ def measure(mode: str, args: argparse.Namespace, levels: list[int]) -> list[tupl
             app = naive_app(args.run, home, bf16)
         else:
             settings = ServeSettings(serve_dir=Path(serve_dir), max_batch_rows=args.max_batch, max_queue=256,
-                                     max_tokens=args.max_tokens, autocast_bf16=bf16, request_timeout=3600)
+                                     max_tokens=args.max_tokens, request_timeout=3600,
+                                     placement=Placement("cpu", "bf16" if bf16 else "fp32"))
             app = create_app(build_service([f"bench={args.run}"], None, settings, home, say=lambda _: None))
         server = Loopback(app)
         drive(server.url, "bench", prompts_of(args.run, 2), 1, 8)  # warm-up

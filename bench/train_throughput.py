@@ -22,18 +22,18 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 def rows_for(model_name: str, home: Path, count: int):
+    """The quick-start rows as `tunelab train` gets them: through the data doctor (cached), tokenized."""
     from tunelab.config.schema import DataSection
-    from tunelab.data.prepare import load_data, tokenize_examples
-    from tunelab.data.templates import stop_token_ids
-    from tunelab.models.load import resolve_model
+    from tunelab.data.cache import prepare_data
+    from tunelab.models.load import model_limits, resolve_model
     from tunelab.models.tokenizer import load_tokenizer
 
     ref = resolve_model(model_name, home)
     tokenizer = load_tokenizer(ref.path)
     data = DataSection(generate={"task": "notes-to-json", "rows": count},
-                       system_prompt="You convert order notes to JSON.")
-    loaded = load_data(data)
-    rows = tokenize_examples(loaded.splits.train, tokenizer, stop_token_ids(tokenizer), 1024, "drop").rows
+                       system_prompt="You convert order notes to JSON.", max_length=1024)
+    limits = model_limits(ref.path, tokenizer)
+    rows = prepare_data(data, tokenizer, limits.stop_ids, limits.context, home).tokenized()["train"].rows
     return ref, tokenizer, rows
 
 
@@ -62,21 +62,31 @@ def run_tunelab(path, tokenizer, rows, steps, batch_size, lora, padding_free) ->
     from rich.console import Console
 
     from tunelab.config.schema import Recipe
-    from tunelab.data.prepare import TokenizedSplit
-    from tunelab.runs import RunDir
-    from tunelab.train.sft import build_trainer
+    from tunelab.data.dataset import TokenizedSplit
+    from tunelab.data.split import Splits
+    from tunelab.device import Placement
+    from tunelab.present.progress import RichProgress
+    from tunelab.run.folder import RunDir
+    from tunelab.tasks.base import TrainerParts
+    from tunelab.tasks.registry import get_task
+    from tunelab.train.batches import language_model_data
+    from tunelab.train.trainer import training_arguments, training_callbacks
 
     clock = clock_callback()
     recipe = Recipe.model_validate({
         "data": {"generate": {}}, "method": lora.model_dump(),
-        "train": {"max_steps": steps, "batch_size": batch_size, "padding_free": padding_free, "log_every": 1000},
+        "train": {"max_steps": steps, "batch_size": batch_size, "padding_free": padding_free, "log_every": 1000,
+                  "report_to": []},
     })
-    tokenized = {"train": TokenizedSplit(rows=rows, kept=len(rows)), "validation": TokenizedSplit()}
+    tokenized = {"train": TokenizedSplit(rows=rows, kept=len(rows)), "validation": TokenizedSplit(),
+                 "test": TokenizedSplit()}
+    data = language_model_data(Splits([]), tokenized, tokenizer.pad_token_id, padding_free)
     with tempfile.TemporaryDirectory() as out:
-        trainer = build_trainer(recipe, RunDir(Path(out)), lora_model(path, lora), tokenizer, tokenized, "cpu",
-                                "bf16", Console(quiet=True), (clock,))
-        trainer.args.save_strategy = "no"
-        trainer.train()
+        run = RunDir(Path(out))
+        arguments = {**training_arguments(recipe.train, run, Placement("cpu", "bf16"), False), "save_strategy": "no"}
+        callbacks = training_callbacks(recipe.train, run, RichProgress(Console(quiet=True)), (clock,))
+        get_task("sft").build_trainer(TrainerParts(lora_model(path, lora), tokenizer, data, arguments,
+                                                   callbacks)).train()
     return clock.rate
 
 

@@ -19,7 +19,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
-    from tunelab.models.tiny import save_tiny_checkpoint
+    from tests.tiny import save_tiny_checkpoint
 
     return save_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
@@ -58,6 +58,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 @pytest.fixture
 def reverse_data(tmp_path) -> Path:
     return write_jsonl(tmp_path / "reverse.jsonl", reverse_rows(60))
+
+
+def train_recipe(recipe: dict, home: Path, **options):
+    """Train a recipe (as a dict) through the lifecycle, without the evaluation at its end; the run folder."""
+    from rich.console import Console
+
+    from tunelab.config.load import validate_recipe
+    from tunelab.train.lifecycle import run_recipe
+
+    return run_recipe(validate_recipe(recipe), home, Console(quiet=True), evaluate=False, **options).run
+
+
+def run_record(run):
+    """The run's run.json as the typed record."""
+    from tunelab.run.record import read_record
+
+    return read_record(run)
 
 
 def tiny_recipe(tmp_path: Path, checkpoint: Path, data: Path, **sections) -> dict:

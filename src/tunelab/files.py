@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +23,25 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    except OSError as error:
+        temporary.unlink(missing_ok=True)  # no half-written file left behind
+        if error.filename is None:  # a failed write() names no file: name the one being written
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
+def copy_file(source: str | Path, destination: str | Path) -> None:
+    """shutil.copyfile whose errors about the destination name it: on a full disk copyfile names the source
+    (sendfile) or no file at all (its fallback write), never where it could not write."""
+    try:
+        shutil.copyfile(source, destination)
+    except OSError as error:
+        if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS) or error.filename is None:
+            raise OSError(error.errno, error.strerror, str(destination)) from error
+        raise
 
 
 def write_json(path: str | Path, value: Any) -> None:

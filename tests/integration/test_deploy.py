@@ -9,7 +9,7 @@ import pytest
 from rich.console import Console
 
 from tunelab.config.load import load_recipe
-from tunelab.train.sft import train
+from tunelab.train.lifecycle import run_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def real_run(real_home, real_model, tmp_path_factory):
         f"output.dir={folder}", "train.max_steps=2", "train.batch_size=2", "train.eval_every=2",
         "train.save_every=2", "data.generate.rows=40", "eval.after_train=false",
     ])
-    return train(recipe, real_home, Console(quiet=True)).root
+    return run_recipe(recipe, real_home, Console(quiet=True), evaluate=False).run.root
 
 
 def test_gguf_export_round_trips_with_the_merged_models_answers(real_run, real_home, tmp_path):
@@ -47,15 +47,16 @@ def test_server_answers_the_openai_client_with_the_runs_adapter(real_run, real_h
     import uvicorn
 
     from tunelab.cli.run import reply
-    from tunelab.inference import open_run_models
+    from tunelab.run.models import open_run_models
     from tunelab.serve.app import create_app
     from tunelab.serve.server import bind, build_service
     from tunelab.serve.settings import ServeSettings
 
     messages = [{"role": "system", "content": "You convert order notes to JSON."},
                 {"role": "user", "content": "Note: Ana Silva needs 3 red mugs in Porto on Friday."}]
-    models = open_run_models(real_run, real_home)
-    expected = reply(models.tuned(), models.tokenizer(), messages, 24, 0.0)
+    models = open_run_models(real_run, real_home, "cpu")
+    # the server's default on a CPU is float32, as is this reference answer
+    expected = reply(models.inference().load_tuned(), models.tokenizer(), messages, 24, 0.0)
     service = build_service([f"quick={real_run}"], None, ServeSettings(serve_dir=tmp_path), real_home,
                             say=lambda _: None)
     sock = bind("127.0.0.1", 0)

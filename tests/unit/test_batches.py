@@ -2,8 +2,8 @@
 
 import torch
 
+from tests.tiny import tiny_llama, tiny_tokenizer
 from tunelab.data.templates import encode_conversation
-from tunelab.models.tiny import tiny_llama, tiny_tokenizer
 from tunelab.train.batches import training_collator
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from tunelab.evaluate.bootstrap import paired_intervals, percentile_interval, resample_weights, resampled_scores
-from tunelab.evaluate.registry import METRICS
+from tunelab.metrics.registry import METRICS
 
 RATE = METRICS["exact_match"].score  # (hits, rows) -> hits / rows
 

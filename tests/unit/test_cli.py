@@ -86,12 +86,26 @@ def test_train_eval_generate_on_a_tiny_model(capsys, tmp_path, home, tiny_checkp
 
     code, out, _ = invoke(capsys, "eval", str(run_dir), "--max-rows", "3")
     assert code == 0 and "3 held-out rows" in out
-    for extra in ((), ("--base",)):
+    assert json.loads((run_dir / "eval.json").read_text())["rows"] == 3
+    for extra, which in (((), "tuned"), (("--base",), "base")):
         code, out, err = invoke(capsys, "generate", str(run_dir), "abc", "--max-new-tokens", "5", *extra)
         assert code == 0, err
+        expected = direct_answer(run_dir, home, which, [{"role": "user", "content": "abc"}], 5)
+        assert expected and out == expected + "\n"  # the answer as is (it may be only whitespace)
 
     code, _, err = invoke(capsys, "train", str(recipe_path))
     assert code == 2 and "already holds a run" in one_error_line(err)
+
+
+def direct_answer(run_dir, home, which, messages, max_new_tokens):
+    """What the run's model answers, greedy, computed without the CLI."""
+    from tunelab.cli.run import reply
+    from tunelab.run.models import open_run_models
+
+    models = open_run_models(run_dir, home, "cpu")
+    inference = models.inference()
+    model = inference.load_tuned() if which == "tuned" else inference.load_base()
+    return reply(model, models.tokenizer(), messages, max_new_tokens, 0.0, models.placement)
 
 
 def test_eval_of_a_folder_that_is_not_a_run(capsys, tmp_path):
@@ -114,3 +128,8 @@ def test_chat_answers_each_message_until_exit(capsys, monkeypatch, tmp_path, hom
     code, out, err = invoke(capsys, "chat", str(tmp_path / "run"), "--max-new-tokens", "4")
     assert code == 0, err
     assert out.count("model>") == 2
+    # /reset forgot "abc": the second answer is the answer to "xyz" alone
+    run = tmp_path / "run"
+    first, second = (direct_answer(run, home, "tuned", [{"role": "user", "content": text}], 4)
+                     for text in ("abc", "xyz"))
+    assert out.split("model> ")[1:] == [first + "\nyou> you> ", second + "\nyou> "]

@@ -7,11 +7,11 @@ import random
 import pytest
 
 from tests.conftest import reverse_rows, write_jsonl
+from tests.tiny import tiny_tokenizer
 from tunelab.config.schema import DataSection
 from tunelab.data.cache import prepare_data
 from tunelab.data.templates import CHATML_TEMPLATE
 from tunelab.errors import TunelabError
-from tunelab.models.tiny import tiny_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,20 @@
 """Property-based: random lines never crash the readers (a bad row is a reason, a bad file one clear error), and
-whatever comes in, the data doctor's counts add up: read = kept + rejected."""
+with good rows, exact duplicates, unreadable lines, rows missing a field and empty answers planted at random places,
+the data doctor's report counts exactly what was planted, per stage, and rejected.jsonl lists exactly those lines."""
 
 import json
+from collections import Counter
 
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from tests.conftest import unique_words
+from tests.tiny import tiny_tokenizer
 from tunelab.config.schema import DataSection
 from tunelab.data.cache import prepare_data
 from tunelab.data.formats import parse_items
 from tunelab.data.readers import BadRow, Record, scan_records
 from tunelab.errors import TunelabError
-from tunelab.models.tiny import tiny_tokenizer
 
 FIELDS = ["prompt", "completion", "messages", "conversations", "text", "label", "chosen", "rejected",
           "instruction", "output", "input", "system"]
@@ -28,7 +31,6 @@ short_text = st.text(alphabet="ab \n\u00e9\x07", max_size=12)
 good_lines = st.fixed_dictionaries({"prompt": short_text, "completion": short_text}).map(
     lambda row: json.dumps(row).encode())
 lines = st.lists(st.one_of(good_lines, json_lines, junk_lines, other_json), min_size=1, max_size=12)
-mostly_good = st.lists(st.one_of(good_lines, good_lines, good_lines, json_lines, junk_lines), min_size=3, max_size=16)
 
 
 def write(tmp_path_factory, content: bytes):
@@ -52,24 +54,46 @@ def test_random_lines_never_crash_the_readers(tmp_path_factory, lines, fmt):
     assert all(b.reason and b.source == str(path) for b in bad)
 
 
+@st.composite
+def planted_lines(draw):
+    """Lines of a prompt/completion file with known bad rows planted at random places; (lines, expected) where
+    expected maps each bad row's line number (from 1) to the stage that must reject it."""
+    good = [json.dumps({"prompt": f"reverse {word}", "completion": word[::-1]})
+            for word in unique_words(draw(st.integers(1, 10)), "abcdefgh", seed=draw(st.integers(0, 99)))]
+    bad = ([(draw(st.sampled_from(["{broken json", '{"prompt": "cut', "[1, 2]", '"just a string"'])), "read")
+            for _ in range(draw(st.integers(0, 3)))]
+           + [(json.dumps({"prompt": f"no answer {n}"}), "parse") for n in range(draw(st.integers(0, 3)))]
+           + [(json.dumps({"prompt": f"empty {n}", "completion": draw(st.sampled_from(["", "  ", "\n"]))}), "clean")
+              for n in range(draw(st.integers(0, 3)))])
+    lines = draw(st.permutations([(line, "good") for line in good] + bad))
+    for _ in range(draw(st.integers(0, 4))):  # an exact duplicate (in another case) somewhere after its original
+        original = draw(st.sampled_from([n for n, (_, kind) in enumerate(lines) if kind == "good"]))
+        row = json.loads(lines[original][0])
+        twin = json.dumps({"prompt": row["prompt"].upper(), "completion": row["completion"]})
+        lines.insert(draw(st.integers(original + 1, len(lines))), (twin, "duplicate"))
+    expected = {number: kind for number, (_, kind) in enumerate(lines, start=1) if kind != "good"}
+    return [line for line, _ in lines], expected
+
+
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=mostly_good, dedup=st.booleans(), validation=st.sampled_from([0, 0.2]))
-def test_counts_always_add_up(tmp_path_factory, lines, dedup, validation):
-    path = write(tmp_path_factory, b"\n".join(lines) + b"\n")
+@given(planted=planted_lines(), validation=st.sampled_from([0, 0.2]))
+def test_the_report_counts_exactly_the_planted_rows(tmp_path_factory, planted, validation):
+    lines, expected = planted
+    path = write(tmp_path_factory, "\n".join(lines).encode() + b"\n")
     tokenizer = tiny_tokenizer()
     data = DataSection(train=str(path), format="prompt_completion", max_length=64,
-                       split={"validation": validation, "test": 0}, dedup={"exact": dedup, "near": dedup})
-    try:
-        prepared = prepare_data(data, tokenizer, {tokenizer.eos_token_id}, 1024, path.parent / "home", check=True)
-    except TunelabError as error:
-        assert "no rows" in str(error)
-        return
-    counts = prepared.report["counts"]
-    event(f"kept {min(counts['kept'], 2)}, rejected {min(counts['rejected'], 2)}")
-    assert counts["read"] == counts["kept"] + counts["rejected"]
-    assert counts["kept"] == sum(len(getattr(prepared.splits(), name)) for name in ("train", "validation", "test"))
-    # JSON lines may hold U+0085 or U+2028 unescaped, which str.splitlines() would also split on
-    assert counts["rejected"] == (prepared.folder / "rejected.jsonl").read_text().count("\n")
+                       split={"validation": validation, "test": 0}, dedup={"exact": True, "near": False})
+    prepared = prepare_data(data, tokenizer, {tokenizer.eos_token_id}, 1024, path.parent / "home", check=True)
+    report = prepared.report
+    event(f"{len(expected)} planted bad rows")
+    assert report["counts"]["read"] == len(lines)
+    assert report["rejected_by_stage"] == dict(Counter(expected.values()))
+    good = len(lines) - len(expected)
+    assert sum(len(rows) for rows in vars(prepared.splits()).values()) == good
+    assert sum(report["splits"][name]["rows"] for name in ("train", "validation", "test")) == good
+    rejected = [json.loads(line) for line in (prepared.folder / "rejected.jsonl").read_text().split("\n") if line]
+    assert {item["line"]: item["stage"] for item in rejected} == expected
+    assert len(rejected) == len(expected) and all(item["source"] == str(path) for item in rejected)
 
 
 tsv_lines = st.lists(st.binary(max_size=30).filter(lambda b: b"\n" not in b and b"\r" not in b), min_size=1,

@@ -65,8 +65,8 @@ def test_train_ends_with_the_gate_verdict_and_the_report(trained):
         low, high = report["intervals"]["delta"][name]
         assert low <= high
     probe = report["forgetting"]["probes"]["general_text"]
-    assert probe["rows"] == 340 and probe["relative_change"] == pytest.approx(
-        probe["tuned_perplexity"] / probe["base_perplexity"] - 1)
+    assert probe["rows"] == 340 and probe["measure"] == "perplexity"
+    assert probe["change"] == pytest.approx(probe["tuned"] / probe["base"] - 1)
     examples = [json.loads(line) for line in (root / "eval" / "examples.jsonl").read_text().splitlines()]
     assert len(examples) == report["rows"] == 6
     assert {row["flip"] for row in examples} <= FLIPS
@@ -109,7 +109,23 @@ def test_runs_list_compare_and_report(trained):
                for name in ("copy", "run"))
     code, out, err = cli("runs", "compare", root, copy)
     assert code == 0, err
-    assert "same recipe" in out and "B - A" in out
+    assert "same recipe" in out and "B - A" in out and "different test rows" not in out
+    # B answers every test row right: B - A is +100 points, and so is its interval from the saved answers
+    better = trained["folder"] / "better"
+    shutil.copytree(root, better)
+    examples = [json.loads(line) for line in (better / "eval" / "examples.jsonl").read_text().splitlines()]
+    (better / "eval" / "examples.jsonl").write_text("".join(
+        json.dumps({**row, "tuned": row["reference"]}) + "\n" for row in examples))
+    saved = json.loads((better / "eval.json").read_text())
+    saved["tuned"]["exact_match"] = 1.0
+    (better / "eval.json").write_text(json.dumps(saved))
+    from tunelab.run.listing import compare_runs
+
+    rows = {row["metric"]: row for row in compare_runs(root, better)["metrics"]}
+    assert rows["exact_match"]["difference"] == 1.0 and rows["exact_match"]["interval"] == [1.0, 1.0]
+    assert rows["loss"]["difference"] == 0.0 and rows["loss"]["interval"] == [0.0, 0.0]
+    code, out, _ = cli("runs", "compare", root, better)
+    assert "+100.0 pts [+100.0, +100.0 pts]" in out
     (copy / "report.html").unlink()
     code, out, _ = cli("report", copy)
     assert code == 0 and (copy / "report.html").is_file()
@@ -133,7 +149,7 @@ def set_schema(version):
 
 @pytest.mark.parametrize("name, change, message", [
     ("no-model", lambda folder: shutil.rmtree(folder / "model"), "the run has no saved model"),
-    ("newer", set_schema(99), "run format 99 (written by tunelab 0.1.0), this tunelab 0.1.0 reads format 1; "
+    ("newer", set_schema(99), "run format 99 (written by tunelab 0.1.0), this tunelab 0.1.0 reads format 2; "
                               "it comes from a newer tunelab"),
     ("older", set_schema(0), "it comes from an older tunelab"),
 ])
@@ -146,6 +162,10 @@ def test_bad_evaluation_input_is_refused_before_training(tmp_path, home, tiny_ch
     labels = write_jsonl(tmp_path / "labels.jsonl", [{"text": f"message {i}", "label": "spam" if i % 3 else "ham"}
                                                      for i in range(30)])
     recipe = tiny_recipe(tmp_path, tiny_checkpoint, labels, eval={"metrics": ["bleu"]})
+    code, _, err = cli("train", write_recipe(tmp_path, recipe))  # label rows, and the recipe's task is sft
+    assert code == 2 and "24 'label' row(s), and task 'sft' trains on chat and text rows; use task: " \
+        "classification" in error_line(err)
+    recipe["task"] = {"name": "classification", "prompt": "{text}?"}
     code, _, err = cli("train", write_recipe(tmp_path, recipe))
     assert code == 2 and "'bleu' does not fit label rows (classification); use accuracy" in error_line(err)
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import reverse_rows, tiny_recipe, write_jsonl
+from tests.conftest import reverse_rows, run_record, tiny_recipe, train_recipe, write_jsonl
 from tunelab.cli import main
 from tunelab.errors import TunelabError
 from tunelab.export.exporter import ExportOptions, export_run
@@ -24,8 +24,8 @@ def tiny_bpe_checkpoint(folder: Path) -> Path:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
+    from tests.tiny import SPECIAL_TOKENS, tiny_llama
     from tunelab.data.templates import CHATML_TEMPLATE
-    from tunelab.models.tiny import SPECIAL_TOKENS, tiny_llama
 
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -43,20 +43,24 @@ def tiny_bpe_checkpoint(folder: Path) -> Path:
     return folder
 
 
+def give_evaluation(run, **fields) -> None:
+    """A card shows the run's evaluation: give the run one (fixed numbers), as `tunelab train` would."""
+    from tunelab.run.record import EvaluationSummary, write_record
+
+    record = run_record(run)
+    values = {"rows": 6, "primary_metric": "exact_match", "base": {"loss": 4.5, "exact_match": 0.0},
+              "tuned": {"loss": 2.25, "exact_match": 0.5}, "delta": {"loss": -2.25, "exact_match": 0.5},
+              "delta_intervals": None, "forgetting": None, "objective": None, "evaluated_at": "2026-12-01T00:00:00Z"}
+    record.evaluation = EvaluationSummary(**{**values, **fields})
+    write_record(run, record)
+
+
 def train_tiny_run(tmp: Path, checkpoint: Path, method: dict | None = None) -> Path:
-    from rich.console import Console
-
-    from tunelab.config.load import validate_recipe
-    from tunelab.train.sft import train
-
     data = write_jsonl(tmp / "reverse.jsonl", reverse_rows(60))
     recipe = tiny_recipe(tmp, checkpoint, data, train={"max_steps": 4, "save_every": 4, "eval_every": 4},
                          **({"method": method} if method else {}))
-    run = train(validate_recipe(recipe), tmp / "home", Console(quiet=True))
-    record = run.read_record()  # a card shows the evaluation: give the run one, as `tunelab train` would
-    record["evaluation"] = {"rows": 6, "base": {"loss": 4.5, "exact_match": 0.0},
-                            "tuned": {"loss": 2.25, "exact_match": 0.5}, "delta": {"loss": -2.25, "exact_match": 0.5}}
-    run.write_record(record)
+    run = train_recipe(recipe, tmp / "home")
+    give_evaluation(run)
     return run.root
 
 
@@ -72,9 +76,9 @@ def bpe_run(tmp_path_factory) -> Path:
 
 
 def tuned_model(run: Path):
-    from tunelab.inference import open_run_models
+    from tunelab.run.models import open_run_models
 
-    return open_run_models(run, run.parent / "home").tuned()
+    return open_run_models(run, run.parent / "home").inference().load_tuned()
 
 
 def logits(model, ids=IDS):
@@ -231,3 +235,24 @@ def test_cli_export_writes_the_folder_and_says_where(capsys, lora_run, tmp_path,
     assert exit.value.code == 0
     assert f"exported adapter to {tmp_path / 'a'}" in capsys.readouterr().out.replace("\n", "")
     assert (tmp_path / "a" / "adapter_model.safetensors").is_file()
+
+
+def test_card_states_the_objective_verdict_and_each_metric_on_its_own_scale(tmp_path, tiny_checkpoint):
+    """Two defects: the card always said "No objective was set" (it read a key nothing wrote), and showed BLEU 25.12
+    as "2512.0%" (every non-loss metric was taken for a rate)."""
+    from tunelab.run.folder import RunDir
+    from tunelab.run.record import Check, Verdict
+
+    run = RunDir(train_tiny_run(tmp_path, tiny_checkpoint))
+    verdict = Verdict(met=True, metric="bleu", summary="bleu gain over base +19.62 >= min_gain_over_base +5.00",
+                      checks=[Check(check="min_gain_over_base", ok=True, required=5.0, actual=19.62,
+                                    text="bleu gain over base +19.62 >= min_gain_over_base +5.00")])
+    give_evaluation(run, primary_metric="bleu", base={"bleu": 5.5, "exact_match": 0.0},
+                    tuned={"bleu": 25.12, "exact_match": 0.02}, delta={"bleu": 19.62, "exact_match": 0.02},
+                    delta_intervals={"bleu": [15.12, 23.34], "exact_match": [0.005, 0.04]}, objective=verdict)
+    card = (export(run.root, format="adapter", out=tmp_path / "a", verify=False) / "README.md").read_text()
+    assert "No objective was set" not in card
+    assert "**Objective met.**" in card and "- pass: bleu gain over base +19.62 >= min_gain_over_base +5.00" in card
+    assert "| bleu | 5.50 | 25.12 | +19.62 | [+15.12, +23.34] |" in card
+    assert "| exact_match | 0.0% | 2.0% | +2.0 pts | [+0.5, +4.0 pts] |" in card
+    assert "2512" not in card

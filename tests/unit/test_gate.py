@@ -5,42 +5,50 @@ import pytest
 from tunelab.config.schema import ObjectiveSection
 from tunelab.errors import ObjectiveNotMet
 from tunelab.evaluate.gate import check_objective, enforce
+from tunelab.run.record import Forgetting, Intervals, ProbeResult
 
-REPORT = {
-    "base": {"f1": 0.70, "loss": 0.90},
-    "tuned": {"f1": 0.85, "loss": 0.40},
-    "delta": {"f1": 0.15, "loss": -0.50},
-    "intervals": {"delta": {"f1": [0.05, 0.25], "loss": [-0.6, -0.4]}},
-    "forgetting": {"value": 0.08, "worst_probe": "general_text", "flagged": True, "threshold": 0.05},
-}
+BASE, TUNED = {"f1": 0.70, "loss": 0.90}, {"f1": 0.85, "loss": 0.40}
+
+
+def intervals(delta):
+    return Intervals(confidence=0.95, resamples=100, method="paired percentile bootstrap", base={}, tuned={},
+                     delta=delta)
+
+
+INTERVALS = intervals({"f1": [0.05, 0.25], "loss": [-0.6, -0.4]})
+FORGETTING = Forgetting(threshold=0.05, measure="perplexity", value=0.08, flagged=True, worst_probe="general_text",
+                        probes={"general_text": ProbeResult(rows=3, tokens=30, measure="perplexity", base=10.0,
+                                                            tuned=10.8, change=0.08, interval=None, flagged=True)})
 
 
 def verdict(**objective):
-    return check_objective(ObjectiveSection(**objective), REPORT)
+    return check_objective(ObjectiveSection(**objective), BASE, TUNED, INTERVALS, FORGETTING)
 
 
 def failed(result):
-    return [entry["check"] for entry in result["checks"] if not entry["ok"]]
+    return [entry.check for entry in result.checks if not entry.ok]
 
 
 def test_each_condition():
-    assert verdict(metric="f1", min=0.8)["met"]
+    assert verdict(metric="f1", min=0.8).met
     assert failed(verdict(metric="f1", min=0.9)) == ["min"]
     assert failed(verdict(metric="f1", min_gain_over_base=0.2)) == ["min_gain_over_base"]
-    assert verdict(metric="f1", min_gain_over_base=0.1, significant=True)["met"]
+    assert verdict(metric="f1", min_gain_over_base=0.1, significant=True).met
     assert failed(verdict(metric="f1", max_forgetting=0.05)) == ["max_forgetting"]
-    assert verdict(metric="f1", max_forgetting=0.1)["met"]
+    assert verdict(metric="f1", max_forgetting=0.1).met
 
 
 def test_lower_is_better_metrics_gain_by_falling():
-    assert verdict(metric="loss", max=0.5, min_gain_over_base=0.4, significant=True)["met"]
+    assert verdict(metric="loss", max=0.5, min_gain_over_base=0.4, significant=True).met
     assert failed(verdict(metric="loss", max=0.3, min_gain_over_base=0.6)) == ["max", "min_gain_over_base"]
 
 
 def test_gain_whose_interval_includes_zero_is_not_significant():
-    report = {**REPORT, "intervals": {"delta": {"f1": [-0.02, 0.3]}}}
-    result = check_objective(ObjectiveSection(metric="f1", significant=True), report)
-    assert failed(result) == ["significant"] and "includes zero" in result["summary"]
+    result = check_objective(ObjectiveSection(metric="f1", significant=True), BASE, TUNED,
+                             intervals({"f1": [-0.02, 0.3]}), FORGETTING)
+    assert failed(result) == ["significant"] and "includes zero" in result.summary
+    without = check_objective(ObjectiveSection(metric="f1", significant=True), BASE, TUNED, None, None)
+    assert failed(without) == ["significant"] and "no interval (eval.bootstrap: 0)" in without.summary
 
 
 def test_failed_gate_is_exit_code_3_with_one_line_naming_each_failed_part():

@@ -5,15 +5,12 @@ import json
 
 import pytest
 import torch
-from rich.console import Console
 from transformers import TrainerCallback
 
-from tests.conftest import tiny_recipe
-from tunelab.config.load import validate_recipe
+from tests.conftest import run_record, tiny_recipe, train_recipe
 from tunelab.errors import TunelabError
-from tunelab.inference import open_run_models
 from tunelab.methods.registry import METHODS
-from tunelab.train.sft import train
+from tunelab.run.models import open_run_models
 
 PROBE = torch.tensor([[5, 17, 30, 42, 8, 66, 12, 3], [9, 9, 21, 50, 70, 2, 44, 13]])
 
@@ -38,14 +35,14 @@ def test_method_trains_saves_and_loads(name, tiny_checkpoint, reverse_data, tmp_
                          train={"max_steps": 5, "lr": method.typical_lr, "save_every": 5, "eval_every": 5,
                                 "batch_size": 48})  # one batch = all 48 training rows: the logged loss is comparable
     probe = LogitsAtEnd()
-    run_dir = train(validate_recipe(recipe), home, Console(quiet=True), callbacks=(probe,))
+    run_dir = train_recipe(recipe, home, callbacks=(probe,))
     losses = logged_losses(run_dir)
     assert len(losses) == 5 and losses[-1] < losses[0], losses
-    record = run_dir.read_record()
-    assert record["padding_free"] == method.padding_free
-    assert 0 < record["method"]["trainable_parameters"] <= record["method"]["total_parameters"]
+    record = run_record(run_dir)
+    assert record.padding_free == method.padding_free
+    assert 0 < record.method.trainable_parameters <= record.method.total_parameters
 
-    tuned = open_run_models(run_dir.root, home).tuned()
+    tuned = open_run_models(run_dir.root, home).inference().load_tuned()
     with torch.no_grad():
         reloaded = tuned(input_ids=PROBE, attention_mask=torch.ones_like(PROBE)).logits
     assert torch.equal(reloaded, probe.logits)
@@ -57,5 +54,5 @@ def test_method_trains_saves_and_loads(name, tiny_checkpoint, reverse_data, tmp_
 def test_asking_to_merge_a_method_that_cannot_is_refused(name, tiny_checkpoint, reverse_data, tmp_path, home):
     recipe = tiny_recipe(tmp_path, tiny_checkpoint, reverse_data, method={"name": name}, output={"merge": True})
     with pytest.raises(TunelabError, match=rf"output.merge: method '{name}' cannot be merged into the base weights"):
-        train(validate_recipe(recipe), home, Console(quiet=True))
+        train_recipe(recipe, home)
     assert not (tmp_path / "run").exists()

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tunelab.evaluate.metrics import label_metrics, perplexity, text_metrics
+from tunelab.metrics.rows import label_metrics, perplexity, text_metrics
 
 
 def test_exact_match_and_json_metrics():

@@ -12,7 +12,7 @@ from tunelab.models.quantize import dequantize_nf4, is_nf4, weight_bytes
 
 @pytest.fixture(scope="module")
 def nf4_checkpoint(tmp_path_factory):
-    from tunelab.models.tiny import save_tiny_checkpoint
+    from tests.tiny import save_tiny_checkpoint
 
     # 64 wide: every projection holds a whole number of 64-value NF4 blocks.
     return save_tiny_checkpoint(tmp_path_factory.mktemp("nf4") / "tiny", hidden_size=64)

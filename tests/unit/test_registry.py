@@ -10,12 +10,27 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from tests.conftest import SHARED_DATA
-from tunelab.config.schema import DataSection, EvalSection
+from tunelab.config.schema import EvalSection
 from tunelab.data.formats import Example
 from tunelab.errors import TunelabError
-from tunelab.evaluate import registry
-from tunelab.evaluate.metrics import label_metrics, normalize_text
-from tunelab.evaluate.plan import plan_evaluation
+from tunelab.metrics import registry
+from tunelab.metrics.rows import label_metrics, normalize_text
+
+
+def plan_evaluation(test, section, objective):
+    """The plan a task makes for these test rows (sft for conversations and text, classification for labels)."""
+    from tests.tiny import tiny_tokenizer
+    from tunelab.config.schema import Recipe
+
+    kinds = {example.kind for example in test}
+    task = {"name": "classification"} if kinds == {"label"} else {"name": "sft"}
+    recipe = Recipe.model_validate({"data": {"train": "unused.jsonl"}, "task": task,
+                                    "eval": section.model_dump(), "objective": objective and objective.model_dump()})
+    labels = sorted({example.label for example in test if example.label})
+    state = {"style": "head", "labels": labels, "train_counts": {label: 1 for label in labels}}
+    from tunelab.tasks.registry import get_task
+
+    return get_task(task["name"]).evaluation(recipe, test, state, tiny_tokenizer(), "test split").plan
 
 HYPOTHESES = ["the cat sat on the mat", "a quick brown fox jumps", "print(x)", "", "hello world again and again"]
 REFERENCES = ["the cat is on the mat", "the quick brown fox jumped", "print(x)", "nothing here", "hello world"]
@@ -122,10 +137,12 @@ def test_metric_that_does_not_fit_is_refused_with_a_suggestion():
         registry.resolve_name("blue")
 
 
-def test_test_split_without_references_is_refused():
+def test_text_rows_are_scored_by_loss_and_empty_references_are_refused():
     texts = [Example("t.jsonl", 1, text="just text")]
-    with pytest.raises(TunelabError, match="has no reference answers"):
-        plan_evaluation(texts, EvalSection(), None)
+    plan = plan_evaluation(texts, EvalSection(), None)
+    assert plan.kind == "text" and plan.metrics == ["loss", "perplexity"] and plan.correctness is None
+    with pytest.raises(TunelabError, match=r"'bleu' does not fit plain-text rows"):
+        plan_evaluation(texts, EvalSection(metrics=["bleu"]), None)
     with pytest.raises(TunelabError, match=r"t.jsonl:2: 1 test row\(s\) have an empty reference answer"):
         plan_evaluation(chat_rows(["fine", "  "]), EvalSection(), None)
 
@@ -140,11 +157,11 @@ def test_objective_metric_is_always_computed():
 
 @pytest.mark.skipif(not (SHARED_DATA / "conala").is_dir(), reason="shared CoNaLa data not present (../shared/data)")
 def test_bleu_on_conala_references_matches_sacrebleu():
-    from tunelab.data.prepare import read_examples
+    from tunelab.data.formats import to_examples
+    from tunelab.data.readers import read_records
 
-    data = DataSection(train=str(SHARED_DATA / "conala" / "conala-test.json"),
-                       fields={"prompt": ["rewritten_intent", "intent"], "completion": "snippet"})
-    examples = read_examples(SHARED_DATA / "conala" / "conala-test.json", data)
+    fields = {"prompt": ["rewritten_intent", "intent"], "completion": "snippet"}
+    examples = to_examples(read_records(SHARED_DATA / "conala" / "conala-test.json"), "auto", fields, None)
     references = [example.messages[-1]["content"] for example in examples]
     predictions = [json.dumps(reference)[1:-1] for reference in references]  # escaped quotes: a near miss
     assert len(references) == 500

@@ -1,6 +1,6 @@
 """The shared HTML report pieces."""
 
-from tunelab.reports import Section, new_figure, page, svg, table
+from tunelab.present.html import Section, new_figure, page, svg, table
 
 
 def test_page_with_table_and_embedded_svg():

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import openai
 import pytest
-from rich.console import Console
 
-from tests.conftest import reverse_rows, tiny_recipe, write_jsonl
+from tests.conftest import reverse_rows, tiny_recipe, train_recipe, write_jsonl
 from tunelab.errors import TunelabError
 from tunelab.serve.settings import ServeSettings
 
@@ -24,13 +23,10 @@ HELLO = [{"role": "user", "content": "abcd"}]
 
 
 def train_run(tmp: Path, checkpoint: Path, name: str, seed: int) -> Path:
-    from tunelab.config.load import validate_recipe
-    from tunelab.train.sft import train
-
     data = write_jsonl(tmp / f"{name}.jsonl", reverse_rows(60, seed=seed))
     recipe = tiny_recipe(tmp, checkpoint, data, train={"max_steps": 4, "seed": seed, "lr": 1e-2},
                          output={"dir": str(tmp / name)})
-    return train(validate_recipe(recipe), tmp / "home", Console(quiet=True)).root
+    return train_recipe(recipe, tmp / "home").root
 
 
 class LiveServer:
@@ -98,10 +94,12 @@ def live(runs, tmp_path_factory):
 def reference(run: Path, messages: list[dict], max_tokens: int, base: bool = False) -> str:
     """What `tunelab generate` answers (greedy), computed without the server."""
     from tunelab.cli.run import reply
-    from tunelab.inference import open_run_models
+    from tunelab.run.models import open_run_models
 
     models = open_run_models(run, run.parent / "home")
-    return reply(models.base() if base else models.tuned(), models.tokenizer(), messages, max_tokens, 0.0)
+    inference = models.inference()
+    model = inference.load_base() if base else inference.load_tuned()
+    return reply(model, models.tokenizer(), messages, max_tokens, 0.0, models.placement)
 
 
 def base_id(live) -> str:
@@ -314,7 +312,7 @@ def test_a_request_past_its_timeout_gets_504(runs, tmp_path):
 
 
 def test_an_adapter_on_another_base_is_refused_naming_both(runs, tmp_path):
-    from tunelab.models.tiny import save_tiny_checkpoint
+    from tests.tiny import save_tiny_checkpoint
     from tunelab.serve.server import build_service
 
     other = save_tiny_checkpoint(tmp_path / "other-tiny", seed=5)

@@ -2,6 +2,7 @@
 
 import pytest
 
+from tests.tiny import tiny_tokenizer
 from tunelab.data.templates import (
     CHATML_TEMPLATE,
     IGNORE_INDEX,
@@ -10,7 +11,6 @@ from tunelab.data.templates import (
     prompt_and_reference,
 )
 from tunelab.errors import TunelabError
-from tunelab.models.tiny import tiny_tokenizer
 
 CONVERSATION = [
     {"role": "system", "content": "Be brief."},

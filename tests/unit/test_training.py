@@ -4,20 +4,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from rich.console import Console
 from safetensors.torch import load_file
 from transformers import TrainerCallback
 
-from tests.conftest import tiny_recipe
-from tunelab.config.load import validate_recipe
+from tests.conftest import run_record, tiny_recipe, train_recipe
 from tunelab.errors import TunelabError
-from tunelab.train.sft import train
-
-QUIET = Console(quiet=True)
 
 
 def run(recipe_dict, home, **options):
-    return train(validate_recipe(recipe_dict), home, QUIET, **options)
+    return train_recipe(recipe_dict, home, **options)
 
 
 def adapter_weights(run_dir) -> dict[str, torch.Tensor]:
@@ -43,13 +38,13 @@ class StopAt(TrainerCallback):
 
 def test_run_folder_holds_everything(tiny_checkpoint, reverse_data, tmp_path, home):
     run_dir = run(tiny_recipe(tmp_path, tiny_checkpoint, reverse_data), home)
-    record = run_dir.read_record()
-    assert record["status"] == "completed" and record["steps"] == 6
-    assert record["tokens_seen"] > 0
-    assert record["data"]["files"][0]["sha256"] and record["data"]["files"][0]["rows"] == 60
-    assert record["data"]["splits"]["train"]["kept"] == 48
-    assert record["environment"]["packages"]["transformers"]
-    assert record["metrics"]["train_loss"] > 0 and record["metrics"]["final_eval_loss"] is not None
+    record = run_record(run_dir)
+    assert record.status == "completed" and record.training.steps == 6 and record.task == "sft"
+    assert record.training.tokens_seen > 0
+    assert record.data.files[0].sha256 and record.data.files[0].rows == 60
+    assert record.data.splits["train"].kept == 48
+    assert record.environment.packages["transformers"]
+    assert record.training.train_loss > 0 and record.training.final_eval_loss is not None
     for name in ("recipe.yaml", "data/train.jsonl", "data/test.jsonl", "model/adapter_config.json",
                  "merged/model.safetensors", "train_log.jsonl", "checkpoints/checkpoint-6"):
         assert (run_dir.root / name).exists(), name
@@ -69,9 +64,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_checkpoint, 
     whole = run(tiny_recipe(tmp_path / "a", tiny_checkpoint, reverse_data), home)
     recipe = tiny_recipe(tmp_path / "b", tiny_checkpoint, reverse_data)
     part = run(recipe, home, callbacks=(StopAt(3),))
-    assert part.read_record()["steps"] == 3
+    assert run_record(part).training.steps == 3
     resumed = run(recipe, home, resume=True)
-    assert resumed.read_record()["steps"] == 6
+    assert run_record(resumed).training.steps == 6
     assert_same_weights(adapter_weights(whole), adapter_weights(resumed), atol=1e-6)
 
 
@@ -85,10 +80,10 @@ def test_gradient_accumulation_matches_a_bigger_batch(tiny_checkpoint, reverse_d
 def test_existing_run_is_refused_without_overwrite_and_kept(tiny_checkpoint, reverse_data, tmp_path, home):
     recipe = tiny_recipe(tmp_path, tiny_checkpoint, reverse_data, train={"max_steps": 2, "save_every": 2})
     first = run(recipe, home)
-    started = first.read_record()["started_at"]
+    started = run_record(first).started_at
     with pytest.raises(TunelabError, match="already holds a run; use --resume .* or --overwrite"):
         run(recipe, home)
-    assert first.read_record()["started_at"] == started
+    assert run_record(first).started_at == started
     run(recipe, home, overwrite=True)
 
 

@@ -1,6 +1,6 @@
 """`tunelab <command>`: each command is a thin shell around plain functions elsewhere in the package.
 
-Commands live in one module per group (run.py: train/eval/generate/chat, models.py: models, data.py: data
+Commands live in one module per group (run.py: train/eval/generate/chat/classify, models.py: models, data.py: data
 check/prepare ...), each adding itself to `app` when imported below. Heavy libraries (torch, transformers) are
 imported inside the commands, so `tunelab --help` answers at once.
 """
@@ -14,7 +14,6 @@ import sys
 from rich.markup import escape
 
 from tunelab.cli import (  # noqa: F401  (each module registers its commands)
-    classify,
     data,
     export,
     methods,

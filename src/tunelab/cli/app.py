@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -27,23 +25,9 @@ def root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks
     """tunelab: train, evaluate and use fine-tuned language models."""
 
 
-def quiet_libraries() -> None:
-    """Keep the libraries' own progress bars and info logs out of tunelab's output."""
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    # A few library loops use tqdm directly (transformers' GGUF reader); tqdm reads TQDM_* at import.
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    # transformers and peft import torchao (QLoRA's 4-bit backend) where it is installed; its optional GPU kernels
-    # fail to load on a CPU machine and torch flags one of its enums, at every start. Neither concerns the user.
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    # Deprecation notices from inside the libraries are for tunelab's developers, not its users.
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    import datasets
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+# `--device` of every command that runs a model (see device.py).
+DEVICE_HELP = "Where models run: auto (a CUDA GPU when there is one, else the CPU), cpu or cuda."
 
 
+def device_option() -> Any:
+    return typer.Option("auto", "--device", help=DEVICE_HELP)

@@ -8,9 +8,11 @@ from typing import Any, Optional
 
 import typer
 
-from tunelab.cli.app import app, console, quiet_libraries
+from tunelab.cli.app import app, console
 from tunelab.errors import TunelabError
+from tunelab.files import copy_file
 from tunelab.paths import tunelab_home
+from tunelab.quiet import quiet_libraries
 
 data_app = typer.Typer(help="Check, clean and prepare data before any training time is spent.",
                        no_args_is_help=True)
@@ -40,22 +42,15 @@ def recipe_or_file(target: Path, overrides: list[str], model: str | None) -> tup
 def model_limits(recipe: Any, home: Path) -> tuple[Any, set[int], int | None]:
     """The recipe model's tokenizer (with the recipe's chat template), stop ids and context size, without
     loading its weights."""
-    from transformers import AutoConfig, GenerationConfig
-
-    from tunelab.data.templates import resolve_chat_template, stop_token_ids
+    from tunelab.data.templates import resolve_chat_template
+    from tunelab.models.load import model_limits as limits_of
     from tunelab.models.load import resolve_model
     from tunelab.models.tokenizer import load_tokenizer
 
     ref = resolve_model(recipe.model.name, home, console=console)
     tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
-    config = AutoConfig.from_pretrained(str(ref.path))
-    try:
-        generation = GenerationConfig.from_pretrained(str(ref.path))
-    except OSError:
-        generation = GenerationConfig.from_model_config(config)
-    eos = generation.eos_token_id
-    stop_ids = stop_token_ids(tokenizer, eos if eos is not None else getattr(config, "eos_token_id", None))
-    return tokenizer, stop_ids, getattr(config, "max_position_embeddings", None)
+    limits = limits_of(ref.path, tokenizer)
+    return tokenizer, limits.stop_ids, limits.context
 
 
 def run_doctor(recipe: Any, check: bool):
@@ -68,9 +63,9 @@ def run_doctor(recipe: Any, check: bool):
 
 
 def show(prepared: Any) -> None:
-    from tunelab.data.report import print_report
+    from tunelab.present.console import print_data_report
 
-    print_report(console, prepared.report)
+    print_data_report(console, prepared.report)
     timing = prepared.report["timing"]
     how = "cache hit: no work done" if prepared.from_cache else (
         f"{timing['rows_per_second']:,} rows/s with {timing['workers']} process(es)")
@@ -108,7 +103,7 @@ def write_check(prepared: Any, folder: Path) -> None:
         raise TunelabError(f"{folder}: holds other files than a data check's; choose another --out")
     folder.mkdir(parents=True, exist_ok=True)
     for name in CHECK_FILES:
-        shutil.copyfile(prepared.folder / name, folder / name)
+        copy_file(prepared.folder / name, folder / name)
 
 
 @data_app.command("prepare")
@@ -120,7 +115,7 @@ def prepare(
     """Clean, deduplicate and check the recipe's data and write the splits to <output.dir>/data, which
     `tunelab train` then uses (from the cache: no work is done twice)."""
     from tunelab.config.load import load_recipe
-    from tunelab.runs import RunDir
+    from tunelab.run.folder import RunDir
 
     recipe = load_recipe(recipe_path, overrides or [])
     run = RunDir(Path(recipe.output.dir))

@@ -7,8 +7,9 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.app import app, console, quiet_libraries
+from tunelab.cli.app import app, console, device_option
 from tunelab.paths import tunelab_home
+from tunelab.quiet import quiet_libraries
 
 
 @app.command()
@@ -22,8 +23,9 @@ def export(
     out: Optional[Path] = typer.Option(None, help="Destination folder; default RUN/export/<format>[-<dtype|quant>]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty destination folder."),
     verify: bool = typer.Option(
-        True, "--verify/--no-verify", help="Load the export back and compare greedy answers with the run's model."
+        True, "--verify/--no-verify", help="Load the export back and compare its answers with the run's model."
     ),
+    device: str = device_option(),
 ) -> None:
     """Export a run's model, with a model card (README.md) built from the run's record."""
     from tunelab.export.exporter import ExportOptions, check_options
@@ -33,6 +35,7 @@ def export(
     quiet_libraries()
     from tunelab.export.exporter import export_run
 
-    exported = export_run(run, options, tunelab_home(), say=lambda text: console.print(f"[dim]{text}[/dim]"))
+    exported = export_run(run, options, tunelab_home(), say=lambda text: console.print(f"[dim]{text}[/dim]"),
+                          device=device)
     size = sum(path.stat().st_size for path in exported.folder.iterdir() if path.is_file())
     console.print(f"[bold green]exported[/bold green] {format} to {exported.folder} ({size / 1e6:.1f} MB)")

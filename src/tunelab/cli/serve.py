@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from tunelab.cli.app import app, console, quiet_libraries
+from tunelab.cli.app import app, console, device_option
 from tunelab.paths import tunelab_home
+from tunelab.quiet import quiet_libraries
 
 
 @app.command()
@@ -19,8 +21,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=0, max=65535),
     serve_dir: Path = typer.Option(Path("serve"), help="Folder of the request log (requests.sqlite)."),
-    api_key: Optional[list[str]] = typer.Option(None, "--api-key", envvar="TUNELAB_API_KEY",
-                                                help="Key clients send as Authorization: Bearer KEY (repeatable)."),
+    api_key: Optional[list[str]] = typer.Option(
+        None, "--api-key", help="Key clients send as Authorization: Bearer KEY (repeatable; default: "
+                                "$TUNELAB_API_KEY, read as one key)."),
     api_keys_file: Optional[Path] = typer.Option(None, help="File with one API key a line."),
     admin_key: Optional[str] = typer.Option(None, envvar="TUNELAB_ADMIN_KEY",
                                             help="Key for POST/DELETE /v1/adapters; without it they are off."),
@@ -34,33 +37,33 @@ def serve(
     threads: Optional[int] = typer.Option(
         None, min=1, help="torch intra-op threads; on a CPU shared with other busy processes 1 can be many times "
                           "faster (see README)."),
-    precision: str = typer.Option(
-        "fp32", help="fp32, bf16 (autocast; only where the CPU has it natively) or auto (bf16 where native). fp32 is "
-                     "the default: bf16 autocast measured slower for small-batch CPU generation (see README)."),
+    precision: Optional[str] = typer.Option(
+        None, help="fp32, bf16 (autocast; on a CPU only where it has bf16 natively), fp16 (a GPU) or auto (bf16 "
+                   "where native). Default: fp32 on a CPU, where bf16 autocast measured slower for small-batch "
+                   "generation (see README), auto on a GPU."),
+    device: str = device_option(),
 ) -> None:
     """Serve a base model and run adapters over OpenAI's API (/v1/chat/completions, /v1/completions, ...)."""
-    from tunelab.errors import TunelabError
+    from tunelab.device import resolve_placement
     from tunelab.serve.server import bind, build_service, run_server
     from tunelab.serve.settings import ServeSettings, read_keys_file
 
-    if precision not in ("auto", "bf16", "fp32"):
-        raise TunelabError(f"--precision: '{precision}' is not one of auto, bf16, fp32")
-    keys = frozenset(api_key or ()) | (read_keys_file(api_keys_file) if api_keys_file else frozenset())
+    # Read here, not through click's envvar: click splits a list option's environment value on whitespace.
+    env_key = os.environ.get("TUNELAB_API_KEY", "").strip()
+    keys = (frozenset(api_key or ([env_key] if env_key else [])) |
+            (read_keys_file(api_keys_file) if api_keys_file else frozenset()))
+    placement = resolve_placement(device, precision or "auto", cpu_auto="bf16" if precision else "fp32")
     sock = bind(host, port)
     quiet_libraries()
     if threads:
         import torch
 
         torch.set_num_threads(threads)
-    from tunelab.train.precision import cpu_has_fast_bf16
-
-    if precision == "bf16" and not cpu_has_fast_bf16():
-        raise TunelabError("--precision bf16: this CPU has no native bf16; use fp32 or auto")
     settings = ServeSettings(
         serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, max_batch_rows=max_batch,
         batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
         max_body_bytes=max_body_kb * 1024, request_timeout=timeout, log_content=log_content,
-        autocast_bf16=precision == "bf16" or (precision == "auto" and cpu_has_fast_bf16()),
+        placement=placement,
     )
     say = lambda text: console.print(f"[dim]{text}[/dim]")  # noqa: E731
     try:
@@ -73,5 +76,5 @@ def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     console.print(f"[bold green]serving[/bold green] {', '.join(service.registry.ids())} on "
                   f"http://{bound_host}:{bound_port}/v1 (keys: {'required' if keys else 'none'}; admin: "
-                  f"{'on' if admin_key else 'off'}); request log {service.request_log.path}")
+                  f"{'on' if admin_key else 'off'}; {placement.describe()}); request log {service.request_log.path}")
     run_server(create_app(service), sock)

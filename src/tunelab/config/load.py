@@ -16,6 +16,10 @@ from pydantic import BaseModel, ValidationError
 from tunelab.config.schema import Recipe
 from tunelab.errors import TunelabError
 from tunelab.methods.registry import METHODS
+from tunelab.tasks.registry import TASKS
+
+# Sections validated by the schema of the member they name (discriminated unions built from a registry).
+TAGGED = {"method": METHODS, "task": TASKS}
 
 COMMAND_LINE = "command line"
 
@@ -102,9 +106,9 @@ def validate_recipe(
 
 
 def user_path(loc: tuple, raw: dict[str, Any]) -> tuple:
-    """pydantic's location without the method tag it inserts for the discriminated `method` union."""
-    if len(loc) >= 2 and loc[0] == "method" and loc[1] in METHODS:
-        return ("method",) + tuple(loc[2:])
+    """pydantic's location without the tag it inserts for the discriminated `method` and `task` unions."""
+    if len(loc) >= 2 and loc[0] in TAGGED and loc[1] in TAGGED[loc[0]]:
+        return (loc[0],) + tuple(loc[2:])
     return tuple(loc)
 
 
@@ -125,7 +129,9 @@ def describe_error(error: dict[str, Any], raw: dict[str, Any]) -> str:
     if kind == "extra_forbidden":
         return unknown_key_message(path, raw)
     if kind == "union_tag_invalid":
-        return f"{dotted}.name: unknown method '{error['input'].get('name')}' (available: {', '.join(METHODS)})"
+        section = path[0]
+        return (f"{dotted}.name: unknown {section} '{error['input'].get('name')}' "
+                f"(available: {', '.join(TAGGED[section])})")
     if kind == "missing":
         return f"missing required key '{dotted}'"
     message = error["msg"].removeprefix("Value error, ")
@@ -139,11 +145,12 @@ def unknown_key_message(path: tuple, raw: dict[str, Any]) -> str:
     dotted = ".".join(str(p) for p in path)
     section_model = model_at(path[:-1], raw)
     valid = list(section_model.model_fields) if section_model else []
-    if path[0] == "method" and len(path) == 2:
-        owners = [name for name, method in METHODS.items() if key in method.config_class.model_fields]
+    if path[0] in TAGGED and len(path) == 2:
+        members = TAGGED[path[0]]
+        owners = [name for name, member in members.items() if key in member.config_class.model_fields]
         if owners:
-            current = raw.get("method", {}).get("name", "lora")
-            return f"'{dotted}' is an option of method '{owners[0]}', not of '{current}'"
+            current = section_name(raw, path[0])
+            return f"'{dotted}' is an option of {path[0]} '{owners[0]}', not of '{current}'"
     hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
     suggestion = f"; did you mean '{'.'.join(map(str, path[:-1] + (hint[0],)))}'?" if hint else ""
     choices = f" (valid keys here: {', '.join(valid)})" if valid and not hint else ""
@@ -154,11 +161,11 @@ def model_at(path: tuple, raw: dict[str, Any]) -> type[BaseModel] | None:
     """The schema class that validates the section at `path`."""
     model: type[BaseModel] = Recipe
     for part in path:
-        if part == "method" and model is Recipe:
-            name = raw.get("method", {}).get("name", "lora") if isinstance(raw.get("method"), dict) else "lora"
-            model = METHODS[name].config_class if name in METHODS else None
-            if model is None:
+        if part in TAGGED and model is Recipe:
+            name = section_name(raw, part)
+            if name not in TAGGED[part]:
                 return None
+            model = TAGGED[part][name].config_class
             continue
         field = model.model_fields.get(str(part))
         if field is None:
@@ -168,6 +175,18 @@ def model_at(path: tuple, raw: dict[str, Any]) -> type[BaseModel] | None:
         if model is None:
             return None
     return model
+
+
+def section_name(raw: dict[str, Any], section: str) -> str:
+    """The member a `method` or `task` section names (its default when it names none)."""
+    from tunelab.config.schema import DEFAULT_METHOD
+    from tunelab.tasks.registry import DEFAULT_TASK
+
+    default = {"method": DEFAULT_METHOD, "task": DEFAULT_TASK}[section]
+    value = raw.get(section)
+    if isinstance(value, str):
+        return value
+    return value.get("name", default) if isinstance(value, dict) else default
 
 
 def recipe_to_yaml(recipe: Recipe) -> str:

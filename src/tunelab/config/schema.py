@@ -7,9 +7,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate.registry import resolve_name
 from tunelab.methods.lora import LoraConfig
 from tunelab.methods.registry import MethodSection
+from tunelab.metrics.registry import resolve_name
+from tunelab.tasks.registry import DEFAULT_TASK, TaskSection
+from tunelab.tasks.sft import SftConfig
 
 DEFAULT_METHOD = "lora"
 
@@ -285,37 +287,12 @@ class OutputSection(Section):
     )
 
 
-class ClassificationSection(Section):
-    style: Literal["auto", "head", "generate"] = Field(
-        "auto", description="head: a classification head on the model's last hidden state (encoders such as "
-        "minilm-l6-v2, or a causal LM); generate: a causal LM fine-tuned to answer the label, decoded over the label "
-        "set only; auto: generate for a causal LM checkpoint, head otherwise."
-    )
-    labels: list[str] | None = Field(
-        None, description="The classes, in the order of reports and confusion matrices; default: the labels found "
-        "in the training split, sorted. A held-out row with another label is an error."
-    )
-    prompt: str = Field(
-        "Classify the text into one of these classes: {labels}. Answer with the class only.\n\nText: {text}",
-        description="style generate: the user message built from each row ({labels}: the classes, comma-separated; "
-        "{text}: the row's text). The model answers with the label.",
-    )
-
-    @model_validator(mode="after")
-    def prompt_has_text(self) -> "ClassificationSection":
-        if "{text}" not in self.prompt:
-            raise ValueError("classification.prompt must contain {text}, where each row's text goes")
-        if self.labels is not None and len(set(self.labels)) < 2:
-            raise ValueError("classification.labels needs at least two different classes")
-        return self
-
-
 class Recipe(Section):
     """A whole run. Paths in it are relative to the directory tunelab runs in."""
 
-    task: Literal["sft", "classification"] = Field(
-        "sft", description="sft: learn to write the answers of conversation rows; classification: learn the `label` "
-        "of label rows (text, label), evaluated with accuracy, per-class and macro precision/recall/F1, MCC."
+    task: TaskSection = Field(
+        default_factory=SftConfig, description="What is learned (`tunelab tasks`): a task name, or a section with "
+        "`name` and the task's options, e.g. {name: classification, style: head}."
     )
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection
@@ -324,9 +301,6 @@ class Recipe(Section):
     eval: EvalSection = Field(default_factory=EvalSection)
     objective: ObjectiveSection | None = Field(None, description="Success criteria checked after evaluation.")
     output: OutputSection = Field(default_factory=OutputSection)
-    classification: ClassificationSection = Field(
-        default_factory=ClassificationSection, description="Options of task: classification."
-    )
 
     @model_validator(mode="after")
     def forgetting_measured_for_objective(self) -> "Recipe":
@@ -336,8 +310,15 @@ class Recipe(Section):
 
     @model_validator(mode="before")
     @classmethod
-    def default_method_name(cls, values: Any) -> Any:
-        """A `method` section that names no method configures the default one (LoRA)."""
-        if isinstance(values, dict) and isinstance(values.get("method"), dict) and "name" not in values["method"]:
-            values = {**values, "method": {"name": DEFAULT_METHOD, **values["method"]}}
+    def default_names(cls, values: Any) -> Any:
+        """`task: NAME` is the task with its default options; a `task` or `method` section that names none
+        configures the default one (sft, LoRA)."""
+        if not isinstance(values, dict):
+            return values
+        values = dict(values)
+        if isinstance(values.get("task"), str):
+            values["task"] = {"name": values["task"]}
+        for key, default in (("task", DEFAULT_TASK), ("method", DEFAULT_METHOD)):
+            if isinstance(values.get(key), dict) and "name" not in values[key]:
+                values[key] = {"name": default, **values[key]}
         return values

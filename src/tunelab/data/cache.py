@@ -24,15 +24,26 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunelab.config.schema import DataSection
+from tunelab.data.dataset import GENERATED_FILE, DataFile, LoadedData, TokenizedSplit
 from tunelab.data.formats import Example
-from tunelab.data.prepare import GENERATED_FILE, DataFile, LoadedData, TokenizedSplit
 from tunelab.data.split import SPLITS, Splits
 from tunelab.data.templates import Encoded
 from tunelab.errors import TunelabError
-from tunelab.files import jsonl_text, read_json, read_jsonl, sha256_file, write_json, write_text_atomic
+from tunelab.files import (
+    copy_file,
+    jsonl_text,
+    read_json,
+    read_jsonl,
+    sha256_file,
+    write_json,
+    write_jsonl,
+    write_text_atomic,
+)
+
+if TYPE_CHECKING:
+    from tunelab.config.schema import DataSection
 
 PIPELINE_VERSION = 2  # part of the cache key: bump it whenever the pipeline or the report format changes
 MARKER = "prepared.json"
@@ -72,17 +83,22 @@ class Prepared:
         return LoadedData(self.splits(), [DataFile(**item) for item in self.report["files"]],
                           read_jsonl(generated) if generated.exists() else [])
 
-    def copy_to(self, data_dir: Path) -> None:
+    def copy_to(self, data_dir: Path, splits: Splits | None = None) -> None:
         """The prepared files (not the token ids) into a run's data folder, replacing what an earlier prepare put
-        there (a folder with the marker is ours to replace); the marker goes last."""
+        there (a folder with the marker is ours to replace); the marker goes last. `splits`: the rows as a task
+        trains on them, written instead of the doctor's where the task converted them."""
         if (data_dir / MARKER).is_file():
             shutil.rmtree(data_dir)
         data_dir.mkdir(parents=True, exist_ok=True)
+        split_files = {f"{name}.jsonl" for name in SPLITS} if splits is not None else set()
         for item in sorted(self.folder.iterdir()):
-            if item.name in (TOKENS, MARKER):
+            if item.name in (TOKENS, MARKER) or item.name in split_files:
                 continue
-            shutil.copyfile(item, data_dir / item.name)
-        shutil.copyfile(self.folder / MARKER, data_dir / MARKER)
+            copy_file(item, data_dir / item.name)
+        if splits is not None:
+            for name, examples in splits.items():
+                write_jsonl(data_dir / f"{name}.jsonl", [example.to_json() for example in examples])
+        copy_file(self.folder / MARKER, data_dir / MARKER)
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str:
@@ -181,7 +197,8 @@ def prepare_data(data: DataSection, tokenizer: Any, stop_ids: set[int], context:
     `data.bad_rows` and a problem with the whole set stops with its one-line reason.
     """
     from tunelab.data.doctor import diagnose
-    from tunelab.data.report import build_report, html_report
+    from tunelab.data.report import build_report
+    from tunelab.present.data_report import html_report
 
     key = cache_key(data, tokenizer_fingerprint(tokenizer), stop_ids, context)
     prepared = lookup(home, key)
@@ -200,14 +217,3 @@ def doctor_summary(prepared: Prepared) -> dict[str, Any]:
     """What run.json records about the data doctor's pass."""
     return {"key": prepared.key, "from_cache": prepared.from_cache, "counts": prepared.report["counts"],
             "rejected": prepared.report["rejected_by_stage"]}
-
-
-def sft_tokenized(prepared: Prepared) -> dict[str, TokenizedSplit]:
-    """Token ids and labels for supervised fine-tuning, which trains on conversation and plain-text rows only."""
-    others = [kind for kind in prepared.report["splits"]["train"]["kinds"] if kind not in ("chat", "text")]
-    if others:
-        raise TunelabError(
-            f"'{others[0]}' rows do not train a language model with supervised fine-tuning "
-            "(label rows are for classification, preference rows for preference tuning)"
-        )
-    return prepared.tokenized()

@@ -67,14 +67,6 @@ def permutations(num_perm: int) -> Any:
     return MinHash(num_perm=num_perm).permutations
 
 
-@dataclass(frozen=True)
-class Duplicate:
-    index: int  # the later row
-    twin: int  # the earlier row it repeats
-    kind: str  # "exact" or "near"
-    similarity: float
-
-
 @dataclass
 class Fingerprint:
     """What dedup needs of one row, computed once (in parallel) while cleaning."""
@@ -126,21 +118,6 @@ class NearIndex:
         if fp.shingles is None:
             fp.shingles = shingles(fp.text, self.dedup.shingle)
         return fp.shingles
-
-
-def find_duplicates(prints: list[Fingerprint], dedup: Any, keys: list[Any] | None = None,
-                    reference: "DedupIndex | None" = None) -> list[Duplicate]:
-    """Later copies within `prints` (first kept), or, with a `reference` index, rows that repeat a row in it."""
-    index = reference or DedupIndex(dedup)
-    keys = keys if keys is not None else list(range(len(prints)))
-    found = []
-    for key, fp in zip(keys, prints):
-        hit = index.find(fp)
-        if hit is not None:
-            found.append(Duplicate(key, *hit))
-        elif reference is None:
-            index.add(key, fp)
-    return found
 
 
 class DedupIndex:

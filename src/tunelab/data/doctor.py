@@ -13,15 +13,14 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tunelab.config.schema import DataSection
 from tunelab.data.augment import augment
 from tunelab.data.contamination import contamination_hits
+from tunelab.data.dataset import GENERATED_FILE, DataFile, describe_file
 from tunelab.data.dedup import DedupIndex, Fingerprint, content_text
 from tunelab.data.formats import Example, parse_items
 from tunelab.data.lint import LintReport, lint_template
-from tunelab.data.prepare import GENERATED_FILE, DataFile, describe_file
 from tunelab.data.readers import BadRow, Record, scan_records
 from tunelab.data.split import SPLITS, Splits, check_no_overlap, split_examples
 from tunelab.data.stages import clean_row, parallel_map, tokenize_row, worker_count
@@ -29,6 +28,9 @@ from tunelab.data.synthetic import generate_rows
 from tunelab.data.templates import Encoded
 from tunelab.errors import TunelabError
 from tunelab.files import jsonl_text
+
+if TYPE_CHECKING:
+    from tunelab.config.schema import DataSection
 
 # Stages a row can be rejected at, in pipeline order (the report lists counts in this order).
 STAGES = ("read", "parse", "clean", "duplicate", "near_duplicate", "label_conflict", "duplicate_across_splits",

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tunelab.device import Placement
 
 
 @dataclass
@@ -31,7 +35,7 @@ def generate_texts(
     batch_size: int = 16,
     stop_ids: list[int] | None = None,
     temperature: float = 0.0,
-    autocast_bf16: bool = False,
+    placement: "Placement | None" = None,
 ) -> Generated:
     """Continue each prompt (token ids). Prompts are sorted by length so batches pad little; order is restored."""
     import torch
@@ -52,7 +56,7 @@ def generate_texts(
             options.update(do_sample=True, temperature=temperature)
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+        with torch.no_grad(), autocast(placement):
             output = model.generate(**batch, **options)
         continuations = output[:, batch["input_ids"].shape[1] :]
         for row, index in enumerate(chunk):
@@ -61,6 +65,11 @@ def generate_texts(
             row_tokens[index] = len(ids)
             texts[index] = tokenizer.decode(ids, skip_special_tokens=True)
     return Generated(texts, new_tokens, time.perf_counter() - started, row_tokens)
+
+
+def autocast(placement: "Placement | None") -> Any:
+    """The placement's autocast, or none (float32) when no placement is given."""
+    return placement.autocast() if placement is not None else contextlib.nullcontext()
 
 
 def left_pad(sequences: list[list[int]], pad_id: int) -> dict[str, Any]:
@@ -72,6 +81,19 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> dict[str, Any]:
     for row, sequence in enumerate(sequences):
         input_ids[row, width - len(sequence) :] = torch.tensor(sequence)
         attention_mask[row, width - len(sequence) :] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+def right_pad(sequences: list[list[int]], pad_id: int) -> dict[str, Any]:
+    """Rows padded on the right with an attention mask (for forward passes that read every position)."""
+    import torch
+
+    width = max(len(sequence) for sequence in sequences)
+    input_ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        input_ids[row, : len(sequence)] = torch.tensor(sequence)
+        attention_mask[row, : len(sequence)] = 1
     return {"input_ids": input_ids, "attention_mask": attention_mask}
 
 

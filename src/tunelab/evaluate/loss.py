@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tunelab.data.templates import IGNORE_INDEX, Encoded
+from tunelab.evaluate.generation import autocast
+
+if TYPE_CHECKING:
+    from tunelab.device import Placement
 
 
 def row_losses(model: Any, rows: list[Encoded], pad_id: int, batch_size: int = 8,
-               autocast_bf16: bool = False) -> list[tuple[float, int]]:
+               placement: "Placement | None" = None) -> list[tuple[float, int]]:
     """(summed loss, label tokens) per row, in order. Rows are batched by length so batches pad little."""
     import torch
     import torch.nn.functional as F
@@ -27,7 +31,7 @@ def row_losses(model: Any, rows: list[Encoded], pad_id: int, batch_size: int = 8
             input_ids[index, : len(row.input_ids)] = torch.tensor(row.input_ids)
             labels[index, : len(row.labels)] = torch.tensor(row.labels)
             attention_mask[index, : len(row.input_ids)] = 1
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+        with torch.no_grad(), autocast(placement):
             logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
         # Prompt tuning returns logits for the virtual tokens it put in front too; the last `width` are the row's.
         logits = logits[:, -width:]
@@ -41,7 +45,3 @@ def row_losses(model: Any, rows: list[Encoded], pad_id: int, batch_size: int = 8
             results[position] = (total, count)
     return results
 
-
-def mean_loss(losses: list[tuple[float, int]]) -> float:
-    tokens = sum(count for _, count in losses)
-    return sum(total for total, _ in losses) / tokens if tokens else float("nan")

@@ -1,56 +1,54 @@
 """What an evaluation will compute on a test split, decided from the rows and the recipe before any model runs.
 
-`plan_evaluation` refuses what cannot be evaluated (no test rows, rows without reference answers, a metric that
-does not fit the rows) with one line, so `tunelab train` can refuse it before training, not after.
+A task says what its test rows are (`kind`: chat answers, class labels, or plain text) and what each row's
+reference is; `plan_evaluation` picks the metrics and refuses what cannot be evaluated (no test rows, empty
+references, a metric that does not fit the rows, an objective on a metric that is not computed) with one line,
+so `tunelab train` refuses it before training, not after.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from tunelab.config.schema import EvalSection, ObjectiveSection
-from tunelab.data.formats import Example
-from tunelab.data.templates import prompt_and_reference
 from tunelab.errors import TunelabError
-from tunelab.evaluate.registry import class_labels, correctness_metric, plan_metrics, primary_metric
+from tunelab.metrics.registry import class_labels, correctness_metric, plan_metrics, primary_metric
+
+if TYPE_CHECKING:
+    from tunelab.config.schema import EvalSection, ObjectiveSection
+
+LABEL_METRICS = ("accuracy", "precision", "recall", "f1", "mcc")
 
 
 @dataclass(frozen=True)
 class EvalPlan:
-    kind: str  # chat | label (see Example.kind)
-    references: list[str]
+    kind: str  # chat (answers to compare), label (classes) or text (plain text: loss and perplexity only)
+    references: list[str]  # per row; empty strings for text rows, which have none
     metrics: list[str]
     primary: str  # the run's headline metric
-    correctness: str  # the metric whose per-row right/wrong defines flips
+    correctness: str | None  # the metric whose per-row right/wrong defines flips; None: no per-row verdict
     labels: tuple[str, ...]  # class order, for label metrics
+    where: list[str]  # each row's file:line
+
+    @property
+    def rows(self) -> int:
+        return len(self.where)
 
 
-def reference_of(example: Example) -> str:
-    if example.kind == "label":
-        return example.label
-    return prompt_and_reference(example.messages)[1]
-
-
-def plan_evaluation(test: list[Example], section: EvalSection, objective: ObjectiveSection | None,
-                    where: str = "test split") -> EvalPlan:
-    if not test:
-        raise TunelabError(f"{where}: no test rows to evaluate on (give data.test or data.split.test > 0)")
-    kinds = sorted({example.kind for example in test})
-    if len(kinds) > 1:
-        raise TunelabError(f"{where}: test rows mix kinds ({', '.join(kinds)}); evaluation needs one kind")
-    kind = kinds[0]
-    if kind in ("text", "preference"):
-        what = "plain-text rows" if kind == "text" else "preference rows (a chosen and a rejected answer)"
-        raise TunelabError(f"{where}: the test split has no reference answers ({what}); evaluation compares "
-                           "answers with references: give a test file of prompt/answer rows")
-    references = [reference_of(example) for example in test]
-    empty = [example for example, reference in zip(test, references) if not reference.strip()]
-    if empty:
-        scope = "every test row has" if len(empty) == len(test) else f"{len(empty)} test row(s) have"
-        raise TunelabError(f"{empty[0].where}: {scope} an empty reference answer; evaluation compares answers "
-                           "with references")
+def plan_evaluation(kind: str, references: list[str], where: list[str], section: "EvalSection",
+                    objective: "ObjectiveSection | None", labels: tuple[str, ...] = (),
+                    source: str = "test split") -> EvalPlan:
+    if not where:
+        raise TunelabError(f"{source}: no test rows to evaluate on (give data.test or data.split.test > 0)")
+    if kind != "text":
+        empty = [place for place, reference in zip(where, references) if not reference.strip()]
+        if empty:
+            scope = "every test row has" if len(empty) == len(where) else f"{len(empty)} test row(s) have"
+            raise TunelabError(f"{empty[0]}: {scope} an empty reference answer; evaluation compares answers "
+                               "with references")
     metric = objective.metric if objective else None
     metrics = plan_metrics(section.metrics, metric, kind, references)
-    labels = class_labels(references) if any(name in metrics for name in ("accuracy", "precision", "recall", "f1",
-                                                                          "mcc")) else ()
-    return EvalPlan(kind, references, metrics, primary_metric(metrics, metric), correctness_metric(metrics), labels)
+    if not labels and any(name in metrics for name in LABEL_METRICS):
+        labels = class_labels(references)
+    correctness = correctness_metric(metrics) if kind != "text" else None
+    return EvalPlan(kind, references, metrics, primary_metric(metrics, metric), correctness, labels, where)

@@ -11,7 +11,7 @@ import shutil
 from pathlib import Path
 
 from tunelab.errors import TunelabError
-from tunelab.runs import RunDir
+from tunelab.run.folder import RunDir
 
 # Folders of a run that an export may never write into or replace (the run's own results).
 PROTECTED = ("model", "merged", "data", "checkpoints")

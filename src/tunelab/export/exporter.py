@@ -14,16 +14,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from tunelab.device import Placement
 from tunelab.errors import TunelabError
 from tunelab.export.destination import check_destination, default_destination, move_into_place, scratch_folder
 from tunelab.files import sha256_file, write_json, write_text_atomic
-from tunelab.inference import RunModels, open_run_models
 from tunelab.methods.registry import get_method
+from tunelab.run.models import RunModels, open_run_models
 
 FORMATS = ("merged", "adapter", "gguf")
 DTYPES = ("f32", "bf16")
 CHECK_PROMPTS = 3
 CHECK_TOKENS = 32
+CHECK_CLASS_ROWS = 32  # a class costs one forward pass: more rows than greedy answers are checked
 
 
 @dataclass
@@ -62,19 +64,19 @@ def check_options(options: ExportOptions) -> None:
 
 
 def export_run(run_root: str | Path, options: ExportOptions, home: Path,
-               say: Callable[[str], None] = print) -> Exported:
+               say: Callable[[str], None] = print, device: str = "auto") -> Exported:
     check_options(options)
     if options.dtype is None and options.format != "adapter":  # merged and GGUF weights default to float32
         options = replace(options, dtype="f32")
-    models = open_run_models(run_root, home)
+    models = open_run_models(run_root, home, device)
     dest = Path(options.out) if options.out else default_destination(models.run, options.label)
     check_destination(dest, models.run, options.overwrite)
     partial = scratch_folder(dest)
     try:
         manifest = EXPORTERS[options.format](models, partial, options, say)
-        manifest.update(format=options.format, dtype=options.dtype, quant=options.quant,
-                        run=str(models.run.root), base_model=models.record.get("base_model", {}).get("name"))
-        from tunelab.export.card import model_card
+        manifest.update(format=options.format, dtype=options.dtype, quant=options.quant, task=models.record.task,
+                        run=str(models.run.root), base_model=models.record.base_model.name)
+        from tunelab.present.card import model_card
 
         write_text_atomic(partial / "README.md", model_card(models.record, models.run.root.name, manifest))
         manifest["files"] = {p.name: sha256_file(p) for p in sorted(partial.iterdir()) if p.is_file()}
@@ -94,7 +96,7 @@ def merged_model(models: RunModels) -> Any:
             f"{models.run.root}: method '{method.name}' cannot be folded into the base weights, so there is no "
             "merged model to export; use --format adapter"
         )
-    return method.merge(models.tuned()).float().eval()
+    return method.merge(models.inference().load_tuned()).float().eval()
 
 
 def rounded(model: Any, dtype: str | None) -> Any:
@@ -111,7 +113,7 @@ def torch_dtype(dtype: str | None) -> Any:
 
 
 def export_merged(models: RunModels, folder: Path, options: ExportOptions, say: Callable[[str], None]) -> dict:
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from tunelab.models.tokenizer import load_tokenizer
 
@@ -123,7 +125,8 @@ def export_merged(models: RunModels, folder: Path, options: ExportOptions, say: 
     tokenizer.save_pretrained(str(folder))
     manifest: dict[str, Any] = {}
     if options.verify:
-        reloaded = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype(None)).eval()
+        loader = AutoModelForCausalLM if models.inference().writes_text else AutoModelForSequenceClassification
+        reloaded = models.placement.place(loader.from_pretrained(str(folder), dtype=torch_dtype(None))).eval()
         manifest["verification"] = verify(models, model, tokenizer, reloaded, load_tokenizer(folder),
                                           "the run's merged model", required=True, say=say)
     return manifest
@@ -144,8 +147,9 @@ def export_adapter(models: RunModels, folder: Path, options: ExportOptions, say:
         cast_safetensors(folder, torch_dtype(options.dtype))
     manifest: dict[str, Any] = {"peft_format": (folder / "adapter_config.json").is_file()}
     if options.verify:
-        tuned = models.tuned()
-        reloaded = method.load(models.base, folder).eval()
+        inference = models.inference()
+        tuned = inference.load_tuned()
+        reloaded = models.placement.place(method.load(inference.load_base, folder)).eval()
         manifest["verification"] = verify(models, tuned, models.tokenizer(), reloaded, models.tokenizer(),
                                           "the run's tuned model", required=options.dtype in (None, "f32"), say=say)
     return manifest
@@ -169,6 +173,10 @@ def export_gguf(models: RunModels, folder: Path, options: ExportOptions, say: Ca
 
     from tunelab.export.gguf import GgufPlan, source_pre_tokenizer, write_gguf
 
+    inference = models.inference()
+    if not inference.writes_text:
+        raise TunelabError(f"{models.run.root}: --format gguf is for language models that write text; "
+                           f"{inference.instead}, or export --format merged")
     plan = GgufPlan(dtype=options.dtype or "f32", quant=options.quant)
     tokenizer = models.tokenizer()
     model = merged_model(models)
@@ -181,7 +189,8 @@ def export_gguf(models: RunModels, folder: Path, options: ExportOptions, say: Ca
     if options.verify:
         reference = rounded(model, plan.dtype)
         say(f"loading {name} back with transformers (gguf_file=) to compare greedy answers")
-        reloaded = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=name, dtype=torch_dtype(None)).eval()
+        reloaded = models.placement.place(AutoModelForCausalLM.from_pretrained(
+            str(folder), gguf_file=name, dtype=torch_dtype(None))).eval()
         gguf_tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=name)
         manifest["verification"] = verify(models, reference, tokenizer, reloaded, gguf_tokenizer,
                                           f"the run's merged model ({plan.dtype})", required=plan.quant is None,
@@ -199,15 +208,23 @@ def ollama_modelfile(gguf_name: str, tokenizer: Any) -> str:
 
 def verify(models: RunModels, reference: Any, reference_tokenizer: Any, exported: Any, exported_tokenizer: Any,
            against: str, required: bool, say: Callable[[str], None]) -> dict[str, Any]:
-    """Greedy answers of the export vs the model it came from; a lossless export that differs is an error."""
-    from tunelab.data.prepare import read_splits
-    from tunelab.export.verify import check_prompts, compare_greedy
+    """The export's answers vs the model it came from (greedy answers of a language model, the classes of a
+    classifier); a lossless export that differs is an error."""
+    from tunelab.data.dataset import read_splits
+    from tunelab.export.verify import check_prompts, check_texts, compare_classes, compare_greedy
 
-    conversations = check_prompts(read_splits(models.run.data).test, CHECK_PROMPTS)
-    agreement = compare_greedy(reference, reference_tokenizer, exported, exported_tokenizer, conversations,
-                               CHECK_TOKENS)
+    test = read_splits(models.run.data).test
+    inference = models.inference()
+    if inference.writes_text:
+        agreement = compare_greedy(reference, reference_tokenizer, exported, exported_tokenizer,
+                                   check_prompts(test, CHECK_PROMPTS), CHECK_TOKENS,
+                                   # float32: the check asks for identical answers, not ones rounded alike
+                                   Placement(models.placement.device, "fp32"))
+    else:
+        agreement = compare_classes(inference.classify, reference, reference_tokenizer, exported,
+                                    exported_tokenizer, check_texts(test, CHECK_CLASS_ROWS))
     result = {**agreement.to_json(), "against": against}
-    say(f"check: {agreement.same_answers} of {agreement.prompts} prompts give the same greedy answer as {against}")
+    say(f"check: {agreement.same_answers} of {agreement.prompts} prompts give the same answer as {against}")
     if required and not agreement.identical:
         raise TunelabError(
             f"export check failed: only {agreement.same_answers} of {agreement.prompts} greedy answers "

@@ -193,7 +193,7 @@ def source_pre_tokenizer(base_path: Path) -> str | None:
     candidate: Path | None = Path(source.get("gguf_file") or "")
     if not candidate.is_file():  # a built-in model records its package; the file lives inside it
         builtin = next((model for model in BUILTIN_MODELS.values()
-                        if source.get("package", "").startswith(f"{model.package}==")), None)
+                        if source.get("package") == model.requirement), None)
         candidate = find_package_file(builtin) if builtin else None
     if candidate is None or not candidate.is_file():
         return None

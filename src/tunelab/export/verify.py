@@ -1,4 +1,5 @@
-"""Check an exported model against the model it came from: the same greedy answers on a few of the run's prompts."""
+"""Check an exported model against the model it came from: the same greedy answers on a few of the run's prompts
+(a language model), or the same classes on the run's test texts (a classifier with a head)."""
 
 from __future__ import annotations
 
@@ -36,8 +37,24 @@ def check_prompts(test_examples: list[Any], count: int) -> list[list[dict[str, s
     return [prompt_and_reference(messages)[0] for messages in chats] or FALLBACK_PROMPTS
 
 
+def check_texts(test_examples: list[Any], count: int) -> list[str]:
+    texts = [example.text for example in test_examples if example.text][:count]
+    return texts or [FALLBACK_PROMPTS[0][0]["content"]]
+
+
+def compare_classes(classify: Any, reference: Any, reference_tokenizer: Any, exported: Any, exported_tokenizer: Any,
+                    texts: list[str]) -> Agreement:
+    expected = classify(reference, reference_tokenizer, texts)
+    produced = classify(exported, exported_tokenizer, texts)
+    same_tokens = sum(reference_tokenizer(text)["input_ids"] == exported_tokenizer(text)["input_ids"]
+                      for text in texts)
+    return Agreement(prompts=len(texts), same_prompt_tokens=same_tokens,
+                     same_answers=sum(a == b for a, b in zip(expected, produced)), max_new_tokens=0,
+                     examples=[{"expected": a, "exported": b} for a, b in zip(expected, produced)][:8])
+
+
 def compare_greedy(reference: Any, reference_tokenizer: Any, exported: Any, exported_tokenizer: Any,
-                   conversations: list[list[dict[str, str]]], max_new_tokens: int) -> Agreement:
+                   conversations: list[list[dict[str, str]]], max_new_tokens: int, placement: Any = None) -> Agreement:
     """Render each conversation with the run's template; encode it with each side's tokenizer; generate greedily."""
     from tunelab.data.templates import render, tokens
 
@@ -45,8 +62,10 @@ def compare_greedy(reference: Any, reference_tokenizer: Any, exported: Any, expo
     texts = [render(reference_tokenizer, chat, add_generation_prompt=True) for chat in conversations]
     exported_prompts = [tokens(exported_tokenizer, text) for text in texts]
     stops = sorted(stop_token_ids(reference_tokenizer, model_stop_ids(reference)))
-    expected = generate_texts(reference, reference_tokenizer, reference_prompts, max_new_tokens, 8, stops).texts
-    produced = generate_texts(exported, exported_tokenizer, exported_prompts, max_new_tokens, 8, stops).texts
+    expected = generate_texts(reference, reference_tokenizer, reference_prompts, max_new_tokens, 8, stops,
+                              placement=placement).texts
+    produced = generate_texts(exported, exported_tokenizer, exported_prompts, max_new_tokens, 8, stops,
+                              placement=placement).texts
     return Agreement(
         prompts=len(conversations),
         same_prompt_tokens=sum(a == b for a, b in zip(reference_prompts, exported_prompts)),

@@ -1,1 +1,1 @@
-"""Models: the built-in catalogue, GGUF conversion, loading (built-in name, HF folder, .gguf), tiny test models."""
+"""Models: the built-in catalogue, GGUF conversion, loading (built-in name, HF folder, .gguf), quantization."""

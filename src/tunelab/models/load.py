@@ -23,12 +23,10 @@ class ModelRef:
 
 def resolve_model(name: str, home: Path, console: Any = None) -> ModelRef:
     """The checkpoint folder for a built-in name, a .gguf file or a local folder; converts on first use."""
-    from tunelab.models import builtin, convert, packaged
+    from tunelab.models import builtin, convert
 
     if name in BUILTIN_MODELS:
-        return ModelRef(name, "builtin", builtin.pull(BUILTIN_MODELS[name], home, console=console))
-    if name in packaged.PACKAGED_CHECKPOINTS:
-        return ModelRef(name, "builtin", packaged.locate(packaged.PACKAGED_CHECKPOINTS[name]))
+        return ModelRef(name, "builtin", builtin.provide(BUILTIN_MODELS[name], home, console=console))
     path = Path(name).expanduser()
     if path.is_file() and path.suffix == ".gguf":
         return ModelRef(name, "gguf", convert.cached_gguf_checkpoint(path, home, console=console))
@@ -37,15 +35,9 @@ def resolve_model(name: str, home: Path, console: Any = None) -> ModelRef:
             raise TunelabError(f"model.name: folder '{path}' holds no config.json, so it is not a checkpoint")
         return ModelRef(name, "folder", path)
     raise TunelabError(
-        f"model.name: '{name}' is not a built-in model ({', '.join(builtin_names())}), "
+        f"model.name: '{name}' is not a built-in model ({', '.join(BUILTIN_MODELS)}), "
         "a checkpoint folder or a .gguf file"
     )
-
-
-def builtin_names() -> list[str]:
-    from tunelab.models.packaged import PACKAGED_CHECKPOINTS
-
-    return [*BUILTIN_MODELS, *PACKAGED_CHECKPOINTS]
 
 
 def load_causal_lm(folder: str | Path, dtype: Any = None) -> Any:
@@ -57,7 +49,29 @@ def load_causal_lm(folder: str | Path, dtype: Any = None) -> Any:
 
 
 def model_stop_ids(model: Any) -> list[int]:
-    eos = model.generation_config.eos_token_id
+    config = getattr(model, "generation_config", None)  # a classifier with a head generates nothing
+    eos = config.eos_token_id if config is not None else None
     if eos is None:
         return []
     return [eos] if isinstance(eos, int) else list(eos)
+
+
+@dataclass(frozen=True)
+class ModelLimits:
+    stop_ids: set[int]  # the ids that end an assistant turn (empty for a model that has no EOS, e.g. an encoder)
+    context: int | None  # the model's context window
+
+
+def model_limits(folder: Path, tokenizer: Any) -> ModelLimits:
+    """Stop ids and context size of a checkpoint, read from its configs without loading its weights."""
+    from transformers import AutoConfig, GenerationConfig
+
+    config = AutoConfig.from_pretrained(str(folder))
+    try:
+        generation = GenerationConfig.from_pretrained(str(folder))
+    except OSError:
+        generation = GenerationConfig.from_model_config(config)
+    eos = generation.eos_token_id if generation.eos_token_id is not None else getattr(config, "eos_token_id", None)
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    ids.update([eos] if isinstance(eos, int) else eos or [])
+    return ModelLimits(ids, getattr(config, "max_position_embeddings", None))

@@ -22,6 +22,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from tunelab.device import Placement
 from tunelab.serve.rows import Row
 
 MIXED = object()  # batch key of base rows and mixable adapters
@@ -70,14 +71,14 @@ class EngineStats:
 
 class Engine:
     def __init__(self, model: Any, pad_id: int, max_batch_rows: int = 8, max_queue: int = 64,
-                 batch_wait: float = 0.01, autocast_bf16: bool = False,
+                 batch_wait: float = 0.01, placement: Placement = Placement("cpu", "fp32"),
                  on_batch: Callable[[int, float], None] | None = None):
         self.model = model
         self.pad_id = pad_id
         self.max_batch_rows = max_batch_rows
         self.max_queue = max_queue
         self.batch_wait = batch_wait
-        self.autocast_bf16 = autocast_bf16
+        self.placement = placement
         self.on_batch = on_batch
         self.stats = EngineStats()
         self._pending: deque[Job] = deque()
@@ -230,7 +231,8 @@ class Engine:
         from tunelab.evaluate.generation import left_pad
         from tunelab.serve.rows import RowSampler, RowTracker
 
-        inputs = left_pad([row.prompt_ids for row in rows], self.pad_id)
+        inputs = {key: value.to(self.placement.device)
+                  for key, value in left_pad([row.prompt_ids for row in rows], self.pad_id).items()}
         tracker = RowTracker(rows)
         common_stops = set.intersection(*(row.stop_ids for row in rows))
         options = {
@@ -241,8 +243,7 @@ class Engine:
             "logits_processor": LogitsProcessorList([RowSampler(rows)]),
             "stopping_criteria": StoppingCriteriaList([tracker]),
         }
-        with self._adapter_context(batch, options), torch.no_grad(), \
-                torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast_bf16):
+        with self._adapter_context(batch, options), torch.no_grad(), self.placement.autocast():
             self.model.generate(**inputs, **options)
         tracker.finish()
 

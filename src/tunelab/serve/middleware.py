@@ -76,15 +76,21 @@ class ApiKeys:
         if scope["path"].startswith(ADMIN_PREFIX):
             if self.admin_key is None:
                 return refuse(scope, 403, "The admin endpoints are off; start the server with --admin-key")
-            if token is None or not hmac.compare_digest(token, self.admin_key):
+            if token is None or not same_key(token, self.admin_key):
                 return refuse(scope, 401, "Missing or wrong admin key (Authorization: Bearer <admin key>)")
             return None
         if not self.api_keys:
             return None
         keys = self.api_keys | ({self.admin_key} if self.admin_key else set())
-        if token is None or not any(hmac.compare_digest(token, key) for key in keys):
+        if token is None or not any(same_key(token, key) for key in keys):
             return refuse(scope, 401, "Missing or wrong API key (Authorization: Bearer <key>)")
         return None
+
+
+def same_key(token: str, key: str) -> bool:
+    """Constant-time comparison of the header's bytes with the key's UTF-8 bytes (compare_digest raises TypeError
+    on str with non-ASCII characters)."""
+    return hmac.compare_digest(token.encode("latin-1"), key.encode("utf-8"))
 
 
 def bearer_token(scope: dict) -> str | None:

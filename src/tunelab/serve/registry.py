@@ -80,13 +80,13 @@ def base_id(name: str) -> str:
     return path.name
 
 
-def open_base(name: str, home: Path) -> tuple[Any, ServedModel, ModelRef]:
+def open_base(name: str, home: Path, placement: Any) -> tuple[Any, ServedModel, ModelRef]:
     from tunelab.data.templates import stop_token_ids
     from tunelab.models.load import load_causal_lm, model_stop_ids, resolve_model
     from tunelab.models.tokenizer import load_tokenizer
 
     ref = resolve_model(name, home)
-    model = load_causal_lm(ref.path).eval()
+    model = placement.place(load_causal_lm(ref.path)).eval()
     tokenizer = load_tokenizer(ref.path)
     served = ServedModel(base_id(name), tokenizer, stop_token_ids(tokenizer, model_stop_ids(model)), str(ref.path))
     return model, served, ref
@@ -98,11 +98,14 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
     from peft import PeftConfig, PeftType
 
     from tunelab.data.templates import stop_token_ids
-    from tunelab.inference import open_run_models
     from tunelab.methods.registry import get_method
     from tunelab.models.load import resolve_model
+    from tunelab.run.models import open_run_models
 
-    models = open_run_models(run_path, home)
+    models = open_run_models(run_path, home, "cpu")  # only its files are read here; the engine loads the adapter
+    inference = models.inference()
+    if not inference.writes_text:
+        raise TunelabError(f"{run_path}: the server answers with text, and {inference.instead}")
     method = get_method(models.recipe.method.name)
     folder = models.run.model
     if not method.is_adapter or not (folder / "adapter_config.json").is_file():

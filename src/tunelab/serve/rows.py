@@ -57,7 +57,8 @@ class RowSampler(LogitsProcessor):
 
 
 def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    # On the CPU, where the request's seeded generator lives (the model's logits may be on a GPU).
+    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # keep the smallest set whose mass reaches top_p (the most likely token always stays)

@@ -27,9 +27,9 @@ def parse_run_specs(specs: list[str]) -> list[tuple[str | None, str]]:
 
 def base_of_runs(runs: list[tuple[str | None, str]], home: Path) -> str:
     """The base model the runs were trained on (they must agree, or --base must say which)."""
-    from tunelab.inference import open_run_models
+    from tunelab.run.models import open_run_models
 
-    bases = {path: open_run_models(path, home).recipe.model.name for _, path in runs}
+    bases = {path: open_run_models(path, home, "cpu").recipe.model.name for _, path in runs}
     names = sorted(set(bases.values()))
     if len(names) > 1:
         described = ", ".join(f"{path} on '{name}'" for path, name in bases.items())
@@ -50,10 +50,10 @@ def build_service(runs: list[str], base: str | None, settings: ServeSettings, ho
         raise TunelabError("give at least one RUN or --base MODEL")
     base_name = base or base_of_runs(specs, home)
     say(f"loading base model {base_name}")
-    model, base_served, ref = open_base(base_name, home)
+    model, base_served, ref = open_base(base_name, home, settings.placement)
     engine = Engine(model, base_served.tokenizer.pad_token_id, max_batch_rows=settings.max_batch_rows,
                     max_queue=settings.max_queue, batch_wait=settings.batch_wait,
-                    autocast_bf16=settings.autocast_bf16)
+                    placement=settings.placement)
     registry = Registry(base_served)
     request_log = RequestLog(settings.serve_dir)
     metrics = Metrics(engine.queue_depth)

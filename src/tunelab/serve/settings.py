@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tunelab.device import Placement
 from tunelab.errors import TunelabError
 
 
@@ -20,7 +21,7 @@ class ServeSettings:
     max_body_bytes: int = 1 << 20  # request body; past this: 413
     request_timeout: float = 120.0  # seconds from arrival to the last token; past this: 504
     log_content: bool = False  # also keep prompts and outputs in the request log
-    autocast_bf16: bool = False
+    placement: Placement = Placement("cpu", "fp32")  # where the model runs, in what compute precision
 
 
 def read_keys_file(path: Path) -> frozenset[str]:

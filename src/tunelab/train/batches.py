@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tunelab.data.dataset import TokenizedSplit
 from tunelab.data.templates import Encoded
 
 
@@ -32,3 +33,22 @@ def training_collator(pad_token_id: int, padding_free: bool) -> TrainingCollator
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
     return TrainingCollator(DataCollatorForLanguageModeling(pad_token_id=pad_token_id, padding_free=padding_free))
+
+
+def split_counts(splits: Any, tokenized: dict[str, TokenizedSplit]) -> dict[str, Any]:
+    """What the run records of each split: its rows and what tokenizing them kept, cut and dropped."""
+    from tunelab.run.record import SplitCounts
+
+    return {name: SplitCounts(rows=len(examples), **tokenized[name].counts()) for name, examples in splits.items()}
+
+
+def language_model_data(splits: Any, tokenized: dict[str, TokenizedSplit], pad_token_id: int, padding_free: bool,
+                        state: dict[str, Any] | None = None) -> Any:
+    """Training data for a causal LM from tokenized rows (conversations with loss on the answers, or text)."""
+    from tunelab.tasks.base import TaskData
+
+    validation = tokenized["validation"]
+    return TaskData(splits=splits, train=as_dataset(tokenized["train"].rows),
+                    validation=as_dataset(validation.rows) if validation.kept else None,
+                    counts=split_counts(splits, tokenized), collator=training_collator(pad_token_id, padding_free),
+                    padding_free=padding_free, state=state or {})

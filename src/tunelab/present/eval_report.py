@@ -14,18 +14,20 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tunelab.evaluate.compare import (
-    EVAL_FORMAT,
-    MODELS,
+from tunelab.evaluate.evaluator import MODELS, regressions
+from tunelab.files import read_jsonl, write_text_atomic
+from tunelab.present.format import (
     better,
-    format_delta,
+    format_change,
     format_interval,
+    format_number,
+    format_percent,
+    format_percent_interval,
     format_value,
-    regressions,
 )
-from tunelab.files import read_json, read_jsonl, write_text_atomic
-from tunelab.reports import Markup, Section, new_figure, page, paragraph, svg, table
-from tunelab.runs import RunDir
+from tunelab.present.html import Markup, Section, new_figure, page, paragraph, svg, table
+from tunelab.run.folder import RunDir
+from tunelab.run.record import Evaluation, RunRecord, read_evaluation, read_record
 
 BASE_COLOUR, TUNED_COLOUR, REFERENCE_COLOUR = "#8c8c8c", "#1f77b4", "#2ca02c"
 
@@ -36,51 +38,51 @@ def write_report(run: RunDir) -> Path:
 
 
 def build_report(run: RunDir) -> str:
-    record = run.read_record()
-    evaluation = read_json(run.eval_json) if run.eval_json.is_file() else None
-    if evaluation is not None and evaluation.get("format") != EVAL_FORMAT:
-        evaluation = None  # written by an earlier tunelab without intervals or flips: shown as not evaluated
+    record = read_record(run)
+    evaluation = read_evaluation(run)  # None also for one written by an earlier tunelab: shown as not evaluated
     examples = read_jsonl(run.eval_examples) if run.eval_examples.is_file() else []
     answers = read_jsonl(run.forgetting_answers) if run.forgetting_answers.is_file() else []
     log = read_jsonl(run.train_log) if run.train_log.is_file() else []
     sections = [verdict_section(record, evaluation, run.root), training_section(record, log)]
     if evaluation:
-        samples = (record.get("recipe", {}).get("eval") or {}).get("samples", 8)
+        samples = (record.recipe.get("eval") or {}).get("samples", 8)
         sections += [metrics_section(evaluation), labels_section(evaluation), distributions_section(examples),
                      forgetting_section(evaluation, answers), flips_section(evaluation, examples),
                      samples_section(examples, samples)]
     sections.append(run_section(record))
-    base_model = (record.get("base_model") or {}).get("name", "?")
-    subtitle = (f"{base_model} + {(record.get('method') or {}).get('name', '?')}, {record.get('steps', '?')} steps; "
-                f"started {record.get('started_at')}, status {record.get('status')}")
+    steps = record.training.steps if record.training else "?"
+    subtitle = (f"task {record.task}: {record.base_model.name} + {record.method.name}, {steps} steps; "
+                f"started {record.started_at}, status {record.status}")
     return page(f"tunelab run {run.root.name}", [section for section in sections if section], subtitle)
 
 
-def verdict_section(record: dict[str, Any], evaluation: dict[str, Any] | None, root: Path) -> Section:
+def verdict_section(record: RunRecord, evaluation: Evaluation | None, root: Path) -> Section:
     section = Section("Verdict")
     if not evaluation:
         return section.add(paragraph(f"No evaluation in this tunelab's format yet: run `tunelab eval {root}`."))
-    verdict = evaluation.get("objective")
+    verdict = evaluation.objective
     if verdict is None:
         section.add("<p class='verdict'>No objective in the recipe.</p>")
     else:
-        css, word = ("good", "Objective met") if verdict["met"] else ("bad", "Objective NOT met")
+        css, word = ("good", "Objective met") if verdict.met else ("bad", "Objective NOT met")
         section.add(f"<p class='verdict {css}'>{word}</p>")
         section.add(table(["check", "result", "detail"],
-                          [[entry["check"], "pass" if entry["ok"] else "FAIL", entry["text"]]
-                           for entry in verdict["checks"]]))
-    primary = evaluation["primary_metric"]
-    delta_interval = ((evaluation.get("intervals") or {}).get("delta") or {}).get(primary)
-    forgetting = evaluation.get("forgetting")
-    lines = [f"{primary}: base {format_value(primary, evaluation['base'][primary])}, tuned "
-             f"{format_value(primary, evaluation['tuned'][primary])}, change "
-             f"{format_delta(primary, evaluation['delta'][primary])} {format_interval(primary, delta_interval, True)}"
-             f" on {evaluation['rows']} held-out rows."]
+                          [[entry.check, "pass" if entry.ok else "FAIL", entry.text] for entry in verdict.checks]))
+    primary = evaluation.primary_metric
+    delta_interval = evaluation.intervals.delta.get(primary) if evaluation.intervals else None
+    lines = [f"{primary}: base {format_value(primary, evaluation.base[primary])}, tuned "
+             f"{format_value(primary, evaluation.tuned[primary])}, change "
+             f"{format_change(primary, evaluation.delta[primary])} {format_interval(primary, delta_interval, True)}"
+             f" on {evaluation.rows} held-out rows."]
+    for name, scores in evaluation.reference_points.items():
+        if primary in scores:
+            lines.append(f"Reference point '{name}': {primary} {format_value(primary, scores[primary])}.")
+    forgetting = evaluation.forgetting
     if forgetting:
-        where = "above the" if forgetting["flagged"] else "within the"
-        lines.append(f"Forgetting: {100 * forgetting['value']:+.1f}% perplexity on {forgetting['worst_probe']} "
-                     f"({where} {100 * forgetting['threshold']:.0f}% threshold"
-                     f"{', flagged' if forgetting['flagged'] else ''}).")
+        where = "above the" if forgetting.flagged else "within the"
+        lines.append(f"Forgetting: {format_percent(forgetting.value)} {forgetting.measure} on "
+                     f"{forgetting.worst_probe} ({where} {format_percent(forgetting.threshold, False)} threshold"
+                     f"{', flagged' if forgetting.flagged else ''}).")
     return section.add("".join(paragraph(line) for line in lines))
 
 
@@ -89,23 +91,23 @@ def step_of(checkpoint: str | None) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def training_section(record: dict[str, Any], log: list[dict[str, Any]]) -> Section:
+def training_section(record: RunRecord, log: list[dict[str, Any]]) -> Section:
     section = Section("Training")
     train = [(entry["step"], entry["loss"]) for entry in log if "loss" in entry]
     validation = [(entry["step"], entry["eval_loss"]) for entry in log if "eval_loss" in entry]
     rates = [(entry["step"], entry["learning_rate"]) for entry in log if "learning_rate" in entry]
     if not train:
         return section.add(paragraph("No training log (train_log.jsonl) in this run."))
-    metrics = record.get("metrics") or {}
-    best_step = step_of(metrics.get("best_checkpoint"))
+    training = record.training
+    best_step = step_of(training.best_checkpoint) if training else None
     figure, axes = new_figure(7, 3.4)
     axes.plot(*zip(*train), color=TUNED_COLOUR, label="training loss")
     if validation:
         axes.plot(*zip(*validation), color="#d62728", marker="o", label="validation loss")
     if best_step is not None:
         axes.axvline(best_step, color="#555", linestyle="--", label=f"best checkpoint (step {best_step})")
-    if record.get("stopped_early"):
-        axes.axvline(record["steps"], color="#ff7f0e", linestyle=":", label=f"stopped early (step {record['steps']})")
+    if training and training.stopped_early:
+        axes.axvline(training.steps, color="#ff7f0e", linestyle=":", label=f"stopped early (step {training.steps})")
     axes.set_xlabel("step")
     axes.set_ylabel("loss")
     axes.set_yscale("log" if min(loss for _, loss in train) > 0 and max_ratio(train) > 20 else "linear")
@@ -121,12 +123,15 @@ def training_section(record: dict[str, Any], log: list[dict[str, Any]]) -> Secti
         axes.set_xlabel("step")
         axes.set_ylabel("learning rate")
         section.add(svg(figure, "Learning rate schedule."))
-    facts = [["steps", f"{record.get('steps')} of {record.get('max_steps')}"],
-             ["tokens seen", record.get("tokens_seen")],
-             ["final training loss", train[-1][1]],
-             ["best validation loss", metrics.get("best_eval_loss") or metrics.get("final_eval_loss") or "n/a"],
-             ["training time (s)", metrics.get("train_runtime_seconds")],
-             ["training tokens/s", metrics.get("train_tokens_per_second")]]
+    if training is None:
+        return section.add(paragraph("Training did not finish (no summary in run.json)."))
+    best = training.best_eval_loss or training.final_eval_loss
+    facts = [["steps", f"{training.steps} of {training.max_steps}"],
+             ["tokens seen", format_number(training.tokens_seen)],
+             ["final training loss", format_number(train[-1][1])],
+             ["best validation loss", "n/a" if best is None else format_number(best)],
+             ["training time (s)", format_number(training.train_runtime_seconds)],
+             ["training tokens/s", format_number(training.train_tokens_per_second)]]
     return section.add(table(["", "value"], facts))
 
 
@@ -135,46 +140,52 @@ def max_ratio(points: list[tuple[int, float]]) -> float:
     return max(values) / min(values) if min(values) > 0 else 1.0
 
 
-def metrics_section(evaluation: dict[str, Any]) -> Section:
-    intervals = evaluation.get("intervals") or {}
-    level = f"{100 * intervals['confidence']:.0f}% paired bootstrap intervals, {intervals['resamples']} resamples" \
-        if intervals else "no intervals (eval.bootstrap: 0)"
-    section = Section(f"Base vs tuned on {evaluation['rows']} held-out rows")
-    section.add(paragraph(f"Same rows, same greedy decoding ({evaluation['decoding']['max_new_tokens']} new tokens "
-                          f"at most). {level}. * marks the run's headline metric."))
+def metrics_section(evaluation: Evaluation) -> Section:
+    intervals = evaluation.intervals
+    level = (f"{100 * intervals.confidence:.0f}% paired bootstrap intervals, {intervals.resamples} resamples"
+             if intervals else "no intervals (eval.bootstrap: 0)")
+    section = Section(f"Base vs tuned on {evaluation.rows} held-out rows")
+    section.add(paragraph(f"Same rows, answered the same way ({evaluation.decoding.get('strategy')}). {level}. "
+                          "* marks the run's headline metric."))
+    points = list(evaluation.reference_points)
     rows = []
-    for key in evaluation["delta"]:
-        delta = evaluation["delta"][key]
+    for key in evaluation.metrics:
+        delta = evaluation.delta[key]
         css = {True: "good", False: "bad", None: ""}[better(key, delta)]
-        change = f"{format_delta(key, delta)} {format_interval(key, (intervals.get('delta') or {}).get(key), True)}"
-        rows.append([f"{key} *" if key == evaluation["primary_metric"] else key,
-                     f"{format_value(key, evaluation['base'][key])} "
-                     f"{format_interval(key, (intervals.get('base') or {}).get(key))}",
-                     f"{format_value(key, evaluation['tuned'][key])} "
-                     f"{format_interval(key, (intervals.get('tuned') or {}).get(key))}",
+        spread = format_interval(key, intervals.delta.get(key) if intervals else None, True)
+        change = f"{format_change(key, delta)} {spread}"
+        rows.append([f"{key} *" if key == evaluation.primary_metric else key,
+                     *[format_value(key, evaluation.reference_points[point].get(key)) for point in points],
+                     f"{format_value(key, evaluation.base[key])} "
+                     f"{format_interval(key, intervals.base.get(key) if intervals else None)}",
+                     f"{format_value(key, evaluation.tuned[key])} "
+                     f"{format_interval(key, intervals.tuned.get(key) if intervals else None)}",
                      Markup(f"<span class='{css}'>{html.escape(change)}</span>")])
-    section.add(table(["metric", "base", "tuned", "change"], rows))
-    rates = [key for key in evaluation["delta"] if evaluation["units"].get(key) == "rate"]
+    section.add(table(["metric", *points, "base", "tuned", "change"], rows))
+    rates = [key for key in evaluation.metrics if evaluation.units.get(key) == "rate"]
     if rates and intervals:
         section.add(change_plot(evaluation, rates))
-    fields = [evaluation["details"][label].get("json_fields") for label in MODELS]
+    fields = [evaluation.details[label].get("json_fields") for label in MODELS]
     if fields[0]:
         section.add(table(["JSON field", "base", "tuned"],
-                          [[key, f"{100 * fields[0][key]:.1f}%", f"{100 * fields[1].get(key, 0):.1f}%"]
-                           for key in fields[0]]))
-    generation = evaluation["base"].get("generation_tokens_per_second"), \
-        evaluation["tuned"].get("generation_tokens_per_second")
-    section.add(paragraph(f"Generation speed: base {generation[0] or 0:.0f}, tuned {generation[1] or 0:.0f} tokens/s "
-                          f"(batched, left-padded, KV cache, batch {evaluation['decoding']['batch_size']})."))
-    return section
+                          [[key, format_value("json_field_accuracy", fields[0][key]),
+                            format_value("json_field_accuracy", fields[1].get(key, 0))] for key in fields[0]]))
+    speed = [speed_text(evaluation.speed.get(label, {})) for label in MODELS]
+    return section.add(paragraph(f"Speed: base {speed[0]}, tuned {speed[1]}."))
 
 
-def change_plot(evaluation: dict[str, Any], keys: list[str]) -> str:
+def speed_text(speed: dict[str, float]) -> str:
+    if "tokens_per_second" in speed:
+        return f"{speed['tokens_per_second']:.0f} generated tokens/s"
+    return f"{speed.get('rows_per_second', 0):.1f} rows/s"
+
+
+def change_plot(evaluation: Evaluation, keys: list[str]) -> str:
     """Each rate metric's change in points with its interval: a forest plot."""
     figure, axes = new_figure(6.5, 0.45 * len(keys) + 1.0)
     for position, key in enumerate(reversed(keys)):
-        delta = 100 * evaluation["delta"][key]
-        low, high = (100 * value for value in evaluation["intervals"]["delta"][key])
+        delta = 100 * evaluation.delta[key]
+        low, high = (100 * value for value in evaluation.intervals.delta[key])
         colour = "#1a7f37" if low > 0 else "#cf222e" if high < 0 else "#555"
         axes.errorbar(delta, position, xerr=[[delta - low], [high - delta]], fmt="o", color=colour, capsize=4)
     axes.axvline(0, color="#999", linewidth=1)
@@ -183,8 +194,8 @@ def change_plot(evaluation: dict[str, Any], keys: list[str]) -> str:
     return svg(figure, "Change per metric with its interval; green: the whole interval is above zero.")
 
 
-def labels_section(evaluation: dict[str, Any]) -> Section | None:
-    details = [evaluation["details"][label].get("labels") for label in MODELS]
+def labels_section(evaluation: Evaluation) -> Section | None:
+    details = [evaluation.details[label].get("labels") for label in MODELS]
     if not details[0]:
         return None
     section = Section("Classes")
@@ -217,7 +228,7 @@ def confusion_plot(axes: Any, detail: dict[str, Any], label: str) -> None:
 
 
 def distributions_section(examples: list[dict[str, Any]]) -> Section | None:
-    if not examples:
+    if not examples or "flip" not in examples[0]:  # rows with no answer to compare (plain text)
         return None
     section = Section("Distributions")
     figure, axes = new_figure(6.5, 3)
@@ -241,20 +252,21 @@ def distributions_section(examples: list[dict[str, Any]]) -> Section | None:
     return section.add(svg(figure, "Per-row closeness to the reference, base and tuned."))
 
 
-def forgetting_section(evaluation: dict[str, Any], answers: list[dict[str, str]]) -> Section:
+def forgetting_section(evaluation: Evaluation, answers: list[dict[str, str]]) -> Section:
     section = Section("Forgetting")
-    forgetting = evaluation.get("forgetting")
+    forgetting = evaluation.forgetting
     if not forgetting:
         return section.add(paragraph("Not measured (eval.forgetting.enabled: false)."))
-    section.add(paragraph(f"Perplexity of base and tuned on text unrelated to the task; a change above "
-                          f"{100 * forgetting['threshold']:.0f}% is flagged."))
-    rows = []
-    for name, probe in forgetting["probes"].items():
-        interval = probe.get("interval")
-        span = f"[{100 * interval[0]:+.1f}%, {100 * interval[1]:+.1f}%]" if interval else ""
-        rows.append([name, probe["rows"], probe["tokens"], probe["base_perplexity"], probe["tuned_perplexity"],
-                     f"{100 * probe['relative_change']:+.1f}% {span}", "FLAGGED" if probe["flagged"] else "ok"])
-    section.add(table(["probe", "rows", "tokens", "base perplexity", "tuned perplexity", "change", ""], rows))
+    what = ("Perplexity of base and tuned on text unrelated to the task (change: tuned / base - 1)"
+            if forgetting.measure == "perplexity" else
+            "How far the tuned model's hidden states on text unrelated to the task moved from the base model's "
+            "(1 - cosine similarity of mean-pooled last hidden states; the model has a classification head, so "
+            "no perplexity)")
+    section.add(paragraph(f"{what}; a change above {format_percent(forgetting.threshold, False)} is flagged."))
+    rows = [[name, probe.rows, probe.tokens, probe.measure, format_number(probe.base), format_number(probe.tuned),
+             f"{format_percent(probe.change)} {format_percent_interval(probe.interval)}",
+             "FLAGGED" if probe.flagged else "ok"] for name, probe in forgetting.probes.items()]
+    section.add(table(["probe", "rows", "tokens", "measure", "base", "tuned", "change", ""], rows))
     if answers:
         section.add(paragraph("General prompts, answered by both models:"))
         section.add(table(["prompt", "base", "tuned"], [[pre(row["prompt"]), pre(row["base"]), pre(row["tuned"])]
@@ -262,13 +274,15 @@ def forgetting_section(evaluation: dict[str, Any], answers: list[dict[str, str]]
     return section
 
 
-def flips_section(evaluation: dict[str, Any], examples: list[dict[str, Any]]) -> Section:
-    flips = evaluation["flips"]
+def flips_section(evaluation: Evaluation, examples: list[dict[str, Any]]) -> Section | None:
+    flips = evaluation.flips
+    if flips is None:
+        return None
     section = Section("Flips and worst regressions")
-    section.add(paragraph(f"Each row judged right or wrong by {flips['judged_by']} for both models "
+    section.add(paragraph(f"Each row judged right or wrong by {flips.judged_by} for both models "
                           "(all rows in eval/examples.jsonl)."))
     section.add(table(["fixed (base wrong, tuned right)", "broken (base right, tuned wrong)", "both right",
-                       "both wrong"], [[flips["fixed"], flips["broken"], flips["both_right"], flips["both_wrong"]]]))
+                       "both wrong"], [[flips.fixed, flips.broken, flips.both_right, flips.both_wrong]]))
     worst = regressions(examples, 10)
     if not worst:
         return section.add(paragraph("No row where the tuned model did worse than the base."))
@@ -278,7 +292,7 @@ def flips_section(evaluation: dict[str, Any], examples: list[dict[str, Any]]) ->
 
 
 def samples_section(examples: list[dict[str, Any]], count: int) -> Section | None:
-    if not examples or not count:
+    if not examples or not count or "flip" not in examples[0]:
         return None
     section = Section("Samples side by side")
     section.add(paragraph(f"The first {min(count, len(examples))} test rows."))
@@ -293,35 +307,30 @@ def mark(ok: bool) -> str:
     return "right" if ok else "wrong"
 
 
-def last_user_message(prompt: list[dict[str, str]], keep: int = 400) -> str:
-    """The last user turn; of a long one its end, where what differs between rows usually is."""
-    users = [message["content"] for message in prompt if message["role"] == "user"]
-    text = users[-1] if users else json.dumps(prompt)
+def shortened(text: str, keep: int = 400) -> str:
+    """Of a long prompt its end, where what differs between rows usually is."""
     return text if len(text) <= keep else "…" + text[-keep:]
 
 
 def sample_table(rows: list[dict[str, Any]]) -> str:
-    body = [[row["source"], pre(last_user_message(row["prompt"])), pre(row["reference"]),
+    body = [[row["source"], pre(shortened(row["prompt"])), pre(row["reference"]),
              pre(row["base"]), pre(row["tuned"]),
              f"{mark(row['base_correct'])} / {mark(row['tuned_correct'])}; closeness "
              f"{row['base_similarity']:.0f} -> {row['tuned_similarity']:.0f}"] for row in rows]
     return table(["row", "prompt", "reference", "base", "tuned", "base / tuned"], body)
 
 
-def splits_text(splits: dict[str, Any]) -> str:
-    return "; ".join(f"{name} {info.get('kept')} rows ({info.get('tokens', 0):,} tokens, "
-                     f"{info.get('dropped_overlong')} dropped, {info.get('truncated')} truncated)"
-                     for name, info in splits.items())
-
-
-def run_section(record: dict[str, Any]) -> Section:
-    environment = record.get("environment") or {}
-    packages = environment.get("packages") or {}
-    facts = [["base model", (record.get("base_model") or {}).get("name")],
-             ["method", json.dumps(record.get("method"))],
-             ["device / precision", f"{record.get('device')} / {record.get('precision')}"],
-             ["data", splits_text((record.get("data") or {}).get("splits") or {})],
-             ["tunelab", record.get("tunelab_version")],
-             ["packages", ", ".join(f"{name} {version}" for name, version in packages.items() if version)],
-             ["git", environment.get("git_sha")], ["host", environment.get("host")]]
+def run_section(record: RunRecord) -> Section:
+    environment = record.environment
+    splits = "; ".join(f"{name} {info.kept} rows ({info.tokens:,} tokens, {info.dropped_overlong} dropped, "
+                       f"{info.truncated} truncated)" for name, info in record.data.splits.items())
+    facts = [["task", f"{record.task} {json.dumps(record.task_state)}"],
+             ["base model", record.base_model.name],
+             ["method", json.dumps(record.method.model_dump())],
+             ["device / precision", f"{record.device} / {record.precision}"],
+             ["data", splits],
+             ["tunelab", record.tunelab_version],
+             ["packages", ", ".join(f"{name} {version}" for name, version in environment.packages.items()
+                                    if version)],
+             ["git", environment.git_sha], ["host", environment.host]]
     return Section("Run").add(table(["", ""], facts))

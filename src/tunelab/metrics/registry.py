@@ -1,8 +1,8 @@
 """The metrics a recipe can ask for (`eval.metrics`), which rows each fits, and the defaults per data format.
 
-Every metric is computed from per-row statistics summed over the rows, so the bootstrap (bootstrap.py) can resample
-rows and recompute any metric exactly, corpus metrics included: a rate is (hit, 1) per row, loss is (summed loss,
-tokens), corpus BLEU and chrF use sacrebleu's own sufficient statistics (matched and total n-grams, lengths), and
+Every metric is computed from per-row statistics summed over the rows, so the bootstrap (evaluate/bootstrap.py) can
+resample rows and recompute any metric exactly, corpus metrics included: a rate is (hit, 1) per row, loss is (summed
+loss, tokens), corpus BLEU and chrF use sacrebleu's own sufficient statistics (matched and total n-grams, lengths), and
 label metrics a one-hot cell of the confusion matrix. The values come from the libraries (sacrebleu, rouge-score,
 scikit-learn's definitions); tests/unit/test_registry.py checks each against them.
 """
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from tunelab.errors import TunelabError
-from tunelab.evaluate import metrics as row_metrics
+from tunelab.metrics import rows as row_metrics
 
 # A generated answer that is none of the classes (the confusion matrix's last column).
 OTHER_LABEL = "(other)"
@@ -282,14 +282,14 @@ def check_fit(name: str, kind: str, references: list[str]) -> None:
 
 def plan_metrics(requested: list[str] | None, objective_metric: str | None, kind: str,
                  references: list[str]) -> list[str]:
-    """The metrics to compute: loss and perplexity always (where rows have answers to score), then the recipe's
-    `eval.metrics` or the defaults for these rows, then the objective's metric if it is not among them."""
+    """The metrics to compute: loss and perplexity always (every task scores each row's reference: an answer, a
+    class, or the text itself), then the recipe's `eval.metrics` or the defaults for these rows, then the
+    objective's metric if it is not among them."""
     chosen = [resolve_name(name) for name in requested] if requested is not None else default_metrics(kind,
                                                                                                      references)
     if objective_metric is not None:
         chosen.append(resolve_name(objective_metric))
-    if kind in ("chat", "text"):
-        chosen = ["loss", "perplexity", *chosen]
+    chosen = ["loss", "perplexity", *chosen]
     ordered = list(dict.fromkeys(chosen))
     for name in ordered:
         check_fit(name, kind, references)

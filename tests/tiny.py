@@ -1,4 +1,4 @@
-"""Tiny random models and a character-level tokenizer, so tests and smoke runs take seconds, not minutes.
+"""Test fixtures: tiny random models and a character-level tokenizer, so tests take seconds, not minutes.
 
 The tokenizer has ChatML special tokens and template, like the built-in SmolLM2, and EOS is <|im_end|>.
 """

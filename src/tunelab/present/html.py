@@ -68,10 +68,6 @@ def paragraph(text: str) -> str:
     return f"<p>{html.escape(text)}</p>"
 
 
-def preformatted(text: str) -> str:
-    return f"<pre>{html.escape(text)}</pre>"
-
-
 def svg(figure: Any, caption: str = "") -> str:
     """A matplotlib figure as inline SVG (closed afterwards, so reports never leak figures)."""
     import matplotlib

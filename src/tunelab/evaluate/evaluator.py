@@ -1,0 +1,250 @@
+"""The one evaluator: base and tuned model on the same held-out rows, answered the same way, scored alike.
+
+Every task and every command goes through here (`tunelab train` at its end, `tunelab eval`, compare-methods):
+  1. the task says what the test rows are and how a model answers them (tasks/*.py `evaluation`)
+  2. each model in turn (one in memory at a time) answers the rows and the forgetting probes: `ModelOutputs`
+  3. `score` turns the outputs of both into metrics with paired bootstrap intervals of each model and of the
+     change, per-row flips, the forgetting figure, reference points (the majority class) and the objective's verdict
+Writes eval.json (through run/record.py), eval/examples.jsonl, eval/outputs-{base,tuned}.json,
+eval/forgetting_answers.jsonl and eval_worst.jsonl.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+from typing import TYPE_CHECKING, Any, Callable
+
+from tunelab.data.dataset import read_splits
+from tunelab.evaluate import forgetting
+from tunelab.evaluate.outputs import ModelOutputs, load_outputs, save_outputs
+from tunelab.files import write_jsonl
+from tunelab.metrics import registry
+from tunelab.metrics.rows import exact_match, normalized_match
+from tunelab.run.record import Evaluation, Flips, Intervals, now, write_evaluation
+from tunelab.tasks.registry import get_task
+
+if TYPE_CHECKING:
+    from tunelab.config.schema import EvalSection, ObjectiveSection, Recipe
+    from tunelab.evaluate.plan import EvalPlan
+    from tunelab.run.models import RunModels
+    from tunelab.tasks.base import TaskEvaluation
+
+MODELS = ("base", "tuned")
+
+
+def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], None], max_rows: int | None = None,
+                 base_outputs: ModelOutputs | None = None) -> Evaluation:
+    """Evaluate base and tuned on the run's test rows. `recipe` may differ from the run's in eval and objective;
+    `base_outputs` (from an evaluation of another run on the same rows) is used where its fingerprint matches."""
+    task = get_task(recipe.task.name)
+    test = read_splits(models.run.data).test[: max_rows or recipe.eval.max_rows]
+    tokenizer = models.tokenizer()
+    spec = task.evaluation(recipe, test, models.record.task_state, tokenizer, str(models.run.root))
+    probe = forgetting.load_probe(recipe.eval.forgetting, spec.forgetting_measure)
+    print_of = fingerprint(models, recipe, spec)
+    say(f"eval {spec.plan.rows} test rows, {spec.decoding['strategy']}; metrics: {', '.join(spec.plan.metrics)}")
+    inference = models.inference()
+    outputs: dict[str, ModelOutputs] = {}
+    if base_outputs is not None and base_outputs.fingerprint == print_of:
+        outputs["base"] = base_outputs
+        say("  base: the same rows, answers and probes as an earlier evaluation; its outputs are reused")
+    for label, load in (("base", inference.load_base), ("tuned", inference.load_tuned)):
+        if label in outputs:
+            continue
+        base_answers = outputs["base"].prompt_answers if label == "tuned" else None
+        outputs[label] = collect(load, tokenizer, spec, recipe, probe, models.placement, base_answers)
+        outputs[label].fingerprint = print_of
+        say(f"  {label}: {speed_text(outputs[label].speed)}")
+    lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in spec.plan.references]
+    evaluation, examples = score(task.name, spec, outputs, recipe.eval, recipe.objective, probe, lengths)
+    models.run.eval_dir.mkdir(parents=True, exist_ok=True)
+    for label in MODELS:
+        save_outputs(models.run.model_outputs(label), outputs[label])
+    write_evaluation(models.run, evaluation)
+    write_jsonl(models.run.eval_examples, examples)
+    write_jsonl(models.run.eval_worst, worst_examples(examples, recipe.eval.worst_examples))
+    if probe is not None and probe.prompts:
+        write_jsonl(models.run.forgetting_answers, forgetting.prompt_answers(
+            probe, outputs["base"].prompt_answers, outputs["tuned"].prompt_answers))
+    return evaluation
+
+
+def earlier_base_outputs(models: "RunModels") -> ModelOutputs | None:
+    return load_outputs(models.run.model_outputs("base"))
+
+
+def speed_text(speed: dict[str, float]) -> str:
+    parts = []
+    if "tokens_per_second" in speed:
+        parts.append(f"{speed['tokens_per_second']:.0f} generated tokens/s")
+    parts.append(f"{speed.get('rows_per_second', 0):.2f} rows/s")
+    return ", ".join(parts)
+
+
+def fingerprint(models: "RunModels", recipe: "Recipe", spec: "TaskEvaluation") -> str:
+    """What a model's outputs depend on besides the model: rows, decoding, probes, placement, base checkpoint."""
+    facts = {"where": spec.plan.where, "references": spec.plan.references, "prompts": spec.prompts,
+             "decoding": spec.decoding, "forgetting": recipe.eval.forgetting.model_dump(mode="json"),
+             "max_length": recipe.data.max_length, "placement": models.placement.describe(),
+             "base": str(models.base_path()), "state": models.record.task_state, "seed": recipe.train.seed}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
+
+
+def collect(load: Callable[[], Any], tokenizer: Any, spec: "TaskEvaluation", recipe: "Recipe",
+            probe: forgetting.Probe | None, placement: Any, base_answers: list[str] | None) -> ModelOutputs:
+    """One model's answers to the test rows and its probe rows; the model is freed afterwards."""
+    from tunelab.evaluate.answers import model_stops
+
+    options = recipe.eval
+    model = load()
+    outputs = spec.answer(model, tokenizer, placement)
+    if probe is not None:
+        stops = model_stops(model, tokenizer) if probe.prompts else set()  # only answers to prompts need them
+        outputs.probe, outputs.prompt_answers = forgetting.run_probe(
+            model, tokenizer, probe, stops, recipe.data.max_length,
+            options.forgetting.max_new_tokens, options.batch_size, placement, base_answers)
+    del model
+    gc.collect()
+    return outputs
+
+
+def score(task: str, spec: "TaskEvaluation", outputs: dict[str, ModelOutputs], options: "EvalSection",
+          objective: "ObjectiveSection | None", probe: forgetting.Probe | None,
+          reference_tokens: list[int]) -> tuple[Evaluation, list[dict]]:
+    """Metrics of both models, their differences and paired bootstrap intervals, flips, forgetting, the verdict;
+    and every row's answers (`reference_tokens`: each reference's length, for the report's histograms)."""
+    from tunelab.evaluate.bootstrap import paired_intervals, resample_weights
+    from tunelab.evaluate.gate import check_objective
+
+    plan = spec.plan
+    inputs = {label: row_inputs(plan, outputs[label]) for label in MODELS}
+    stats = {label: registry.row_statistics(plan.metrics, inputs[label]) for label in MODELS}
+    values = {label: registry.scores(stats[label]) for label in MODELS}
+    intervals = None
+    if options.bootstrap:
+        weights = resample_weights(plan.rows, options.bootstrap, options.seed)
+        per_metric = {name: paired_intervals(registry.METRICS[name].score, stats["base"][name], stats["tuned"][name],
+                                             weights, options.confidence) for name in plan.metrics}
+        intervals = Intervals(confidence=options.confidence, resamples=options.bootstrap,
+                              method="paired percentile bootstrap",
+                              **{label: {name: per_metric[name][label] for name in plan.metrics}
+                                 for label in ("base", "tuned", "delta")})
+    examples = example_rows(plan, spec.prompts, outputs, reference_tokens)
+    flips = count_flips(examples, plan.correctness) if plan.correctness else None
+    forgotten = None
+    if probe is not None:
+        forgotten = forgetting.summarize(probe, outputs["base"].probe, outputs["tuned"].probe,
+                                         options.forgetting.threshold, options.bootstrap, options.confidence,
+                                         options.seed)
+    delta = {name: values["tuned"][name] - values["base"][name] for name in plan.metrics}
+    evaluation = Evaluation(
+        task=task, rows=plan.rows, kind=plan.kind, metrics=plan.metrics, primary_metric=plan.primary,
+        units={name: registry.METRICS[name].unit for name in plan.metrics},
+        base=values["base"], tuned=values["tuned"], delta=delta, intervals=intervals,
+        details={label: metric_details(plan, inputs[label]) for label in MODELS},
+        speed={label: outputs[label].speed for label in MODELS}, decoding=spec.decoding,
+        reference_points={name: reference_scores(plan, answers) for name, answers in spec.reference_points.items()},
+        flips=flips, forgetting=forgotten,
+        objective=check_objective(objective, values["base"], values["tuned"], intervals, forgotten),
+        evaluated_at=now())
+    return evaluation, examples
+
+
+def row_inputs(plan: "EvalPlan", outputs: ModelOutputs | None, predictions: list[str] | None = None,
+               with_losses: bool = True) -> registry.RowInputs:
+    answers = predictions if predictions is not None else outputs.predictions
+    losses = outputs.losses if with_losses and outputs is not None else None
+    return registry.RowInputs(answers, plan.references, losses, plan.labels)
+
+
+def reference_scores(plan: "EvalPlan", answers: list[str]) -> dict[str, float]:
+    """A reference point's scores (the majority class answering every row): the metrics that need no loss."""
+    names = [name for name in plan.metrics if registry.METRICS[name].family != "loss"]
+    inputs = row_inputs(plan, None, predictions=answers, with_losses=False)
+    return registry.scores(registry.row_statistics(names, inputs))
+
+
+def metric_details(plan: "EvalPlan", inputs: registry.RowInputs) -> dict[str, Any]:
+    details: dict[str, Any] = {}
+    if plan.labels:
+        details["labels"] = registry.label_details(inputs)
+    if "json_field_accuracy" in plan.metrics:
+        details["json_fields"] = registry.json_field_details(inputs)
+    return details
+
+
+def row_correct(name: str, prediction: str, reference: str) -> bool:
+    if name == "json_match":
+        return registry.json_match_hit(prediction, reference)
+    if name == "normalized_match":
+        return normalized_match(prediction, reference)
+    return exact_match(prediction, reference)  # exact_match, and accuracy (a class answer is its stripped text)
+
+
+def similarity(prediction: str, reference: str) -> float:
+    """Sentence chrF (sacrebleu), 0-100: how close an answer is to the reference even when not right."""
+    import sacrebleu
+
+    return float(sacrebleu.sentence_chrf(prediction, [reference]).score)
+
+
+def example_rows(plan: "EvalPlan", prompts: list[str], outputs: dict[str, ModelOutputs],
+                 reference_tokens: list[int]) -> list[dict[str, Any]]:
+    """Every test row with both answers, right/wrong by the plan's correctness metric, the flip, closeness, loss."""
+    rows = []
+    for index, (where, reference) in enumerate(zip(plan.where, plan.references)):
+        row: dict[str, Any] = {"index": index, "source": where, "prompt": prompts[index], "reference": reference,
+                               "reference_tokens": reference_tokens[index],
+                               "answer_tokens": outputs["tuned"].losses[index][1]}
+        for label in MODELS:
+            text = outputs[label].predictions[index]
+            total, count = outputs[label].losses[index]
+            row[label] = text
+            row[f"{label}_loss"] = total / count if count else math.nan
+            row[f"{label}_tokens"] = outputs[label].answer_tokens[index]
+            if plan.correctness:
+                row[f"{label}_correct"] = row_correct(plan.correctness, text, reference)
+                row[f"{label}_similarity"] = similarity(text, reference)
+        if plan.correctness:
+            row["flip"] = flip(row["base_correct"], row["tuned_correct"])
+        rows.append(row)
+    return rows
+
+
+def flip(base_correct: bool, tuned_correct: bool) -> str:
+    if base_correct and tuned_correct:
+        return "both_right"
+    if tuned_correct:
+        return "fixed"
+    if base_correct:
+        return "broken"
+    return "both_wrong"
+
+
+def count_flips(examples: list[dict[str, Any]], judged_by: str) -> Flips:
+    counts = {name: 0 for name in ("fixed", "broken", "both_right", "both_wrong")}
+    for row in examples:
+        counts[row["flip"]] += 1
+    return Flips(**counts, judged_by=judged_by)
+
+
+def regressions(examples: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """Rows where tuned did worse than base: broken ones first, then by how much closer base was to the reference."""
+    if not examples or "flip" not in examples[0]:
+        return []
+    worse = [row for row in examples
+             if row["flip"] == "broken" or (row["flip"] != "fixed"
+                                            and row["tuned_similarity"] < row["base_similarity"])]
+    worse.sort(key=lambda row: (row["flip"] != "broken", row["tuned_similarity"] - row["base_similarity"]))
+    return worse[:count]
+
+
+def worst_examples(examples: list[dict[str, Any]], count: int) -> list[dict[str, Any]]:
+    """The rows the tuned model found hardest (highest loss on the reference), with both models' answers."""
+    order = sorted(examples, key=lambda row: row["tuned_loss"] if not math.isnan(row["tuned_loss"]) else -math.inf,
+                   reverse=True)
+    keys = ("source", "prompt", "reference", "base", "tuned", "base_correct", "tuned_correct", "tuned_loss")
+    return [{key: row[key] for key in keys if key in row} for row in order[:count]]

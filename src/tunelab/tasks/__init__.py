@@ -1,0 +1,1 @@
+"""Training tasks behind one interface (base.Task); registry.TASKS maps names to them."""

@@ -1,0 +1,21 @@
+"""What several tasks use alike (no task imports from another task's module)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tunelab.tasks.base import Inference
+
+if TYPE_CHECKING:
+    from tunelab.run.models import RunModels
+
+
+def language_model_inference(models: "RunModels") -> Inference:
+    """A run whose tuned model is a causal LM: it writes text; base and tuned load as causal LMs."""
+    return Inference(writes_text=True, load_base=models.causal_lm, load_tuned=lambda: models.tuned(models.causal_lm))
+
+
+def last_user_message(messages: list[dict[str, str]]) -> str:
+    """What a conversation's prompt asks, as a report shows it: its last user turn."""
+    users = [message["content"] for message in messages if message["role"] == "user"]
+    return users[-1] if users else ""

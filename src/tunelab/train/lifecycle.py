@@ -1,0 +1,295 @@
+"""The training lifecycle every task's recipe runs, top to bottom: a recipe in, a run folder out.
+
+    set_up      check the run folder, the method, the trackers, the base model; the data doctor; the task turns the
+                rows into training examples; what the evaluation after training would refuse is refused now
+    start       the model to train (the task builds it, the method wraps it); the run folder and run.json
+    fit         the task's trainer, with progress, checkpoints, --resume and trackers; save (and merge)
+    evaluate    base vs tuned through the one evaluator; run.json keeps its summary; report.html
+The order matters: everything that can fail on the user's input is checked before the run folder is created or
+cleared, so a bad recipe never costs the user an earlier run. The gate's verdict is returned; the CLI enforces it.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tunelab.errors import TunelabError
+from tunelab.methods.base import Method, check_merge_request, no_merge_note, wants_merge
+from tunelab.methods.registry import get_method
+from tunelab.run.folder import RunDir, check_output_dir, prepare_run_dir
+from tunelab.run.record import (
+    BaseModelInfo,
+    DataFileInfo,
+    DataInfo,
+    DoctorSummary,
+    Evaluation,
+    MethodInfo,
+    RunRecord,
+    environment,
+    now,
+    read_record,
+    write_record,
+)
+from tunelab.tasks.base import Task, TaskData, TaskInputs, TrainerParts, check_row_kinds
+from tunelab.tasks.registry import get_task
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from tunelab.config.schema import Recipe
+    from tunelab.data.cache import Prepared
+    from tunelab.device import Placement
+    from tunelab.models.load import ModelRef
+
+# Recipe sections a resumed run may change: they do not alter what is trained.
+RESUMABLE_CHANGES = ("eval", "objective", "output")
+
+
+@dataclass
+class Setup:
+    """Everything a run needs, checked before its folder is touched."""
+
+    recipe: "Recipe"
+    task: Task
+    method: Method
+    placement: "Placement"
+    ref: "ModelRef"
+    tokenizer: Any
+    prepared: "Prepared"
+    data: TaskData
+    prior: RunRecord | None  # the record of the run being resumed
+    overwrite: bool
+
+
+@dataclass
+class Outcome:
+    run: RunDir
+    record: RunRecord
+    evaluation: Evaluation | None
+
+
+def run_recipe(recipe: "Recipe", home: Path, console: "Console", resume: bool = False, overwrite: bool = False,
+               device: str = "auto", evaluate: bool = True, callbacks: tuple = ()) -> Outcome:
+    """Train as the recipe says and, unless told not to (or eval.after_train is false), evaluate."""
+    setup = set_up(recipe, home, console, resume, overwrite, device)
+    model = build_model(setup)
+    run, record = start(setup, model, console)
+    fit(setup, run, record, model, console, callbacks)
+    evaluation = None
+    if evaluate and recipe.eval.after_train:
+        evaluation = evaluate_and_record(run.root, home, console, device)
+    return Outcome(run, record, evaluation)
+
+
+def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overwrite: bool, device: str) -> Setup:
+    from tunelab.data.cache import prepare_data
+    from tunelab.data.templates import resolve_chat_template
+    from tunelab.device import resolve_placement
+    from tunelab.models.load import model_limits, resolve_model
+    from tunelab.models.tokenizer import load_tokenizer
+    from tunelab.train.trackers import check_trackers
+
+    prior = check_run_dir(Path(recipe.output.dir), resume, overwrite, recipe)
+    task, method = get_task(recipe.task.name), get_method(recipe.method.name)
+    check_merge_request(method, "merge" in recipe.output.model_fields_set and recipe.output.merge)
+    check_trackers(recipe.train.report_to)
+    placement = resolve_placement(device, recipe.train.precision)
+    ref = resolve_model(recipe.model.name, home, console=console)
+    tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
+    limits = model_limits(ref.path, tokenizer)
+    # The data doctor (cleaning, dedup, contamination, template lint), cached: the data `data prepare` made.
+    prepared = prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, home)
+    check_row_kinds(task, prepared.report["splits"]["train"]["kinds"], recipe.data.train or "data")
+    if prior is not None:
+        check_same_data(prior, prepared)
+    data = task.prepare(TaskInputs(recipe, prepared, tokenizer, limits.stop_ids, ref.path,
+                                   padding_free=recipe.train.padding_free and method.padding_free))
+    check_trainable(recipe, data)
+    check_evaluation(task, recipe, data, tokenizer)
+    return Setup(recipe, task, method, placement, ref, tokenizer, prepared, data, prior, overwrite)
+
+
+def build_model(setup: Setup) -> Any:
+    """The model to train: the task builds it from the base checkpoint, the method wraps it (seeded: adapter
+    initialisation is random, and the same recipe must give the same run)."""
+    from transformers import set_seed
+
+    recipe = setup.recipe
+    set_seed(recipe.train.seed)
+    model = setup.task.load_model(setup.ref.path, setup.data, recipe, setup.tokenizer)
+    return setup.method.wrap(model, recipe.method)
+
+
+def start(setup: Setup, model: Any, console: "Console") -> tuple[RunDir, RunRecord]:
+    """The run folder before the first step: the data as trained on, the recipe as resolved, run.json."""
+    from tunelab.config.load import recipe_to_yaml
+    from tunelab.files import write_text_atomic
+    from tunelab.present.console import print_doctor, print_plan
+
+    recipe = setup.recipe
+    run = prepare_run_dir(Path(recipe.output.dir), setup.prior is not None, setup.overwrite)
+    described = describe(setup, model)
+    record = (setup.prior.model_copy(update={**described, "status": "running", "error": None})
+              if setup.prior else RunRecord(task=setup.task.name, started_at=now(), environment=environment(),
+                                            recipe=recipe.model_dump(mode="json"), **described))
+    setup.prepared.copy_to(run.data, setup.data.splits)
+    write_text_atomic(run.recipe_path, recipe_to_yaml(recipe))
+    write_record(run, record)
+    print_plan(console, record, run)
+    print_doctor(console, setup.prepared, run)
+    return run, record
+
+
+def describe(setup: Setup, model: Any) -> dict[str, Any]:
+    from tunelab.data.cache import doctor_summary
+
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    loaded = setup.prepared.loaded()
+    return dict(
+        base_model=BaseModelInfo(name=setup.ref.name, kind=setup.ref.kind, path=str(setup.ref.path)),
+        method=MethodInfo(name=setup.method.name, trainable_parameters=trainable, total_parameters=total),
+        data=DataInfo(files=[DataFileInfo(**vars(item)) for item in loaded.files], splits=setup.data.counts,
+                      doctor=DoctorSummary(**doctor_summary(setup.prepared))),
+        device=setup.placement.device, precision=setup.placement.precision, padding_free=setup.data.padding_free,
+        task_state=setup.data.state,
+    )
+
+
+def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Console", callbacks: tuple) -> None:
+    """Train with the task's trainer, save the model (and the merged one when asked), and keep run.json true to
+    what happened: completed, failed or interrupted (a later --resume starts from the last checkpoint)."""
+    from tunelab.present.console import print_trained
+    from tunelab.present.progress import RichProgress
+    from tunelab.train.trainer import last_checkpoint, training_arguments, training_callbacks, training_summary
+
+    recipe, method, tokenizer = setup.recipe, setup.method, setup.tokenizer
+    try:
+        arguments = training_arguments(recipe.train, run, setup.placement, setup.data.validation is not None)
+        parts = TrainerParts(model, tokenizer, setup.data, arguments,
+                             training_callbacks(recipe.train, run, RichProgress(console), callbacks))
+        trainer = setup.task.build_trainer(parts)
+        result = trainer.train(resume_from_checkpoint=last_checkpoint(run) if setup.prior else None)
+        method.save(trainer.model, run.model)
+        tokenizer.save_pretrained(str(run.model))
+        record.training = training_summary(trainer, result)
+        if wants_merge(method, recipe.output.merge):
+            merged = method.merge(trainer.model)
+            merged.save_pretrained(str(run.merged))
+            tokenizer.save_pretrained(str(run.merged))
+            record.merged = True
+        elif note := no_merge_note(method, recipe.output.merge):
+            console.print(f"[dim]{note}[/dim]")
+            record.merge_note = note
+    except BaseException as error:
+        record.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        record.error, record.ended_at = str(error) or type(error).__name__, now()
+        write_record(run, record)
+        raise
+    record.status, record.ended_at = "completed", now()
+    write_record(run, record)
+    print_trained(console, record, run)
+    del trainer
+    gc.collect()
+
+
+def evaluate_and_record(run_root: Path, home: Path, console: "Console", device: str = "auto",
+                        max_rows: int | None = None, overrides: list[str] = (),
+                        base_outputs: Any = None) -> Evaluation:
+    """Evaluate, keep the summary in run.json, print the comparison and the verdict, write report.html."""
+    from tunelab.evaluate.evaluator import evaluate_run
+    from tunelab.present.console import print_evaluation, verdict_line
+    from tunelab.present.eval_report import write_report
+    from tunelab.run.models import open_run_models
+
+    models = open_run_models(run_root, home, device)
+    recipe = evaluation_recipe(models.record.recipe, overrides, str(models.run.record_path))
+    evaluation = evaluate_run(models, recipe, lambda line: console.print(line, markup=False), max_rows,
+                              base_outputs)
+    record = read_record(models.run)
+    record.evaluation = evaluation.summary()
+    write_record(models.run, record)
+    write_report(models.run)
+    print_evaluation(console, evaluation)
+    console.print(f"[dim]written {models.run.eval_json}, {models.run.report_html}[/dim]")
+    console.print(verdict_line(evaluation.objective))
+    return evaluation
+
+
+def evaluation_recipe(recipe: dict, overrides: list[str], source: str) -> "Recipe":
+    """The run's recipe with `eval.*` / `objective.*` overrides: what to measure may change, what was trained not."""
+    import copy
+
+    from tunelab.config.load import apply_overrides, validate_recipe
+
+    for item in overrides:
+        section = item.partition("=")[0].strip().split(".")[0]
+        if section not in ("eval", "objective"):
+            raise TunelabError(f"command line: '{item}': tunelab eval can change eval.* and objective.* only")
+    raw = copy.deepcopy(recipe)
+    overridden = apply_overrides(raw, list(overrides))
+    return validate_recipe(raw, source=source, overridden=overridden)
+
+
+# ---- checks before anything is written ------------------------------------------------------------------------
+
+
+def check_run_dir(root: Path, resume: bool, overwrite: bool, recipe: "Recipe") -> RunRecord | None:
+    """Refuse early what prepare_run_dir would refuse later; on --resume, the run's record."""
+    from tunelab.train.trainer import last_checkpoint
+
+    run = check_output_dir(root, resume, overwrite)
+    if not resume:
+        return None
+    prior = read_record(run)
+    check_same_recipe(prior.recipe, recipe.model_dump(mode="json"))
+    if last_checkpoint(run) is None:
+        raise TunelabError(f"{root}: the run saved no checkpoint yet, so there is nothing to resume from")
+    return prior
+
+
+def check_same_recipe(before: dict[str, Any], after: dict[str, Any], path: str = "") -> None:
+    for key in sorted(set(before) | set(after)):
+        if not path and key in RESUMABLE_CHANGES:
+            continue
+        old, new = before.get(key), after.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            check_same_recipe(old, new, f"{path}{key}.")
+        elif old != new:
+            raise TunelabError(
+                f"--resume: the recipe changed since the run started ({path}{key}: {old!r} -> {new!r}); "
+                "resume with the same recipe or start a new run"
+            )
+
+
+def check_same_data(prior: RunRecord, prepared: "Prepared") -> None:
+    before = {item.role: item.sha256 for item in prior.data.files}
+    for item in prepared.loaded().files:
+        if before.get(item.role) not in (None, item.sha256):
+            raise TunelabError(f"--resume: {item.path} changed since the run started (sha256 differs)")
+
+
+def check_trainable(recipe: "Recipe", data: TaskData) -> None:
+    train = data.counts["train"]
+    if train.kept == 0:
+        raise TunelabError(f"no training rows left: all {train.dropped_overlong} are longer than data.max_length="
+                           f"{recipe.data.max_length}; raise it or set data.overlong: truncate")
+    if recipe.train.early_stopping_patience and data.validation is None:
+        raise TunelabError("train.early_stopping_patience needs validation rows (data.validation or data.split)")
+
+
+def check_evaluation(task: Task, recipe: "Recipe", data: TaskData, tokenizer: Any) -> None:
+    """What the evaluation after training would refuse (metrics that do not fit, a missing probe file, an
+    objective without test rows) is refused now, before the training it would come after."""
+    from tunelab.evaluate.forgetting import load_probe
+
+    test, measure = data.splits.test, "perplexity"
+    if test and (recipe.eval.after_train or recipe.objective is not None):
+        measure = task.evaluation(recipe, test, data.state, tokenizer, "test split").forgetting_measure
+    elif recipe.objective is not None:
+        raise TunelabError("objective: needs test rows to be checked on (data.test or data.split.test > 0)")
+    load_probe(recipe.eval.forgetting, measure)
+

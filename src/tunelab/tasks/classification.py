@@ -21,7 +21,7 @@ from tunelab.data.formats import Example, with_system
 from tunelab.data.split import Splits
 from tunelab.errors import TunelabError
 from tunelab.tasks.base import Inference, Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs
-from tunelab.tasks.shared import language_model_inference, last_user_message
+from tunelab.tasks.shared import causal_lm, language_model_inference, last_user_message, plain_trainer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -174,12 +174,6 @@ def as_conversation(example: Example, options: ClassificationConfig, labels: lis
     return Example(source=example.source, line=example.line, messages=messages)
 
 
-def causal_model(checkpoint: "Path", labels: list[str], recipe: "Recipe", tokenizer: Any) -> Any:
-    from tunelab.models.load import load_causal_lm
-
-    return load_causal_lm(checkpoint)
-
-
 def generate_evaluation(test: list[Example], labels: list[str],
                         recipe: "Recipe") -> tuple[list[str], list[str], Any]:
     from tunelab.evaluate.answers import label_answers
@@ -215,7 +209,7 @@ STYLES = {
     for style in (
         Style("head", head_prepare, head_model, head_evaluation, "drift", "the class with the highest head logit",
               head_inference),
-        Style("generate", generate_prepare, causal_model, generate_evaluation, "perplexity",
+        Style("generate", generate_prepare, causal_lm, generate_evaluation, "perplexity",
               "the class whose answer the model finds most probable (decoding restricted to the classes)",
               generate_inference),
     )
@@ -250,12 +244,6 @@ def load_model(checkpoint: "Path", data: TaskData, recipe: "Recipe", tokenizer: 
     return STYLES[data.state["style"]].load_model(checkpoint, data.state["labels"], recipe, tokenizer)
 
 
-def build_trainer(parts: Any) -> Any:
-    from tunelab.train.trainer import plain_trainer
-
-    return plain_trainer(parts)
-
-
 def evaluation(recipe: "Recipe", test: list[Example], state: dict[str, Any], tokenizer: Any,
                source: str = "test split") -> TaskEvaluation:
     from tunelab.evaluate.plan import plan_evaluation
@@ -283,7 +271,7 @@ TASK = Task(
     row_kinds=("label",),
     prepare=prepare,
     load_model=load_model,
-    build_trainer=build_trainer,
+    build_trainer=plain_trainer,
     evaluation=evaluation,
     inference=inference,
 )

@@ -12,11 +12,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from tunelab.errors import TunelabError
 from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs
-from tunelab.tasks.shared import language_model_inference, last_user_message
+from tunelab.tasks.shared import causal_lm, language_model_inference, last_user_message, plain_trainer
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from tunelab.config.schema import Recipe
 
 
@@ -29,18 +27,6 @@ def prepare(inputs: TaskInputs) -> TaskData:
 
     return language_model_data(inputs.prepared.splits(), inputs.prepared.tokenized(), inputs.tokenizer.pad_token_id,
                                inputs.padding_free)
-
-
-def load_model(checkpoint: "Path", data: TaskData, recipe: "Recipe", tokenizer: Any) -> Any:
-    from tunelab.models.load import load_causal_lm
-
-    return load_causal_lm(checkpoint)
-
-
-def build_trainer(parts: Any) -> Any:
-    from tunelab.train.trainer import plain_trainer
-
-    return plain_trainer(parts)
 
 
 def test_kind(test: list[Any], source: str) -> str:
@@ -90,8 +76,8 @@ TASK = Task(
             "the answers (or text loss) of base and tuned on held-out rows.",
     row_kinds=("chat", "text"),
     prepare=prepare,
-    load_model=load_model,
-    build_trainer=build_trainer,
+    load_model=causal_lm,
+    build_trainer=plain_trainer,
     evaluation=evaluation,
     inference=language_model_inference,
 )

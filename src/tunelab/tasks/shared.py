@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from tunelab.tasks.base import Inference
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from tunelab.run.models import RunModels
+    from tunelab.tasks.base import TrainerParts
+
+
+def causal_lm(checkpoint: "Path", *_: Any) -> Any:
+    """The base checkpoint as a causal LM: the model a task trains when it trains a language model as it is."""
+    from tunelab.models.load import load_causal_lm
+
+    return load_causal_lm(checkpoint)
+
+
+def plain_trainer(parts: "TrainerParts") -> Any:
+    """transformers' Trainer on the task's data (imported when a run starts, not when the registry loads)."""
+    from tunelab.train.trainer import plain_trainer as build
+
+    return build(parts)
 
 
 def language_model_inference(models: "RunModels") -> Inference:

@@ -209,9 +209,8 @@ def evaluate_and_record(run_root: Path, home: Path, console: "Console", device: 
     recipe = evaluation_recipe(models.record.recipe, overrides, str(models.run.record_path))
     evaluation = evaluate_run(models, recipe, lambda line: console.print(line, markup=False), max_rows,
                               base_outputs)
-    record = read_record(models.run)
-    record.evaluation = evaluation.summary()
-    write_record(models.run, record)
+    models.record.evaluation = evaluation.summary()
+    write_record(models.run, models.record)
     write_report(models.run)
     print_evaluation(console, evaluation)
     console.print(f"[dim]written {models.run.eval_json}, {models.run.report_html}[/dim]")

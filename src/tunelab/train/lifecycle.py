@@ -3,7 +3,9 @@
     set_up      check the run folder, the method, the trackers, the base model; the data doctor; the task turns the
                 rows into training examples; what the evaluation after training would refuse is refused now
     start       the model to train (the task builds it, the method wraps it); the run folder and run.json
-    fit         the task's trainer, with progress, checkpoints, --resume and trackers; save (and merge)
+    fit         the task's trainer, with progress, checkpoints (committed with a manifest: checkpoints.py), --resume
+                from the newest complete one, and trackers; save (and merge). A full disk or a kill leaves a run
+                that --resume continues, never a half-written artefact taken for a whole one
     evaluate    base vs tuned through the one evaluator; run.json keeps its summary; report.html
 The order matters: everything that can fail on the user's input is checked before the run folder is created or
 cleared, so a bad recipe never costs the user an earlier run. The gate's verdict is returned; the CLI enforces it.
@@ -11,6 +13,7 @@ cleared, so a bad recipe never costs the user an earlier run. The gate's verdict
 
 from __future__ import annotations
 
+import errno
 import gc
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
     from tunelab.data.cache import Prepared
     from tunelab.device import Placement
     from tunelab.models.load import ModelRef
+    from tunelab.train.checkpoints import Choice
 
 # Recipe sections a resumed run may change: they do not alter what is trained.
 RESUMABLE_CHANGES = ("eval", "objective", "output")
@@ -62,6 +66,7 @@ class Setup:
     data: TaskData
     prior: RunRecord | None  # the record of the run being resumed
     overwrite: bool
+    resume_from: "Choice | None" = None  # on --resume: the newest complete checkpoint, and the newer ones skipped
 
 
 @dataclass
@@ -75,6 +80,8 @@ def run_recipe(recipe: "Recipe", home: Path, console: "Console", resume: bool = 
                device: str = "auto", evaluate: bool = True, callbacks: tuple = ()) -> Outcome:
     """Train as the recipe says and, unless told not to (or eval.after_train is false), evaluate."""
     setup = set_up(recipe, home, console, resume, overwrite, device)
+    if is_complete(setup):
+        return already_complete(setup, home, console, device, evaluate)
     model = build_model(setup)
     run, record = start(setup, model, console)
     fit(setup, run, record, model, console, callbacks)
@@ -82,6 +89,31 @@ def run_recipe(recipe: "Recipe", home: Path, console: "Console", resume: bool = 
     if evaluate and recipe.eval.after_train:
         evaluation = evaluate_and_record(run.root, home, console, device)
     return Outcome(run, record, evaluation)
+
+
+def is_complete(setup: Setup) -> bool:
+    """--resume of a run that finished: every planned step done (or stopped early) and the model saved."""
+    from tunelab.train.checkpoints import finished_training
+
+    prior, choice = setup.prior, setup.resume_from
+    if prior is None or prior.status != "completed" or not RunDir(Path(setup.recipe.output.dir)).model.is_dir():
+        return False
+    return choice is None or choice.checkpoint is None or finished_training(checkpoint_state(choice.checkpoint))
+
+
+def already_complete(setup: Setup, home: Path, console: "Console", device: str, evaluate: bool) -> Outcome:
+    """Nothing to train: the run's own evaluation, made now only where it has none."""
+    from tunelab.run.record import read_evaluation
+
+    run = RunDir(Path(setup.recipe.output.dir))
+    training = setup.prior.training
+    done = f"{training.steps}/{training.max_steps} steps" if training else "training"
+    console.print(f"[bold]already complete[/bold]: {run.root} finished {done}; nothing to train "
+                  "(--overwrite trains it again from the start)")
+    evaluation = read_evaluation(run)
+    if evaluation is None and evaluate and setup.recipe.eval.after_train:
+        evaluation = evaluate_and_record(run.root, home, console, device)
+    return Outcome(run, read_record(run), evaluation)
 
 
 def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overwrite: bool, device: str) -> Setup:
@@ -92,7 +124,7 @@ def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overw
     from tunelab.models.tokenizer import load_tokenizer
     from tunelab.train.trackers import check_trackers
 
-    prior = check_run_dir(Path(recipe.output.dir), resume, overwrite, recipe)
+    prior, resume_from = check_run_dir(Path(recipe.output.dir), resume, overwrite, recipe)
     task, method = get_task(recipe.task.name), get_method(recipe.method.name)
     check_merge_request(method, "merge" in recipe.output.model_fields_set and recipe.output.merge)
     check_trackers(recipe.train.report_to)
@@ -109,7 +141,7 @@ def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overw
                                    padding_free=recipe.train.padding_free and method.padding_free))
     check_trainable(recipe, data)
     check_evaluation(task, recipe, data, tokenizer)
-    return Setup(recipe, task, method, placement, ref, tokenizer, prepared, data, prior, overwrite)
+    return Setup(recipe, task, method, placement, ref, tokenizer, prepared, data, prior, overwrite, resume_from)
 
 
 def build_model(setup: Setup) -> Any:
@@ -131,16 +163,40 @@ def start(setup: Setup, model: Any, console: "Console") -> tuple[RunDir, RunReco
 
     recipe = setup.recipe
     run = prepare_run_dir(Path(recipe.output.dir), setup.prior is not None, setup.overwrite)
+    if setup.resume_from is not None:
+        report_resume_point(console, run, setup.resume_from)
     described = describe(setup, model)
     record = (setup.prior.model_copy(update={**described, "status": "running", "error": None})
               if setup.prior else RunRecord(task=setup.task.name, started_at=now(), environment=environment(),
                                             recipe=recipe.model_dump(mode="json"), **described))
+    # run.json first: a run killed while its data is copied is still a run that --resume or --overwrite can take.
+    write_record(run, record)
     setup.prepared.copy_to(run.data, setup.data.splits)
     write_text_atomic(run.recipe_path, recipe_to_yaml(recipe))
-    write_record(run, record)
     print_plan(console, record, run)
     print_doctor(console, setup.prepared, run)
     return run, record
+
+
+def report_resume_point(console: "Console", run: RunDir, choice: "Choice") -> None:
+    """Say where training goes on from and which newer checkpoints were passed over, and why; remove those."""
+    from tunelab.train.checkpoints import discard
+
+    for folder, reason in choice.skipped:
+        console.print(f"[yellow]skipped[/yellow] {folder}: {reason}; removed")
+    discard([folder for folder, _ in choice.skipped])
+    if choice.checkpoint is None:
+        console.print(f"[yellow]no complete checkpoint[/yellow] in {run.checkpoints}: training again from step 0 "
+                      "(same recipe and seed, so the same run)")
+    else:
+        console.print(f"resuming from {choice.checkpoint}")
+
+
+def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
+    from tunelab.files import read_json
+    from tunelab.train.checkpoints import TRAINER_STATE
+
+    return read_json(checkpoint / TRAINER_STATE)
 
 
 def describe(setup: Setup, model: Any) -> dict[str, Any]:
@@ -161,22 +217,26 @@ def describe(setup: Setup, model: Any) -> dict[str, Any]:
 
 def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Console", callbacks: tuple) -> None:
     """Train with the task's trainer, save the model (and the merged one when asked), and keep run.json true to
-    what happened: completed, failed or interrupted (a later --resume starts from the last checkpoint)."""
+    what happened: completed, failed or interrupted (a later --resume goes on from the newest complete checkpoint).
+    A failure removes what it left half-written (see remove_partial) before run.json says failed."""
     from tunelab.present.console import print_trained
     from tunelab.present.progress import RichProgress
-    from tunelab.train.trainer import last_checkpoint, training_arguments, training_callbacks, training_summary
+    from tunelab.train.trainer import training_arguments, training_callbacks
 
     recipe, method, tokenizer = setup.recipe, setup.method, setup.tokenizer
+    writing = ("a checkpoint or the training log", run.checkpoints)
     try:
         arguments = training_arguments(recipe.train, run, setup.placement, setup.data.validation is not None)
         parts = TrainerParts(model, tokenizer, setup.data, arguments,
                              training_callbacks(recipe.train, run, RichProgress(console), callbacks))
         trainer = setup.task.build_trainer(parts)
-        result = trainer.train(resume_from_checkpoint=last_checkpoint(run) if setup.prior else None)
+        checkpoint = setup.resume_from.checkpoint if setup.resume_from else None
+        record.training = train_or_restore(trainer, checkpoint)
+        writing = ("the trained model", run.model)
         method.save(trainer.model, run.model)
         tokenizer.save_pretrained(str(run.model))
-        record.training = training_summary(trainer, result)
         if wants_merge(method, recipe.output.merge):
+            writing = ("the merged model", run.merged)
             merged = method.merge(trainer.model)
             merged.save_pretrained(str(run.merged))
             tokenizer.save_pretrained(str(run.merged))
@@ -186,14 +246,97 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
             record.merge_note = note
     except BaseException as error:
         record.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        record.error, record.ended_at = str(error) or type(error).__name__, now()
-        write_record(run, record)
+        removed, written = record_failure(run, record, error, writing[1])
+        if is_write_failure(error, run):
+            raise TunelabError(write_failure_line(error, writing, removed, written)) from error
         raise
     record.status, record.ended_at = "completed", now()
     write_record(run, record)
     print_trained(console, record, run)
     del trainer
     gc.collect()
+
+
+def train_or_restore(trainer: Any, checkpoint: Path | None) -> Any:
+    """Train (from `checkpoint` on --resume) and return the summary over the whole run. A checkpoint that ends
+    training (killed after the last save) is not trained on: the Trainer would take one step more before checking
+    (transformers' loop checks max_steps at a step's end), so its weights are loaded and training is over."""
+    from transformers import TrainerState
+
+    from tunelab.train.checkpoints import TRAINER_STATE, finished_training, saved_clock_seconds
+    from tunelab.train.trainer import training_clock, training_summary
+
+    resumed_at = checkpoint_state(checkpoint)["global_step"] if checkpoint else 0
+    if checkpoint is None or not finished_training(checkpoint_state(checkpoint)):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        return training_summary(trainer, result, resumed_at, training_clock(trainer))
+    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
+    best = trainer.state.best_model_checkpoint
+    weights = best if trainer.args.load_best_model_at_end and best and Path(best).is_dir() else str(checkpoint)
+    # The Trainer's own loader: it knows every format it saved (adapters, whole models, sharded weights).
+    trainer._load_from_checkpoint(weights)
+    return training_summary(trainer, None, resumed_at, saved_clock_seconds(checkpoint_state(checkpoint)))
+
+
+def is_write_failure(error: BaseException, run: RunDir) -> bool:
+    """A disk that is full (or over quota, or read-only). safetensors and torch.save report it as their own
+    errors (torch.save only as an 'unexpected pos' in its zip writer), not as an OSError, so a failed write that
+    does not say why is taken for a full disk when the run's disk has almost no space left."""
+    import shutil
+
+    if isinstance(error, OSError):
+        return error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+    text = str(error)
+    if any(sign in text for sign in ("No space left on device", "StorageFull", "Disk quota exceeded")):
+        return True
+    try:
+        nearly_full = shutil.disk_usage(run.root).free < 64 * 2**20
+    except OSError:
+        nearly_full = False
+    return nearly_full and any(sign in text for sign in ("file write failed", "inline_container", "I/O error"))
+
+
+def write_failure_line(error: BaseException, writing: tuple[str, Path], removed: list[Path], written: bool) -> str:
+    """One line: the OS's reason, the path (the file the OS names, else the folder being written), what was being
+    written, what was cleaned up, and how to go on."""
+    what, folder = writing
+    reason = error.strerror if isinstance(error, OSError) and error.strerror else "No space left on device"
+    where = getattr(error, "filename", None) or (removed[0] if removed else folder)
+    cleaned = f"removed the partial {', '.join(str(path) for path in removed)}; " if removed else ""
+    marked = "the run is marked failed" if written else "run.json could not be marked failed either"
+    return (f"{reason}: {where} (while writing {what}); {cleaned}{marked}; free some space, then --resume "
+            "continues from the last complete checkpoint")
+
+
+def record_failure(run: RunDir, record: RunRecord, error: BaseException, folder: Path) -> tuple[list[Path], bool]:
+    """Remove what the failure left half-written, then say so in run.json: (what was removed, whether run.json
+    could be written; not where the disk is still full)."""
+    removed = remove_partial(run, folder)
+    record.error, record.ended_at = str(error) or type(error).__name__, now()
+    try:
+        write_record(run, record)
+    except OSError:
+        return removed, False
+    return removed, True
+
+
+def remove_partial(run: RunDir, folder: Path) -> list[Path]:
+    """Checkpoints without a manifest (a save cut short) and the model folder that was being written: each would
+    be taken for a whole artefact later (by --resume, serve or export); removing them also frees the space."""
+    from tunelab.train.checkpoints import checkpoint_folders, discard
+
+    partial = [path for path in checkpoint_folders(run.checkpoints) if verify_quick(path)]
+    if folder in (run.model, run.merged) and folder.exists():
+        partial.append(folder)
+    discard(partial)
+    return partial
+
+
+def verify_quick(folder: Path) -> bool:
+    """No manifest: the save did not finish (files are not hashed here; --resume verifies them)."""
+    from tunelab.train.checkpoints import MANIFEST
+
+    return not (folder / MANIFEST).is_file()
 
 
 def evaluate_and_record(run_root: Path, home: Path, console: "Console", device: str = "auto",
@@ -236,18 +379,18 @@ def evaluation_recipe(recipe: dict, overrides: list[str], source: str) -> "Recip
 # ---- checks before anything is written ------------------------------------------------------------------------
 
 
-def check_run_dir(root: Path, resume: bool, overwrite: bool, recipe: "Recipe") -> RunRecord | None:
-    """Refuse early what prepare_run_dir would refuse later; on --resume, the run's record."""
-    from tunelab.train.trainer import last_checkpoint
+def check_run_dir(root: Path, resume: bool, overwrite: bool,
+                  recipe: "Recipe") -> tuple[RunRecord | None, "Choice | None"]:
+    """Refuse early what prepare_run_dir would refuse later; on --resume, the run's record and the checkpoint to
+    go on from (the newest that verifies; none: the run starts again from step 0, the same seeded run)."""
+    from tunelab.train.checkpoints import newest_verified
 
     run = check_output_dir(root, resume, overwrite)
     if not resume:
-        return None
+        return None, None
     prior = read_record(run)
     check_same_recipe(prior.recipe, recipe.model_dump(mode="json"))
-    if last_checkpoint(run) is None:
-        raise TunelabError(f"{root}: the run saved no checkpoint yet, so there is nothing to resume from")
-    return prior
+    return prior, newest_verified(run.checkpoints)
 
 
 def check_same_recipe(before: dict[str, Any], after: dict[str, Any], path: str = "") -> None:

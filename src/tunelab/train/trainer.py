@@ -46,7 +46,8 @@ def training_arguments(train: "TrainSection", run: "RunDir", placement: "Placeme
         eval_steps=train.eval_every,
         save_strategy=save_strategy,
         save_steps=save_every,
-        save_total_limit=train.save_total_limit,
+        save_total_limit=None,  # rotation is checkpoints.CheckpointCommit's, after each commit
+        restore_callback_states_from_checkpoint=True,  # the training clock and early stopping go on where they were
         load_best_model_at_end=early_stopping,
         metric_for_best_model="eval_loss" if early_stopping else None,
         greater_is_better=False if early_stopping else None,
@@ -66,10 +67,14 @@ def training_callbacks(train: "TrainSection", run: "RunDir", progress: Any, extr
     from transformers import EarlyStoppingCallback
 
     from tunelab.train.callbacks import JsonlLog
+    from tunelab.train.checkpoints import CheckpointCommit, TrainingClock
 
-    callbacks = [progress, JsonlLog(run.train_log), *tracker_callbacks(train.report_to, run.tensorboard), *extra]
+    callbacks = [progress, TrainingClock(), JsonlLog(run.train_log),
+                 *tracker_callbacks(train.report_to, run.tensorboard), *extra]
     if train.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=train.early_stopping_patience))
+    # Last, so that every other callback's on_save runs before the checkpoint is marked complete.
+    callbacks.append(CheckpointCommit(run.checkpoints, train.save_total_limit))
     return callbacks
 
 
@@ -94,20 +99,44 @@ def plain_trainer(parts: "TrainerParts") -> Any:
     return trainer
 
 
-def last_checkpoint(run: "RunDir") -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+def training_clock(trainer: Any) -> float:
+    """Seconds in training steps over the whole run (the clock is a new object when restored from a checkpoint)."""
+    from tunelab.train.checkpoints import TrainingClock
 
-    return get_last_checkpoint(str(run.checkpoints)) if run.checkpoints.is_dir() else None
+    clocks = [cb for cb in trainer.callback_handler.callbacks if isinstance(cb, TrainingClock)]
+    return clocks[0].seconds if clocks else 0.0
 
 
-def training_summary(trainer: Any, result: Any) -> TrainingSummary:
+def whole_run_loss(log_history: list[dict[str, Any]], until_step: int) -> tuple[float, int] | None:
+    """The mean training loss over steps 1..until_step from the logged losses (each the mean since the log
+    before it), and the steps it covers; None where nothing was logged."""
+    total, covered, previous = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and entry.get("step", 0) <= until_step:
+            steps = entry["step"] - previous
+            total, covered, previous = total + entry["loss"] * steps, covered + steps, entry["step"]
+    return (total / covered, covered) if covered else None
+
+
+def training_summary(trainer: Any, result: Any | None, resumed_at: int, seconds: float) -> TrainingSummary:
+    """Totals over the whole run, whatever number of --resume it took: steps, tokens, loss, `seconds` in steps.
+
+    `result` is the last train() call's output (None when the run needed no more steps); its loss covers only that
+    call's steps, so the steps before `resumed_at` are added from the log history the checkpoint kept."""
     state = trainer.state
     eval_losses = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
-    runtime = result.metrics.get("train_runtime") or 0.0
-    session_tokens = result.metrics.get("train_num_tokens") or state.num_input_tokens_seen
+    earlier = whole_run_loss(state.log_history, resumed_at) if resumed_at else None
+    segment_steps = state.global_step - resumed_at
+    if result is not None and earlier:
+        loss, covered = earlier
+        train_loss = (loss * covered + result.training_loss * segment_steps) / (covered + segment_steps)
+    elif result is not None:
+        train_loss = result.training_loss
+    else:
+        train_loss = earlier[0] if earlier else None
     return TrainingSummary(
         steps=state.global_step, max_steps=state.max_steps, stopped_early=state.global_step < state.max_steps,
-        tokens_seen=state.num_input_tokens_seen, train_loss=result.training_loss,
+        tokens_seen=state.num_input_tokens_seen, train_loss=train_loss,
         final_eval_loss=eval_losses[-1] if eval_losses else None, best_eval_loss=state.best_metric,
-        best_checkpoint=state.best_model_checkpoint, train_runtime_seconds=runtime,
-        train_tokens_per_second=session_tokens / runtime if runtime else None)
+        best_checkpoint=state.best_model_checkpoint, train_runtime_seconds=seconds,
+        train_tokens_per_second=state.num_input_tokens_seen / seconds if seconds else None)

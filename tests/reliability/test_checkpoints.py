@@ -187,7 +187,7 @@ def read_run(run_root: Path):
     return run_record(RunDir(run_root))
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("seed", [1, 2])
 def test_kills_at_random_moments_of_a_checkpoint_write_resume_to_identical_weights(
         uninterrupted, tiny_checkpoint, tmp_path, home, seed):
     """SIGKILL within 0-30 ms of a checkpoint folder appearing (or, when the save is quicker, of the next step)."""
@@ -241,12 +241,12 @@ def test_a_finished_run_resumes_to_already_complete(uninterrupted, tiny_checkpoi
     assert {path: path.read_bytes() for path in sorted(run_root.rglob("*")) if path.is_file()} == files
 
 
-@pytest.mark.parametrize("damage, why", [
-    (lambda f: f.write_bytes(f.read_bytes()[:1000] + bytes(200) + f.read_bytes()[1200:]), "sha256 differs"),
-    (lambda f: f.write_bytes(b""), "0 bytes"),
+@pytest.mark.parametrize("name, damage, why", [
+    ("adapter_model.safetensors", lambda f: f.write_bytes(f.read_bytes()[:1000] + bytes(200) + f.read_bytes()[1200:]),
+     "sha256 differs"),
+    ("rng_state.pth", lambda f: f.write_bytes(b""), "0 bytes"),
 ])
-@pytest.mark.parametrize("name", ["adapter_model.safetensors", "rng_state.pth"])
-def test_a_corrupt_checkpoint_is_passed_over(uninterrupted, tiny_checkpoint, tmp_path, home, damage, why, name):
+def test_a_corrupt_checkpoint_is_passed_over(uninterrupted, tiny_checkpoint, tmp_path, home, name, damage, why):
     """Bytes damaged after the save (zeroed inside the adapter, an emptied RNG state): found by the manifest,
     never loaded (an emptied rng_state.pth used to end the process with a bare 'Aborted.')."""
     whole = uninterrupted("lora", "fp32")

@@ -27,6 +27,12 @@ def serve(
     api_keys_file: Optional[Path] = typer.Option(None, help="File with one API key a line."),
     admin_key: Optional[str] = typer.Option(None, envvar="TUNELAB_ADMIN_KEY",
                                             help="Key for POST/DELETE /v1/adapters; without it they are off."),
+    metrics_key: Optional[str] = typer.Option(
+        None, envvar="TUNELAB_METRICS_KEY", help="A key that opens GET /metrics only (for a Prometheus scraper); "
+                                                 "with --api-key, /metrics otherwise needs an API key."),
+    runs_root: Optional[list[Path]] = typer.Option(
+        None, "--runs-root", help="Folder POST /v1/adapters may load runs from (repeatable; default: the working "
+                                  "directory and $TUNELAB_HOME). Runs given on this command line are not confined."),
     max_batch: int = typer.Option(8, min=1, help="Rows (choices) generated together."),
     batch_wait_ms: float = typer.Option(10.0, min=0, help="How long an idle server waits to batch requests."),
     max_queue: int = typer.Option(64, min=1, help="Requests waiting past the running batch; beyond: 429."),
@@ -59,15 +65,17 @@ def serve(
         import torch
 
         torch.set_num_threads(threads)
+    home = tunelab_home()
     settings = ServeSettings(
-        serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, max_batch_rows=max_batch,
+        serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, metrics_key=metrics_key,
+        runs_roots=tuple(runs_root or (Path.cwd(), home)), max_batch_rows=max_batch,
         batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
         max_body_bytes=max_body_kb * 1024, request_timeout=timeout, log_content=log_content,
         placement=placement,
     )
     say = lambda text: console.print(f"[dim]{text}[/dim]")  # noqa: E731
     try:
-        service = build_service(runs or [], base, settings, tunelab_home(), say=say)
+        service = build_service(runs or [], base, settings, home, say=say)
     except BaseException:
         sock.close()
         raise

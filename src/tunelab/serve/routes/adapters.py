@@ -12,9 +12,7 @@ router = APIRouter()
 
 @router.post("/v1/adapters", response_model=ModelCard)
 async def load_adapter(body: LoadAdapterRequest, request: Request) -> ModelCard:
-    loaded = await service_of(request).load_adapter(body)
-    log_of(request).update(model=loaded.id, adapter=loaded.root)
-    return loaded
+    return await service_of(request).load_adapter(body, log_of(request))
 
 
 @router.delete("/v1/adapters/{model_id}", response_model=DeletedModel)

@@ -68,7 +68,7 @@ def serve(
     home = tunelab_home()
     settings = ServeSettings(
         serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, metrics_key=metrics_key,
-        runs_roots=tuple(runs_root or (Path.cwd(), home)), max_batch_rows=max_batch,
+        runs_roots=runs_roots(runs_root, home), max_batch_rows=max_batch,
         batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
         max_body_bytes=max_body_kb * 1024, request_timeout=timeout, log_content=log_content,
         placement=placement,
@@ -86,3 +86,9 @@ def serve(
                   f"http://{bound_host}:{bound_port}/v1 (keys: {'required' if keys else 'none'}; admin: "
                   f"{'on' if admin_key else 'off'}; {placement.describe()}); request log {service.request_log.path}")
     run_server(create_app(service), sock)
+
+
+def runs_roots(given: Optional[list[Path]], home: Path) -> tuple[Path, ...]:
+    """The folders POST /v1/adapters may load runs from: --runs-root, else the working directory (where `tunelab
+    train` writes runs/ by default) and $TUNELAB_HOME."""
+    return tuple(given) if given else (Path.cwd(), home)

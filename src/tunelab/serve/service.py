@@ -303,8 +303,9 @@ class Service:
         except Exception:  # not a run, unreadable, no tokenizer, ...: the same answer as a path outside the roots
             raise APIError(400, REFUSED, param="run") from None
 
-    async def unload_adapter(self, model_id: str) -> api.DeletedModel:
-        valid_id(model_id, "model")
+    async def unload_adapter(self, model_id: str, log: dict[str, Any]) -> api.DeletedModel:
+        valid_id(model_id, "model")  # before it reaches the log and the metrics' labels
+        log["model"] = model_id
         async with self._admin:
             with self._swap:
                 try:

@@ -17,5 +17,4 @@ async def load_adapter(body: LoadAdapterRequest, request: Request) -> ModelCard:
 
 @router.delete("/v1/adapters/{model_id}", response_model=DeletedModel)
 async def unload_adapter(model_id: str, request: Request) -> DeletedModel:
-    log_of(request)["model"] = model_id
-    return await service_of(request).unload_adapter(model_id)
+    return await service_of(request).unload_adapter(model_id, log_of(request))

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.tiny import save_tiny_checkpoint
 from tests.unit.test_serve import ADMIN, HELLO, KEY, LiveServer, train_run
 from tunelab.serve.runpaths import REFUSED, RunRefused, confined_run
 from tunelab.serve.settings import ServeSettings
@@ -43,6 +44,11 @@ def layout(tmp_path_factory, trained) -> dict[str, Path]:
     (shadow / "run.json").symlink_to(far / "run.json")  # a valid run.json, but outside: stands for /etc/shadow
     (roots / "linked").symlink_to(good)
     (roots / "escape").symlink_to(far)
+    other = Path(shutil.copytree(good, roots / "other-base"))
+    record = json.loads((other / "run.json").read_text())
+    record["recipe"]["model"]["name"] = str(save_tiny_checkpoint(base / "other-tiny", seed=9))
+    (other / "run.json").write_text(json.dumps(record))
+    (roots / "linked-other").symlink_to(other)
     return {"roots": roots, "outside": outside, "good": good, "far": far, "no_tokenizer": no_tokenizer,
             "shadow": shadow, "linked": roots / "linked", "escape": roots / "escape", "base": base}
 
@@ -93,6 +99,10 @@ def test_the_admin_endpoint_answers_one_400_for_every_bad_path_and_loads_the_goo
             assert status == 400, (why, body)
             assert body["error"] == {"message": REFUSED, "type": "invalid_request_error", "param": "run",
                                      "code": None}, why
+        # a readable run inside the roots that cannot join this base is told why, named as the admin gave it
+        given = str(layout["roots"] / "linked-other")
+        status, _, body = server.raw("POST", "/v1/adapters", json.dumps({"run": given}).encode(), key=ADMIN)
+        assert status == 400 and body["error"]["message"].startswith(f"{given}: trained on base model"), body
         status, _, card = server.raw("POST", "/v1/adapters", json.dumps({"run": str(layout["linked"]),
                                                                          "name": "good"}).encode(), key=ADMIN)
         assert status == 200 and card["id"] == "good"

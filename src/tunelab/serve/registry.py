@@ -18,7 +18,6 @@ from typing import Any
 from tunelab.errors import TunelabError
 from tunelab.models.load import ModelRef
 
-
 # A model id travels in URLs (DELETE /v1/adapters/{id}), Prometheus labels and log lines: no '/', bounded length.
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -127,8 +126,9 @@ def open_base(name: str, home: Path, placement: Any) -> tuple[Any, ServedModel, 
 
 
 def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, base_ref: ModelRef,
-                 adapter_name: str, home: Path) -> ServedModel:
-    """Check that a run's adapter can join the served base, and describe it (nothing is loaded yet)."""
+                 adapter_name: str, home: Path, given_as: str | None = None) -> ServedModel:
+    """Check that a run's adapter can join the served base, and describe it (nothing is loaded yet). Refusals name
+    the run as `given_as` (what the admin typed) when the folder opened is its resolved path."""
     from peft import PeftConfig, PeftType
 
     from tunelab.data.templates import stop_token_ids
@@ -137,26 +137,27 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
     from tunelab.run.models import open_run_models
 
     models = open_run_models(run_path, home, "cpu")  # only its files are read here; the engine loads the adapter
+    shown_as = given_as or run_path
     inference = models.inference()
     if not inference.writes_text:
-        raise Incompatible(f"{run_path}: the server answers with text, and {inference.instead}")
+        raise Incompatible(f"{shown_as}: the server answers with text, and {inference.instead}")
     method = get_method(models.recipe.method.name)
     folder = models.run.model
     if not method.is_adapter or not (folder / "adapter_config.json").is_file():
         raise Incompatible(
-            f"{run_path}: method '{method.name}' did not train a peft adapter, so it cannot be hot-swapped; "
+            f"{shown_as}: method '{method.name}' did not train a peft adapter, so it cannot be hot-swapped; "
             f"serve its model on its own with --base {models.run.merged if models.run.merged.is_dir() else folder}"
         )
     config = PeftConfig.from_pretrained(str(folder))
     if config.peft_type != PeftType.LORA:
         raise Incompatible(
-            f"{run_path}: its {config.peft_type.value} adapter is not LoRA-family; the server hot-swaps LoRA-family "
+            f"{shown_as}: its {config.peft_type.value} adapter is not LoRA-family; the server hot-swaps LoRA-family "
             "adapters only (export --format merged and serve that with --base)"
         )
     run_base = resolve_model(models.recipe.model.name, home)
     if not same_model(run_base.path, base_ref.path):
         raise Incompatible(
-            f"{run_path}: trained on base model '{models.recipe.model.name}', but the server holds "
+            f"{shown_as}: trained on base model '{models.recipe.model.name}', but the server holds "
             f"'{base_ref.name}'; serve it with --base {models.recipe.model.name}"
         )
     tokenizer = models.tokenizer()

@@ -297,7 +297,7 @@ class Service:
         try:
             folder = confined_run(body.run, self.settings.runs_roots)
             return open_adapter(folder, body.name, self.registry.base, self.base_ref, self.registry.adapter_name(),
-                                self.home)
+                                self.home, given_as=body.run)
         except Incompatible as error:
             raise APIError(400, str(error), param="run") from None
         except Exception:  # not a run, unreadable, no tokenizer, ...: the same answer as a path outside the roots

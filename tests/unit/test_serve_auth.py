@@ -20,6 +20,7 @@ import pytest
 
 from tests.unit.test_serve import ADMIN, KEY, LiveServer, train_run
 from tests.unit.test_serve_keys import free_port, wait_for_health
+from tunelab.errors import TunelabError
 from tunelab.serve.runpaths import REFUSED
 from tunelab.serve.settings import ServeSettings
 
@@ -120,7 +121,11 @@ def test_runs_roots_default_and_given(tmp_path):
     from tunelab.cli.serve import runs_roots
 
     assert runs_roots(None, tmp_path / "home") == (Path.cwd(), tmp_path / "home")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     assert runs_roots([tmp_path / "a", tmp_path / "b"], tmp_path / "home") == (tmp_path / "a", tmp_path / "b")
+    with pytest.raises(TunelabError, match=r"^--runs-root .*/typo: not a folder$"):
+        runs_roots([tmp_path / "a", tmp_path / "typo"], tmp_path / "home")
 
 
 def test_without_api_keys_a_metrics_key_still_guards_metrics(tiny_checkpoint, tmp_path):

@@ -49,6 +49,8 @@ def layout(tmp_path_factory, trained) -> dict[str, Path]:
     record["recipe"]["model"]["name"] = str(save_tiny_checkpoint(base / "other-tiny", seed=9))
     (other / "run.json").write_text(json.dumps(record))
     (roots / "linked-other").symlink_to(other)
+    corrupt = Path(shutil.copytree(good, roots / "corrupt"))
+    (corrupt / "model" / "adapter_model.safetensors").write_bytes(b"\0" * 100)
     return {"roots": roots, "outside": outside, "good": good, "far": far, "no_tokenizer": no_tokenizer,
             "shadow": shadow, "linked": roots / "linked", "escape": roots / "escape", "base": base}
 
@@ -99,6 +101,9 @@ def test_the_admin_endpoint_answers_one_400_for_every_bad_path_and_loads_the_goo
             assert status == 400, (why, body)
             assert body["error"] == {"message": REFUSED, "type": "invalid_request_error", "param": "run",
                                      "code": None}, why
+        status, _, body = server.raw("POST", "/v1/adapters", json.dumps({"run": str(layout["roots"] / "corrupt")}
+                                                                          ).encode(), key=ADMIN)
+        assert status == 400 and body["error"]["message"] == REFUSED  # its weights do not load: invalid too
         # a readable run inside the roots that cannot join this base is told why, named as the admin gave it
         given = str(layout["roots"] / "linked-other")
         status, _, body = server.raw("POST", "/v1/adapters", json.dumps({"run": given}).encode(), key=ADMIN)

@@ -160,6 +160,7 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
             f"{shown_as}: trained on base model '{models.recipe.model.name}', but the server holds "
             f"'{base_ref.name}'; serve it with --base {models.recipe.model.name}"
         )
+    check_weights(folder, shown_as)
     tokenizer = models.tokenizer()
     return ServedModel(
         id=check_id(model_id, "name") if model_id else derived_id(models.run.root.resolve().name),
@@ -171,6 +172,20 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
         mixable=not getattr(config, "use_dora", False),  # peft's mixed batches do not support DoRA
         folder=str(folder),
     )
+
+
+def check_weights(folder: Path, shown_as: str | Path) -> None:
+    """Read the adapter's tensors once on the CPU (an adapter is small): a truncated or corrupt file is refused
+    here, before the engine has injected any of its layers into the served model."""
+    from safetensors.torch import load_file
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    try:
+        load_file(str(weights))
+    except Exception as error:  # safetensors raises its own error types, OSError and ValueError among them
+        raise TunelabError(f"{shown_as}: its adapter weights {weights.name} cannot be read ({error})") from None
 
 
 def same_model(first: Path, second: Path) -> bool:

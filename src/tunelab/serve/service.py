@@ -274,6 +274,8 @@ class Service:
     async def load_adapter(self, body: api.LoadAdapterRequest, log: dict[str, Any]) -> api.ModelCard:
         from starlette.concurrency import run_in_threadpool
 
+        from tunelab.serve.runpaths import REFUSED
+
         async with self._admin:
             if body.name is not None:
                 valid_id(body.name, "name")
@@ -284,7 +286,10 @@ class Service:
             if self.registry.get(served.id):
                 raise APIError(409, f"model id '{served.id}' is already served; DELETE it first or give a name",
                                param="name")
-            await asyncio.wrap_future(self.engine.load_adapter(served.adapter, served.folder, served.mixable))
+            try:
+                await asyncio.wrap_future(self.engine.load_adapter(served.adapter, served.folder, served.mixable))
+            except Exception:  # its weights would not load (truncated, corrupt): invalid, like any other bad run
+                raise APIError(400, REFUSED, param="run") from None
             self.registry.add(served)
             return card(served)
 

@@ -84,7 +84,8 @@ def live(runs, tmp_path_factory):
 
     serve_dir = tmp_path_factory.mktemp("serve")
     settings = ServeSettings(serve_dir=serve_dir, api_keys=frozenset({KEY}), admin_key=ADMIN, max_queue=2,
-                             max_batch_rows=8, max_tokens=64, max_body_bytes=64 * 1024, batch_wait=0.002)
+                             max_batch_rows=8, max_tokens=64, max_body_bytes=64 * 1024, batch_wait=0.002,
+                             runs_roots=(runs["a"].parent,))
     service = build_service([f"rev-a={runs['a']}"], None, settings, runs["a"].parent / "home", say=lambda _: None)
     server = LiveServer(service)
     yield server
@@ -232,7 +233,7 @@ def test_admin_endpoints_need_the_admin_key_and_refuse_bad_runs(live, tmp_path):
     status, _, body = live.raw("POST", "/v1/adapters", json.dumps({"run": "x"}).encode(), key=KEY)
     assert status == 401 and body["error"]["type"] == "authentication_error"
     status, _, body = live.raw("POST", "/v1/adapters", json.dumps({"run": str(tmp_path)}).encode(), key=ADMIN)
-    assert status == 400 and "not a tunelab run folder" in body["error"]["message"]
+    assert status == 400 and "not a loadable run folder" in body["error"]["message"]
     status, _, body = live.raw("DELETE", f"/v1/adapters/{base_id(live)}", key=ADMIN)
     assert status == 400 and "base model" in body["error"]["message"]
     status, _, body = live.raw("DELETE", "/v1/adapters/nothing", key=ADMIN)
@@ -268,7 +269,7 @@ def test_health_metrics_and_the_request_log(live):
     answer = live.client().chat.completions.create(model="rev-a", messages=HELLO, temperature=0, max_tokens=5)
     status, _, body = live.raw("GET", "/health", key=None)
     assert status == 200 and body["status"] == "ok" and "rev-a" in body["models"]
-    status, _, body = live.raw("GET", "/metrics", key=None)
+    status, _, body = live.raw("GET", "/metrics")
     text = body["text"]
     for name in ("tunelab_requests_total", "tunelab_request_latency_seconds_bucket", "tunelab_tokens_total",
                  "tunelab_errors_total", "tunelab_queue_depth"):

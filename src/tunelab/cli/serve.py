@@ -27,6 +27,12 @@ def serve(
     api_keys_file: Optional[Path] = typer.Option(None, help="File with one API key a line."),
     admin_key: Optional[str] = typer.Option(None, envvar="TUNELAB_ADMIN_KEY",
                                             help="Key for POST/DELETE /v1/adapters; without it they are off."),
+    metrics_key: Optional[str] = typer.Option(
+        None, envvar="TUNELAB_METRICS_KEY", help="A key that opens GET /metrics only (for a Prometheus scraper); "
+                                                 "with --api-key, /metrics otherwise needs an API key."),
+    runs_root: Optional[list[Path]] = typer.Option(
+        None, "--runs-root", help="Folder POST /v1/adapters may load runs from (repeatable; default: the working "
+                                  "directory and $TUNELAB_HOME). Runs given on this command line are not confined."),
     max_batch: int = typer.Option(8, min=1, help="Rows (choices) generated together."),
     batch_wait_ms: float = typer.Option(10.0, min=0, help="How long an idle server waits to batch requests."),
     max_queue: int = typer.Option(64, min=1, help="Requests waiting past the running batch; beyond: 429."),
@@ -53,6 +59,8 @@ def serve(
     keys = (frozenset(api_key or ([env_key] if env_key else [])) |
             (read_keys_file(api_keys_file) if api_keys_file else frozenset()))
     placement = resolve_placement(device, precision or "auto", cpu_auto="bf16" if precision else "fp32")
+    home = tunelab_home()
+    roots = runs_roots(runs_root, home)
     sock = bind(host, port)
     quiet_libraries()
     if threads:
@@ -60,14 +68,15 @@ def serve(
 
         torch.set_num_threads(threads)
     settings = ServeSettings(
-        serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, max_batch_rows=max_batch,
+        serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, metrics_key=metrics_key,
+        runs_roots=roots, max_batch_rows=max_batch,
         batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
         max_body_bytes=max_body_kb * 1024, request_timeout=timeout, log_content=log_content,
         placement=placement,
     )
     say = lambda text: console.print(f"[dim]{text}[/dim]")  # noqa: E731
     try:
-        service = build_service(runs or [], base, settings, tunelab_home(), say=say)
+        service = build_service(runs or [], base, settings, home, say=say)
     except BaseException:
         sock.close()
         raise
@@ -76,5 +85,20 @@ def serve(
     bound_host, bound_port = sock.getsockname()[:2]
     console.print(f"[bold green]serving[/bold green] {', '.join(service.registry.ids())} on "
                   f"http://{bound_host}:{bound_port}/v1 (keys: {'required' if keys else 'none'}; admin: "
-                  f"{'on' if admin_key else 'off'}; {placement.describe()}); request log {service.request_log.path}")
+                  f"{admin_line(admin_key, roots)}; {placement.describe()}); request log {service.request_log.path}")
     run_server(create_app(service), sock)
+
+
+def runs_roots(given: Optional[list[Path]], home: Path) -> tuple[Path, ...]:
+    """The folders POST /v1/adapters may load runs from: --runs-root, else the working directory (where `tunelab
+    train` writes runs/ by default) and $TUNELAB_HOME. A given folder that does not exist is a typo: refused."""
+    from tunelab.errors import TunelabError
+
+    for root in given or []:
+        if not root.is_dir():
+            raise TunelabError(f"--runs-root {root}: not a folder")
+    return tuple(given) if given else (Path.cwd(), home)
+
+
+def admin_line(admin_key: Optional[str], roots: tuple[Path, ...]) -> str:
+    return f"on, runs from {', '.join(str(root) for root in roots)}" if admin_key else "off"

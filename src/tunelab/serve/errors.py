@@ -10,6 +10,7 @@ TYPES = {
     401: "authentication_error",
     403: "permission_error",
     404: "not_found_error",
+    405: "invalid_request_error",
     409: "conflict_error",
     413: "invalid_request_error",
     422: "invalid_request_error",
@@ -35,7 +36,12 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": TYPES.get(status, "server_error"), "param": param, "code": code}}
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def error_type(status: int) -> str:
+    """OpenAI's name for a status; a status not in TYPES is the client's fault below 500, the server's from 500."""
+    return TYPES.get(status, "invalid_request_error" if status < 500 else "server_error")
 
 
 def model_not_found(name: str, available: list[str]) -> APIError:

@@ -1,7 +1,8 @@
 """ASGI middleware, outermost first: accounting (request log + metrics), API keys, body size limit.
 
 Keys and the body limit are checked before the request reaches FastAPI, so an unauthenticated or oversized
-request is refused before its body is parsed or validated.
+request is refused before its body is parsed or validated. With API keys, /health is the only route open without
+one: /v1/*, /metrics, /openapi.json and any unknown path need a key (/metrics also takes --metrics-key).
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ import hmac
 import time
 from typing import Any, Callable
 
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
 from tunelab.serve.errors import error_body
 
 ADMIN_PREFIX = "/v1/adapters"
-UNLOGGED = ("/health", "/metrics")
+OPEN = "/health"  # liveness for load balancers and orchestrators: holds nothing a key protects
+METRICS = "/metrics"
+UNLOGGED = (OPEN, METRICS)
+CLIENT_LEFT = 499  # nginx's status for "the client closed the connection before the response": logged, never sent
 
 
 def refuse(scope: dict, status: int, message: str) -> JSONResponse:
@@ -28,7 +33,11 @@ def refuse(scope: dict, status: int, message: str) -> JSONResponse:
 
 class Accounting:
     """Times every request and, once its last byte is sent, hands what the service left on
-    `request.state.log` to `record` (the request log and the metrics)."""
+    `request.state.log` to `record` (the request log and the metrics).
+
+    A client that leaves before the response starts (mid-body, or while its answer is generated) is recorded with
+    status 499 and "client disconnected"; starlette's ClientDisconnect is caught here, so it is one log entry and
+    not a 500 with a traceback for a response nobody would read."""
 
     def __init__(self, app: Any, record: Callable[[dict[str, Any]], None]):
         self.app = app
@@ -41,31 +50,43 @@ class Accounting:
         started, arrived = time.perf_counter(), time.time()
         log: dict[str, Any] = {}
         scope.setdefault("state", {})["log"] = log
-        status = {"code": 500}
+        status: dict[str, Any] = {"code": 500, "started": False, "left": False}
+
+        async def receiving() -> dict:
+            message = await receive()
+            if message["type"] == "http.disconnect" and not status["started"]:
+                status["left"] = True
+            return message
 
         async def sending(message: dict) -> None:
             if message["type"] == "http.response.start":
-                status["code"] = message["status"]
+                status["code"], status["started"] = message["status"], True
             await send(message)
 
         try:
-            await self.app(scope, receive, sending)
+            await self.app(scope, receiving, sending)
+        except ClientDisconnect:
+            status["left"] = True
         finally:
+            if status["left"] and not status["started"]:
+                log.update(status=CLIENT_LEFT, error="client disconnected before the response was sent")
             entry = {**log, "ts": arrived, "endpoint": scope["path"], "status": log.get("status", status["code"]),
                      "latency_ms": (time.perf_counter() - started) * 1000, "stream": log.get("stream")}
             self.record(entry)
 
 
 class ApiKeys:
-    """`Authorization: Bearer KEY` on /v1/*: an API key (or the admin key); /v1/adapters: the admin key only."""
+    """`Authorization: Bearer KEY`: with API keys, every route but /health needs one of them (or the admin key;
+    /metrics also the metrics key); /v1/adapters needs the admin key only, with or without API keys."""
 
-    def __init__(self, app: Any, api_keys: frozenset[str], admin_key: str | None):
+    def __init__(self, app: Any, api_keys: frozenset[str], admin_key: str | None, metrics_key: str | None = None):
         self.app = app
         self.api_keys = api_keys
         self.admin_key = admin_key
+        self.metrics_key = metrics_key
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        refusal = self.refusal(scope) if scope["type"] == "http" and scope["path"].startswith("/v1/") else None
+        refusal = self.refusal(scope) if scope["type"] == "http" and scope["path"] != OPEN else None
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -79,12 +100,20 @@ class ApiKeys:
             if token is None or not same_key(token, self.admin_key):
                 return refuse(scope, 401, "Missing or wrong admin key (Authorization: Bearer <admin key>)")
             return None
-        if not self.api_keys:
+        keys = self.keys_for(scope["path"])
+        if not keys:
             return None
-        keys = self.api_keys | ({self.admin_key} if self.admin_key else set())
         if token is None or not any(same_key(token, key) for key in keys):
             return refuse(scope, 401, "Missing or wrong API key (Authorization: Bearer <key>)")
         return None
+
+
+    def keys_for(self, path: str) -> frozenset[str]:
+        """The keys that open `path`; empty: it is open."""
+        keys = self.api_keys | ({self.admin_key} if self.api_keys and self.admin_key else set())
+        if path == METRICS and self.metrics_key:
+            keys |= {self.metrics_key}
+        return keys
 
 
 def same_key(token: str, key: str) -> bool:

@@ -156,7 +156,6 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "tunelab"
-    root: str
     parent: str | None = None
 
 
@@ -166,7 +165,7 @@ class ModelList(BaseModel):
 
 
 class LoadAdapterRequest(Body):
-    run: str = Field(..., description="Run folder on the server whose adapter to load.")
+    run: str = Field(..., description="Run folder on the server whose adapter to load, inside its --runs-root.")
     name: str | None = Field(None, description="Model id to serve it as; default the run folder's name.")
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -16,6 +17,37 @@ from typing import Any
 
 from tunelab.errors import TunelabError
 from tunelab.models.load import ModelRef
+
+# A model id travels in URLs (DELETE /v1/adapters/{id}), Prometheus labels and log lines: no '/', bounded length.
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+
+
+def is_valid_id(text: object) -> bool:
+    return isinstance(text, str) and ID_PATTERN.fullmatch(text) is not None
+
+
+def check_id(text: str, where: str) -> str:
+    """`text` if it is a valid model id; else a TunelabError naming `where` (the field or option it came in)."""
+    if not is_valid_id(text):
+        raise TunelabError(f"{where}: {shown(text)} is not a valid model id ({ID_RULE})")
+    return text
+
+
+def derived_id(name: str) -> str:
+    """A valid id made from a folder or file name (what a run or base is called when no name is given): each run of
+    other characters becomes '-', and the result is cut to 64 characters."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]+", "-", name).lstrip("._-")[:64].rstrip("-")
+    return cleaned or "model"
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A client's text quoted in a message, cut short: an error must not echo 6,000 characters back."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+class Incompatible(TunelabError):
+    """A readable run whose model cannot join this server (not a LoRA-family adapter, another base model)."""
 
 
 @dataclass
@@ -57,6 +89,7 @@ class Registry:
         return f"adapter{next(self._numbers)}"
 
     def add(self, model: ServedModel) -> None:
+        check_id(model.id, "model id")
         with self._lock:
             if model.id in self._models:
                 raise TunelabError(f"model id '{model.id}' is already served; DELETE it first or pick another name")
@@ -74,10 +107,10 @@ def base_id(name: str) -> str:
     folder by the run's name."""
     path = Path(name)
     if len(path.parts) == 1 and path.suffix != ".gguf":
-        return name
+        return derived_id(name)
     if path.name in ("model", "merged") and (path.parent / "run.json").is_file():
-        return f"{path.parent.name}-{path.name}"
-    return path.name
+        return derived_id(f"{path.parent.name}-{path.name}")
+    return derived_id(path.name)
 
 
 def open_base(name: str, home: Path, placement: Any) -> tuple[Any, ServedModel, ModelRef]:
@@ -93,8 +126,9 @@ def open_base(name: str, home: Path, placement: Any) -> tuple[Any, ServedModel, 
 
 
 def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, base_ref: ModelRef,
-                 adapter_name: str, home: Path) -> ServedModel:
-    """Check that a run's adapter can join the served base, and describe it (nothing is loaded yet)."""
+                 adapter_name: str, home: Path, given_as: str | None = None) -> ServedModel:
+    """Check that a run's adapter can join the served base, and describe it (nothing is loaded yet). Refusals name
+    the run as `given_as` (what the admin typed) when the folder opened is its resolved path."""
     from peft import PeftConfig, PeftType
 
     from tunelab.data.templates import stop_token_ids
@@ -103,31 +137,33 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
     from tunelab.run.models import open_run_models
 
     models = open_run_models(run_path, home, "cpu")  # only its files are read here; the engine loads the adapter
+    shown_as = given_as or run_path
     inference = models.inference()
     if not inference.writes_text:
-        raise TunelabError(f"{run_path}: the server answers with text, and {inference.instead}")
+        raise Incompatible(f"{shown_as}: the server answers with text, and {inference.instead}")
     method = get_method(models.recipe.method.name)
     folder = models.run.model
     if not method.is_adapter or not (folder / "adapter_config.json").is_file():
-        raise TunelabError(
-            f"{run_path}: method '{method.name}' did not train a peft adapter, so it cannot be hot-swapped; "
+        raise Incompatible(
+            f"{shown_as}: method '{method.name}' did not train a peft adapter, so it cannot be hot-swapped; "
             f"serve its model on its own with --base {models.run.merged if models.run.merged.is_dir() else folder}"
         )
     config = PeftConfig.from_pretrained(str(folder))
     if config.peft_type != PeftType.LORA:
-        raise TunelabError(
-            f"{run_path}: its {config.peft_type.value} adapter is not LoRA-family; the server hot-swaps LoRA-family "
+        raise Incompatible(
+            f"{shown_as}: its {config.peft_type.value} adapter is not LoRA-family; the server hot-swaps LoRA-family "
             "adapters only (export --format merged and serve that with --base)"
         )
     run_base = resolve_model(models.recipe.model.name, home)
     if not same_model(run_base.path, base_ref.path):
-        raise TunelabError(
-            f"{run_path}: trained on base model '{models.recipe.model.name}', but the server holds "
+        raise Incompatible(
+            f"{shown_as}: trained on base model '{models.recipe.model.name}', but the server holds "
             f"'{base_ref.name}'; serve it with --base {models.recipe.model.name}"
         )
+    check_weights(folder, shown_as)
     tokenizer = models.tokenizer()
     return ServedModel(
-        id=model_id or models.run.root.name,
+        id=check_id(model_id, "name") if model_id else derived_id(models.run.root.resolve().name),
         tokenizer=tokenizer,
         stop_ids=stop_token_ids(tokenizer, sorted(base.stop_ids)),
         root=str(models.run.root),
@@ -136,6 +172,20 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
         mixable=not getattr(config, "use_dora", False),  # peft's mixed batches do not support DoRA
         folder=str(folder),
     )
+
+
+def check_weights(folder: Path, shown_as: str | Path) -> None:
+    """Read the adapter's tensors once on the CPU (an adapter is small): a truncated or corrupt file is refused
+    here, before the engine has injected any of its layers into the served model."""
+    from safetensors.torch import load_file
+
+    weights = folder / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    try:
+        load_file(str(weights))
+    except Exception as error:  # safetensors raises its own error types, OSError and ValueError among them
+        raise TunelabError(f"{shown_as}: its adapter weights {weights.name} cannot be read ({error})") from None
 
 
 def same_model(first: Path, second: Path) -> bool:

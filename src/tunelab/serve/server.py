@@ -13,13 +13,15 @@ from tunelab.serve.settings import ServeSettings
 
 def parse_run_specs(specs: list[str]) -> list[tuple[str | None, str]]:
     """`RUN` or `NAME=RUN` -> (model id or None, run folder)."""
+    from tunelab.serve.registry import check_id
+
     parsed = []
     for spec in specs:
         name, sep, path = spec.partition("=")
         if sep and not Path(spec).exists():
             if not name or not path:
                 raise TunelabError(f"'{spec}': give RUN or NAME=RUN")
-            parsed.append((name, path))
+            parsed.append((check_id(name, f"'{spec}': NAME"), path))
         else:
             parsed.append((None, spec))
     return parsed

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import threading
 import time
@@ -24,7 +25,7 @@ from tunelab.serve import protocol as api
 from tunelab.serve.engine import Engine, Job, QueueFull
 from tunelab.serve.errors import APIError, model_not_found
 from tunelab.serve.metrics import Metrics
-from tunelab.serve.registry import Registry, ServedModel
+from tunelab.serve.registry import Registry, ServedModel, check_id
 from tunelab.serve.rows import Row
 from tunelab.serve.settings import ServeSettings
 
@@ -100,6 +101,7 @@ class Service:
         return api.ModelList(data=[card(model) for model in self.registry.all()])
 
     def served(self, model_id: str, log: dict[str, Any]) -> ServedModel:
+        valid_id(model_id, "model")  # before it reaches the log and the metrics' labels
         log["model"] = model_id
         served = self.registry.get(model_id)
         if served is None:
@@ -195,8 +197,9 @@ class Service:
             try:
                 self.engine.submit(job)
             except QueueFull as full:
+                wait = retry_after(self.engine, self.settings, full.retry_after)
                 raise APIError(429, f"The server is busy ({self.settings.max_queue} requests waiting); retry after "
-                                    f"{full.retry_after} s", headers={"Retry-After": str(full.retry_after)}) from None
+                                    f"{wait} s", headers={"Retry-After": str(wait)}) from None
         return job, pending
 
     async def run(self, prepared: Prepared, body: api.SamplingFields, log: dict[str, Any], stream: bool) -> Job:
@@ -268,27 +271,46 @@ class Service:
                 log["error"] = "client disconnected"
 
     # ---- adapters ---------------------------------------------------------------------------------------
-    async def load_adapter(self, body: api.LoadAdapterRequest) -> api.ModelCard:
+    async def load_adapter(self, body: api.LoadAdapterRequest, log: dict[str, Any]) -> api.ModelCard:
         from starlette.concurrency import run_in_threadpool
 
-        from tunelab.serve.registry import open_adapter
+        from tunelab.serve.runpaths import REFUSED
 
         async with self._admin:
-            if body.name and self.registry.get(body.name):
-                raise APIError(409, f"model id '{body.name}' is already served; DELETE it first", param="name")
-            try:
-                served = await run_in_threadpool(open_adapter, body.run, body.name, self.registry.base,
-                                                 self.base_ref, self.registry.adapter_name(), self.home)
-            except TunelabError as error:
-                raise APIError(400, str(error), param="run") from None
+            if body.name is not None:
+                valid_id(body.name, "name")
+                if self.registry.get(body.name):
+                    raise APIError(409, f"model id '{body.name}' is already served; DELETE it first", param="name")
+            served = await run_in_threadpool(self.open_confined, body)
+            log.update(model=served.id, adapter=served.root)
             if self.registry.get(served.id):
                 raise APIError(409, f"model id '{served.id}' is already served; DELETE it first or give a name",
                                param="name")
-            await asyncio.wrap_future(self.engine.load_adapter(served.adapter, served.folder, served.mixable))
+            try:
+                await asyncio.wrap_future(self.engine.load_adapter(served.adapter, served.folder, served.mixable))
+            except Exception:  # its weights would not load (truncated, corrupt): invalid, like any other bad run
+                raise APIError(400, REFUSED, param="run") from None
             self.registry.add(served)
             return card(served)
 
-    async def unload_adapter(self, model_id: str) -> api.DeletedModel:
+    def open_confined(self, body: api.LoadAdapterRequest) -> ServedModel:
+        """The adapter of a run inside the --runs-root folders (runpaths.py). A readable run that cannot join this
+        base is refused saying why; anything else, whatever went wrong, with runpaths' one text."""
+        from tunelab.serve.registry import Incompatible, open_adapter
+        from tunelab.serve.runpaths import REFUSED, confined_run
+
+        try:
+            folder = confined_run(body.run, self.settings.runs_roots)
+            return open_adapter(folder, body.name, self.registry.base, self.base_ref, self.registry.adapter_name(),
+                                self.home, given_as=body.run)
+        except Incompatible as error:
+            raise APIError(400, str(error), param="run") from None
+        except Exception:  # not a run, unreadable, no tokenizer, ...: the same answer as a path outside the roots
+            raise APIError(400, REFUSED, param="run") from None
+
+    async def unload_adapter(self, model_id: str, log: dict[str, Any]) -> api.DeletedModel:
+        valid_id(model_id, "model")  # before it reaches the log and the metrics' labels
+        log["model"] = model_id
         async with self._admin:
             with self._swap:
                 try:
@@ -315,6 +337,22 @@ def check_request(body: api.SamplingFields, settings: ServeSettings) -> None:
         raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
 
 
+def valid_id(model_id: str, field: str) -> None:
+    try:
+        check_id(model_id, field)
+    except TunelabError as error:
+        raise APIError(400, str(error), param=field) from None
+
+
+def retry_after(engine: Engine, settings: ServeSettings, estimate: int) -> int:
+    """Seconds a refused client should wait: the engine's estimate once a batch has been timed. Before that it has
+    no measure and says 1 s, which would bring every refused client straight back; --timeout (the longest a
+    request may take) is the honest bound, capped at a minute."""
+    if engine.stats.batches:
+        return estimate
+    return max(1, min(60, math.ceil(settings.request_timeout)))
+
+
 def account(job: Job, log: dict[str, Any], with_content: bool) -> None:
     log["completion_tokens"] = sum(len(row.ids) for row in job.rows)
     if job.started is not None:
@@ -326,7 +364,7 @@ def account(job: Job, log: dict[str, Any], with_content: bool) -> None:
 def failure(job: Job) -> APIError | None:
     """The error a finished job ends in, if any: timed out (504), shut down (503), generation failed (500)."""
     if job.error == "timeout" or any(row.finish_reason == "timeout" for row in job.rows):
-        return APIError(504, "The request timed out (the server's --request-timeout)", code="timeout")
+        return APIError(504, "The request timed out (the server's --timeout)", code="timeout")
     if job.error is None:
         return None
     if "shutting down" in job.error:
@@ -341,7 +379,7 @@ def usage(prepared: Prepared, job: Job) -> api.Usage:
 
 
 def card(model: ServedModel) -> api.ModelCard:
-    return api.ModelCard(id=model.id, created=model.created, root=model.root, parent=model.parent)
+    return api.ModelCard(id=model.id, created=model.created, parent=model.parent)
 
 
 def sse(body: Any) -> str:

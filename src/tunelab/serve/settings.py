@@ -14,6 +14,8 @@ class ServeSettings:
     serve_dir: Path = Path("serve")
     api_keys: frozenset[str] = field(default_factory=frozenset)  # empty: the API needs no key
     admin_key: str | None = None  # None: the admin endpoints (load/unload adapters) are off
+    metrics_key: str | None = None  # also opens /metrics (for a Prometheus scraper that holds no API key)
+    runs_roots: tuple[Path, ...] = ()  # folders the admin may load runs from (runpaths.py); empty: none
     max_batch_rows: int = 8  # rows (choices) generated together
     batch_wait: float = 0.01  # seconds an idle engine waits for more requests to batch with the first
     max_queue: int = 64  # requests waiting for the engine; past this: 429

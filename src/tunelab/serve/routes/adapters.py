@@ -12,12 +12,9 @@ router = APIRouter()
 
 @router.post("/v1/adapters", response_model=ModelCard)
 async def load_adapter(body: LoadAdapterRequest, request: Request) -> ModelCard:
-    loaded = await service_of(request).load_adapter(body)
-    log_of(request).update(model=loaded.id, adapter=loaded.root)
-    return loaded
+    return await service_of(request).load_adapter(body, log_of(request))
 
 
 @router.delete("/v1/adapters/{model_id}", response_model=DeletedModel)
 async def unload_adapter(model_id: str, request: Request) -> DeletedModel:
-    log_of(request)["model"] = model_id
-    return await service_of(request).unload_adapter(model_id)
+    return await service_of(request).unload_adapter(model_id, log_of(request))

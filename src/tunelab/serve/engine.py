@@ -76,6 +76,9 @@ class EngineStats:
         self.rows += rows
         self.batch_seconds = seconds if self.batches == 1 else 0.8 * self.batch_seconds + 0.2 * seconds
 
+    def step(self) -> None:
+        self.steps += 1
+
 
 class Engine:
     def __init__(self, model: Any, pad_id: int, max_batch_rows: int = 8, max_queue: int = 64,
@@ -284,7 +287,7 @@ class Engine:
 
         inputs = {key: value.to(self.placement.device)
                   for key, value in left_pad([row.prompt_ids for row in rows], self.pad_id).items()}
-        tracker = RowTracker(rows)
+        tracker = RowTracker(rows, on_step=self.stats.step)
         common_stops = set.intersection(*(row.stop_ids for row in rows))
         options = {
             "max_new_tokens": max(row.max_tokens for row in rows),
@@ -299,7 +302,6 @@ class Engine:
         try:
             self.model.generate(**inputs, **options)
         finally:
-            self.stats.steps += tracker.steps
             self.stats.tokens += sum(len(row.ids) for row in rows)
         tracker.finish()
 

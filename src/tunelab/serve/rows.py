@@ -127,13 +127,14 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
 
 
 class RowTracker(StoppingCriteria):
-    def __init__(self, rows: list[Row], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rows: list[Row], clock: Callable[[], float] = time.monotonic,
+                 on_step: Callable[[], None] = lambda: None):
         self.rows = rows
         self.clock = clock
-        self.steps = 0
+        self.on_step = on_step  # told of every decoding step (the engine counts them)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        self.steps += 1
+        self.on_step()
         now = self.clock()
         newest = input_ids[:, -1].tolist()
         for row, token in zip(self.rows, newest):

@@ -201,3 +201,40 @@ def test_tokenize_detokenize_round_trip_and_tokenizer_info(server):
     assert strings["token_strs"] == ["a", "b"]
     status, missing = post(server, "/tokenize", {"prompt": "ab", "model": "nope"})
     assert status == 404 and missing["error"]["param"] == "model"
+
+
+def test_scores_of_an_adapter_and_the_base_in_one_batch_are_each_models_own(tiny_checkpoint, tmp_path):
+    """A mixed batch scores each row with its own model (peft's per-row adapter_names in the forward pass)."""
+    from tests.unit.test_serve import train_run
+    from tunelab.run.models import open_run_models
+    from tunelab.serve.server import build_service
+
+    run = train_run(tmp_path, tiny_checkpoint, "run-tuned", seed=3)
+    settings = ServeSettings(serve_dir=tmp_path / "serve", max_tokens=8, batch_wait=0.3)
+    live = LiveServer(build_service([f"tuned={run}"], None, settings, tmp_path / "home", say=lambda _: None))
+    try:
+        prompt = "abcdefg"
+        answers: dict = {}
+
+        def ask(model: str) -> None:
+            answers[model] = post(live, "/v1/completions", {"model": model, "prompt": prompt, "echo": True,
+                                                            "max_tokens": 0, "logprobs": 0})[1]
+
+        batches = live.service.engine.stats.batches
+        threads = [threading.Thread(target=ask, args=(model,)) for model in ("tuned", base(live))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert live.service.engine.stats.batches == batches + 1
+    finally:
+        live.stop()
+    inference = open_run_models(run, tmp_path / "home").inference()
+    ids = tokenizer(live)(prompt)["input_ids"]
+    for model_id, model in (("tuned", inference.load_tuned()), (base(live), inference.load_base())):
+        expected = direct_logprobs(model.eval(), ids)
+        got = answers[model_id]["choices"][0]["logprobs"]["token_logprobs"]
+        assert got[1:] == pytest.approx([float(expected[i - 1, ids[i]]) for i in range(1, len(ids))],
+                                        abs=TOLERANCE)
+    tuned, plain = (answers[name]["choices"][0]["logprobs"]["token_logprobs"][1:] for name in ("tuned", base(live)))
+    assert max(abs(a - b) for a, b in zip(tuned, plain)) > 10 * TOLERANCE  # the check above tells them apart

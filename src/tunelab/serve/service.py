@@ -174,7 +174,8 @@ class Service:
         max_tokens = min(self.settings.max_tokens, room) if asked is None else asked
         if longest + max(max_tokens, 0 if asked == 0 else 1) > self.context_length:
             raise APIError(400, f"This model's maximum context length is {self.context_length} tokens; the prompt "
-                                f"has {longest} and max_tokens asks for {max_tokens} more", param="messages")
+                                f"has {longest} and max_tokens asks for {max_tokens} more",
+                           param="messages" if isinstance(body, api.ChatCompletionRequest) else "prompt")
         return Prepared(served, prompts, max_tokens)
 
     def job(self, prepared: Prepared, body: api.SamplingFields, pending: Pending, stream: bool) -> Job:
@@ -213,9 +214,11 @@ class Service:
         job, pending = self.submit(prepared, body, stream)
         try:
             await until_done(pending.done, disconnected)
-        except (asyncio.CancelledError, ClientGone):
+        except asyncio.CancelledError:
             job.cancel()  # the engine drops it at its next step
-            log["error"] = "client disconnected"
+            raise
+        except ClientGone:
+            job.cancel()
             raise APIError(CLIENT_GONE, "client disconnected") from None
         account(job, log, self.settings.log_content)
         error = failure(job)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import openai
 import pytest
@@ -238,3 +239,37 @@ def test_scores_of_an_adapter_and_the_base_in_one_batch_are_each_models_own(tiny
                                         abs=TOLERANCE)
     tuned, plain = (answers[name]["choices"][0]["logprobs"]["token_logprobs"][1:] for name in ("tuned", base(live)))
     assert max(abs(a - b) for a, b in zip(tuned, plain)) > 10 * TOLERANCE  # the check above tells them apart
+
+
+def test_a_choice_ended_by_eos_still_lists_that_token_as_lm_eval_expects(server, reference):
+    """lm-eval drops the last logprob of an echo + max_tokens 1 answer as the generated token's: when the model's
+    next token is EOS (a stop token, left out of the text) it must still be listed, or the continuation's own last
+    token would be dropped instead. The test makes the greedy next token a stop token."""
+    from tunelab.serve import protocol as api
+    from tunelab.serve.engine import Engine, Job
+    from tunelab.serve.rows import Row
+    from tunelab.serve.service import Prepared, completion_choice
+
+    encode = tokenizer(server)
+    context, ids = encode("Question: 1+1? Answer:")["input_ids"], encode("Question: 1+1? Answer: two")["input_ids"]
+    expected = direct_logprobs(reference, ids)
+    eos = int(expected[-1].argmax())
+    engine = Engine(reference, encode.pad_token_id)
+    engine.start()
+    try:
+        done = threading.Event()
+        job = Job(adapter=None, mixable=True, rows=[], on_done=lambda _: done.set(), deadline=time.monotonic() + 60)
+        job.rows = [Row(index=0, prompt_ids=ids, max_tokens=1, temperature=0.0, top_p=1.0, stop=[], stop_ids={eos},
+                        tokenizer=encode, generator=None, emit=None, is_cancelled=lambda: False,
+                        deadline=job.deadline, logprobs=1, prompt_logprobs=True)]
+        engine.submit(job)
+        assert done.wait(60) and job.error is None
+    finally:
+        engine.stop()
+    body = api.CompletionRequest(model="m", prompt=ids, echo=True, max_tokens=1, logprobs=1, temperature=0)
+    choice = completion_choice(job.rows[0], body, Prepared(server.service.registry.base, [ids], 1,
+                                                           texts=[encode.decode(ids)])).model_dump()
+    assert choice["finish_reason"] == "stop" and len(choice["logprobs"]["tokens"]) == len(ids) + 1
+    total, _ = lm_eval_loglikelihood(choice, len(context))
+    assert total == pytest.approx(sum(float(expected[i - 1, ids[i]]) for i in range(len(context), len(ids))),
+                                  abs=TOLERANCE)

@@ -59,6 +59,7 @@ class Row:
     finish_reason: str | None = None
     failure: str | None = None  # why this row failed (finish_reason "error")
     token_logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token in `ids`
+    stop_score: TokenLogprob | None = None  # the stop token (EOS) that ended the row, which `ids` leaves out
     prompt_scores: list[TokenLogprob | None] = field(default_factory=list)  # one per prompt token; the first None
     step_logprobs: Any = None  # this step's log-softmax over the vocabulary (rows with logprobs)
 
@@ -157,6 +158,8 @@ def step(row: Row, token: int, now: float) -> None:
         row.finish_reason = "cancelled"
         return
     if token in row.stop_ids:
+        if row.logprobs is not None:  # completions list it, as vLLM does (lm-eval reads one new token's logprob)
+            row.stop_score = token_logprob(row.step_logprobs, token, row.logprobs)
         end(row, "stop", len(row.text))
         return
     row.ids.append(token)

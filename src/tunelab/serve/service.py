@@ -378,7 +378,10 @@ def completion_choice(row: Row, body: api.CompletionRequest, prepared: Prepared)
     text = prompt_text + row.text if body.echo else row.text
     logprobs = None
     if body.logprobs is not None:
-        tokens, scores = row.ids, list(row.token_logprobs)
+        tokens, scores = list(row.ids), list(row.token_logprobs)
+        if row.stop_score is not None:  # the EOS that ended the choice is a generated token too
+            tokens.append(row.stop_score.token)
+            scores.append(row.stop_score)
         if body.echo:
             tokens, scores = row.prompt_ids + tokens, row.prompt_scores + scores
         offset = 0 if body.echo else len(prompt_text)

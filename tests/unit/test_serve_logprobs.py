@@ -273,3 +273,12 @@ def test_a_choice_ended_by_eos_still_lists_that_token_as_lm_eval_expects(server,
     total, _ = lm_eval_loglikelihood(choice, len(context))
     assert total == pytest.approx(sum(float(expected[i - 1, ids[i]]) for i in range(len(context), len(ids))),
                                   abs=TOLERANCE)
+
+
+def test_a_streamed_echo_sends_the_prompt_first(server):
+    client = server.client(key=None)
+    whole = client.completions.create(model=base(server), prompt="hello", max_tokens=6, temperature=0, echo=True)
+    assert whole.choices[0].text.startswith("hello")
+    pieces = [chunk.choices[0].text for chunk in client.completions.create(
+        model=base(server), prompt="hello", max_tokens=6, temperature=0, echo=True, stream=True) if chunk.choices]
+    assert pieces[0] == "hello" and "".join(pieces) == whole.choices[0].text

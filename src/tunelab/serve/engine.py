@@ -278,6 +278,19 @@ class Engine:
                 row.prompt_scores = score_prompt(logprobs, row.prompt_ids, row.logprobs or 0)
             except Exception as error:  # this row's failure, never its batch's
                 fail(row, f"scoring the prompt failed: {type(error).__name__}: {error}")
+                continue
+            if row.max_tokens == 1:  # lm-eval's loglikelihood requests: the one new token is in this pass already
+                self._first_token(row, logits[position, len(row.prompt_ids) - 1])
+
+    def _first_token(self, row: Row, logits: Any) -> None:
+        """Pick and record a row's next token from its last prompt position's logits, as a decoding step would."""
+        from tunelab.serve.rows import RowSampler, RowTracker
+
+        scores = logits.float()[None].clone()
+        RowSampler([row])(None, scores)
+        if row.live:
+            RowTracker([row], on_step=self.stats.step)(scores.argmax(-1, keepdim=True), scores)
+            self.stats.tokens += len(row.ids)
 
     def _decode(self, rows: list[Row], names: list[str] | None) -> None:
         from transformers import LogitsProcessorList, StoppingCriteriaList

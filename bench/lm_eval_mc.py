@@ -17,7 +17,7 @@ other work, so slow), with the venv already made, it measured:
 
     model smollm2-135m-instruct, 20 questions x 4 choices, lm-eval lm-eval[api]==0.4.13
     scored by                            acc
-    lm-eval via tunelab serve           0.75   (175.0 s, chance 0.25)
+    lm-eval via tunelab serve           0.75   (111.7 s, chance 0.25)
     direct forward pass (same tokens)   0.75
     largest |loglikelihood difference| over 80 choices: 0.00e+00
 

@@ -172,8 +172,7 @@ def test_chat_logprobs_in_openai_shape_equal_a_forward_pass(server, reference):
 
 @pytest.mark.parametrize("body, param", [
     ({"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 2}, "top_logprobs"),
-    ({"messages": [{"role": "user", "content": "hi"}], "logprobs": True, "stream": True}, "logprobs"),
-    ({"prompt": "hi", "logprobs": 1, "stream": True}, "logprobs"),
+    ({"prompt": "hi", "logprobs": 1, "stream": True, "echo": True}, "logprobs"),
     ({"prompt": [5, 100000]}, "prompt"),
 ])
 def test_logprob_requests_the_server_cannot_answer_get_a_400_naming_the_field(server, body, param):
@@ -282,3 +281,22 @@ def test_a_streamed_echo_sends_the_prompt_first(server):
     pieces = [chunk.choices[0].text for chunk in client.completions.create(
         model=base(server), prompt="hello", max_tokens=6, temperature=0, echo=True, stream=True) if chunk.choices]
     assert pieces[0] == "hello" and "".join(pieces) == whole.choices[0].text
+
+
+def test_streamed_logprobs_are_the_same_as_in_one_answer(server):
+    client = server.client(key=None)
+    messages = [{"role": "user", "content": "abcd"}]
+    options = {"model": base(server), "max_tokens": 8, "temperature": 0}
+    whole = client.chat.completions.create(messages=messages, logprobs=True, top_logprobs=2, **options)
+    streamed = [entry for chunk in client.chat.completions.create(messages=messages, logprobs=True, top_logprobs=2,
+                                                                  stream=True, **options)
+                if chunk.choices and chunk.choices[0].logprobs for entry in chunk.choices[0].logprobs.content]
+    assert [entry.model_dump() for entry in streamed] == [entry.model_dump()
+                                                          for entry in whole.choices[0].logprobs.content]
+
+    whole = client.completions.create(prompt="hello", logprobs=2, **options).choices[0].logprobs
+    chunks = [chunk.choices[0].logprobs for chunk in client.completions.create(prompt="hello", logprobs=2,
+                                                                               stream=True, **options)
+              if chunk.choices and chunk.choices[0].logprobs]
+    for field in ("tokens", "token_logprobs", "top_logprobs", "text_offset"):
+        assert [value for chunk in chunks for value in getattr(chunk, field)] == getattr(whole, field)

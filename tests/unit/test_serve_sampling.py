@@ -58,7 +58,7 @@ def good_jobs(tokenizer) -> list[Job]:
     return [make_job(tokenizer, "abcd"), make_job(tokenizer, "hello", temperature=0.9, seed=3)]
 
 
-def raising_emit(index: int, text: str) -> None:
+def raising_emit(index: int, text: str, scores: list) -> None:
     raise RuntimeError("this client's stream broke")
 
 

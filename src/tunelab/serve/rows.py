@@ -47,7 +47,8 @@ class Row:
     stop_ids: set[int]
     tokenizer: Any
     generator: torch.Generator | None
-    emit: Callable[[int, str], None] | None  # streaming: (choice index, new text)
+    emit: Callable[[int, str, list[TokenLogprob]], None] | None  # streaming: (choice index, new text, its tokens'
+    #   logprobs: those recorded since the last call, when the row has logprobs)
     is_cancelled: Callable[[], bool]
     deadline: float
     top_k: int = 0  # 0: no top-k cut
@@ -56,6 +57,7 @@ class Row:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of `text` already streamed
+    scores_sent: int = 0  # entries of `token_logprobs` already streamed
     finish_reason: str | None = None
     failure: str | None = None  # why this row failed (finish_reason "error")
     token_logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token in `ids`
@@ -202,13 +204,19 @@ def score_prompt(logprobs: torch.Tensor, ids: list[int], top: int) -> list[Token
 def end(row: Row, reason: str, length: int) -> None:
     row.text = row.text[:length]
     row.finish_reason = reason
-    flush(row, length)
+    flush(row, length, last=True)
 
 
-def flush(row: Row, length: int) -> None:
-    if row.emit is not None and length > row.sent:
-        row.emit(row.index, row.text[row.sent:length])
-        row.sent = length
+def flush(row: Row, length: int, last: bool = False) -> None:
+    """Stream `text` up to `length` with the logprobs of the tokens recorded since the last flush (the last flush
+    sends those even without new text: tokens whose text a stop string cut)."""
+    if row.emit is None:
+        return
+    scores = row.token_logprobs[row.scores_sent:]
+    if length > row.sent or (last and scores):
+        row.emit(row.index, row.text[row.sent:length], scores)
+        row.sent = max(row.sent, length)
+        row.scores_sent = len(row.token_logprobs)
 
 
 def first_stop(text: str, stops: list[str]) -> int | None:

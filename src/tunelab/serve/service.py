@@ -29,7 +29,7 @@ from tunelab.serve.errors import APIError, model_not_found
 from tunelab.serve.logprobs import chat_logprobs, completion_logprobs
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.registry import Registry, ServedModel
-from tunelab.serve.rows import Row
+from tunelab.serve.rows import Row, TokenLogprob
 from tunelab.serve.settings import ServeSettings
 
 MAX_STOP_STRINGS = 4
@@ -55,8 +55,8 @@ class Pending:
         self.events: asyncio.Queue = asyncio.Queue()
         self.done: asyncio.Future = loop.create_future()
 
-    def emit(self, index: int, text: str) -> None:  # engine thread
-        self._call(self.events.put_nowait, (index, text))
+    def emit(self, index: int, text: str, scores: list[TokenLogprob]) -> None:  # engine thread
+        self._call(self.events.put_nowait, (index, text, scores))
 
     def finished(self, job: Job) -> None:  # engine thread
         self._call(self._finish, job)
@@ -234,11 +234,15 @@ class Service:
             return sse(api.ChatCompletionChunk(id=request_id, created=created, model=prepared.served.id,
                                                choices=choices, usage=usage_))
 
+        def piece(index: int, text: str, scores: list[TokenLogprob]) -> list[api.ChunkChoice]:
+            logprobs = chat_logprobs(prepared.served.tokenizer, scores) if body.logprobs else None
+            return [api.ChunkChoice(index=index, delta=api.Delta(content=text), logprobs=logprobs)]
+
         job, pending = self.submit(prepared, body, stream=True)
         return self.events(job, pending, body, prepared, log, chunk, opening=[
             chunk([api.ChunkChoice(index=row.index, delta=api.Delta(role="assistant", content=""))])
             for row in job.rows
-        ], piece=lambda index, text: [api.ChunkChoice(index=index, delta=api.Delta(content=text))],
+        ], piece=piece,
             ending=lambda row: [api.ChunkChoice(index=row.index, delta=api.Delta(), finish_reason=row.finish_reason)])
 
     def stream_completion(self, request_id: str, body: api.CompletionRequest, prepared: Prepared,
@@ -249,13 +253,30 @@ class Service:
             return sse(api.Completion(id=request_id, created=created, model=prepared.served.id, choices=choices,
                                       usage=usage_))
 
+        tokenizer = prepared.served.tokenizer
+        offsets: dict[int, int] = {}  # each choice's text so far, prompt included (text_offset counts from it)
+
+        def logprobs(index: int, scores: list[TokenLogprob]) -> api.CompletionLogprobs | None:
+            if body.logprobs is None or not scores:
+                return None
+            shaped = completion_logprobs(tokenizer, [score.token for score in scores], scores, offsets[index])
+            offsets[index] += sum(len(token) for token in shaped.tokens)
+            return shaped
+
+        def piece(index: int, text: str, scores: list[TokenLogprob]) -> list[api.CompletionChoice]:
+            return [api.CompletionChoice(index=index, text=text, logprobs=logprobs(index, scores))]
+
+        def ending(row: Row) -> list[api.CompletionChoice]:
+            stop = [row.stop_score] if row.stop_score is not None else []
+            return [api.CompletionChoice(index=row.index, text="", logprobs=logprobs(row.index, stop),
+                                         finish_reason=row.finish_reason)]
+
         job, pending = self.submit(prepared, body, stream=True)
+        for row in job.rows:
+            offsets[row.index] = len(prepared.texts[row.index // body.n])
         echoed = [chunk([api.CompletionChoice(index=row.index, text=prepared.texts[row.index // body.n])])
                   for row in job.rows] if body.echo else []
-        return self.events(job, pending, body, prepared, log, chunk, opening=echoed,
-                           piece=lambda index, text: [api.CompletionChoice(index=index, text=text)],
-                           ending=lambda row: [api.CompletionChoice(index=row.index, text="",
-                                                                    finish_reason=row.finish_reason)])
+        return self.events(job, pending, body, prepared, log, chunk, opening=echoed, piece=piece, ending=ending)
 
     async def events(self, job: Job, pending: Pending, body: api.SamplingFields, prepared: Prepared,
                      log: dict[str, Any], chunk: Any, opening: list[str], piece: Any,
@@ -336,9 +357,8 @@ def check_logprobs(body: api.SamplingFields) -> None:
     chat = isinstance(body, api.ChatCompletionRequest)
     if chat and body.top_logprobs is not None and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-    wants = body.logprobs if chat else body.logprobs is not None
-    if body.stream and wants:
-        raise APIError(400, "logprobs with stream is not supported by this server; ask without stream",
+    if body.stream and not chat and body.echo and body.logprobs is not None:
+        raise APIError(400, "echo with logprobs and stream is not supported by this server; ask without stream",
                        param="logprobs")
 
 

@@ -9,6 +9,10 @@ Batching: when a request arrives at an idle engine, it waits up to `batch_wait` 
 to `max_batch_rows` rows (a request with n choices is n rows). Rows of LoRA adapters that peft can mix in one
 forward (`adapter_names`) and of the base share a batch; other adapters (DoRA) batch only with their own requests.
 The queue is bounded: past `max_queue` waiting requests `submit` raises QueueFull with a Retry-After estimate.
+
+Failures and cancels are per request: a row whose sampling fails ends alone (rows.py) and fails only its own
+request; a cancelled request (its client went away) stops at the next decoding step, whether it is queued or
+running, while the rest of its batch goes on. Completions' echo scores prompts with one forward pass before decoding.
 """
 
 from __future__ import annotations
@@ -62,11 +66,18 @@ class EngineStats:
     batches: int = 0
     rows: int = 0
     batch_seconds: float = 0.0  # moving average
+    steps: int = 0  # decoding steps (one new token for every row of a batch)
+    tokens: int = 0  # tokens generated for requests
+    cancelled: int = 0  # requests dropped because they were cancelled (their client went away)
+    failed_rows: int = 0  # rows that failed alone (their request got the error, their batch went on)
 
     def add(self, rows: int, seconds: float) -> None:
         self.batches += 1
         self.rows += rows
         self.batch_seconds = seconds if self.batches == 1 else 0.8 * self.batch_seconds + 0.2 * seconds
+
+    def step(self) -> None:
+        self.steps += 1
 
 
 class Engine:
@@ -207,9 +218,14 @@ class Engine:
         rows = [row for job in batch for row in job.rows]
         try:
             self._generate(batch, rows)
-        except Exception as error:  # a failed batch fails its requests, never the server
+        except Exception as error:  # a failed forward pass fails its batch's requests, never the server
             for job in batch:
                 job.error = f"generation failed: {type(error).__name__}: {error}"
+        for job in batch:
+            failed = [row.failure for row in job.rows if row.failure is not None]
+            self.stats.failed_rows += len(failed)
+            if failed and job.error is None:
+                job.error = f"generation failed: {failed[0]}"
         seconds = time.monotonic() - started
         self.stats.add(len(rows), seconds)
         if self.on_batch is not None:
@@ -219,6 +235,8 @@ class Engine:
 
     def _done(self, job: Job) -> None:
         job.finished = time.monotonic()
+        if job.cancelled:
+            self.stats.cancelled += 1
         with self._lock:
             self._in_use[job.adapter] -= 1
             self._lock.notify_all()
@@ -226,6 +244,55 @@ class Engine:
 
     def _generate(self, batch: list[Job], rows: list[Row]) -> None:
         import torch
+
+        from tunelab.serve.rows import end
+
+        context, names = self._adapter_context(batch)
+        with context, torch.no_grad(), self.placement.autocast():
+            scored = [index for index, row in enumerate(rows) if row.prompt_logprobs]
+            if scored:
+                self._score([rows[index] for index in scored], pick(names, scored))
+            decoded = [index for index, row in enumerate(rows) if row.max_tokens > 0 and row.live]
+            if decoded:
+                self._decode([rows[index] for index in decoded], pick(names, decoded))
+        for row in rows:
+            if row.live:  # max_tokens 0: the prompt only
+                end(row, "length", 0)
+
+    def _score(self, rows: list[Row], names: list[str] | None) -> None:
+        """Each prompt token's logprob, from one forward pass over the (right-padded) prompts."""
+        import torch
+
+        from tunelab.evaluate.generation import right_pad
+        from tunelab.serve.rows import fail, score_prompt
+
+        inputs = {key: value.to(self.placement.device)
+                  for key, value in right_pad([row.prompt_ids for row in rows], self.pad_id).items()}
+        logits = self.model(**inputs, **({"adapter_names": names} if names else {})).logits
+        for position, row in enumerate(rows):
+            try:
+                logprobs = torch.log_softmax(logits[position, :len(row.prompt_ids)].float(), dim=-1)
+                if torch.isnan(logprobs).any():
+                    fail(row, "the model's logits for this prompt are not finite (NaN or inf)")
+                    continue
+                row.prompt_scores = score_prompt(logprobs, row.prompt_ids, row.logprobs or 0)
+            except Exception as error:  # this row's failure, never its batch's
+                fail(row, f"scoring the prompt failed: {type(error).__name__}: {error}")
+                continue
+            if row.max_tokens == 1:  # lm-eval's loglikelihood requests: the one new token is in this pass already
+                self._first_token(row, logits[position, len(row.prompt_ids) - 1])
+
+    def _first_token(self, row: Row, logits: Any) -> None:
+        """Pick and record a row's next token from its last prompt position's logits, as a decoding step would."""
+        from tunelab.serve.rows import RowSampler, RowTracker
+
+        scores = logits.float()[None].clone()
+        RowSampler([row])(None, scores)
+        if row.live:
+            RowTracker([row], on_step=self.stats.step)(scores.argmax(-1, keepdim=True), scores)
+            self.stats.tokens += len(row.ids)
+
+    def _decode(self, rows: list[Row], names: list[str] | None) -> None:
         from transformers import LogitsProcessorList, StoppingCriteriaList
 
         from tunelab.evaluate.generation import left_pad
@@ -233,7 +300,7 @@ class Engine:
 
         inputs = {key: value.to(self.placement.device)
                   for key, value in left_pad([row.prompt_ids for row in rows], self.pad_id).items()}
-        tracker = RowTracker(rows)
+        tracker = RowTracker(rows, on_step=self.stats.step)
         common_stops = set.intersection(*(row.stop_ids for row in rows))
         options = {
             "max_new_tokens": max(row.max_tokens for row in rows),
@@ -243,25 +310,29 @@ class Engine:
             "logits_processor": LogitsProcessorList([RowSampler(rows)]),
             "stopping_criteria": StoppingCriteriaList([tracker]),
         }
-        with self._adapter_context(batch, options), torch.no_grad(), self.placement.autocast():
+        if names:
+            options["adapter_names"] = names
+        try:
             self.model.generate(**inputs, **options)
+        finally:
+            self.stats.tokens += sum(len(row.ids) for row in rows)
         tracker.finish()
 
-    def _adapter_context(self, batch: list[Job], options: dict[str, Any]) -> Any:
-        """Which adapter each row uses: peft's per-row `adapter_names`, or the one adapter of an unmixable batch."""
+    def _adapter_context(self, batch: list[Job]) -> tuple[Any, list[str] | None]:
+        """Which adapter each row uses: peft's per-row `adapter_names` (one name a row, returned), or the one
+        adapter of an unmixable batch (set on the model; the context it runs in)."""
         if not self._mixable:  # no adapter loaded: the model is the plain base
-            return nullcontext()
+            return nullcontext(), None
         adapters = {job.adapter for job in batch}
         if len(adapters) > 1:  # mixable adapters and base rows in one batch
-            options["adapter_names"] = [job.adapter or "__base__" for job in batch for _ in job.rows]
-            return nullcontext()
+            return nullcontext(), [job.adapter or "__base__" for job in batch for _ in job.rows]
         # One adapter for the whole batch: peft's plain forward, faster than its per-row path (which splits every
         # LoRA layer's input by adapter; measured 0.85x the plain forward for one request).
         adapter = adapters.pop()
         if adapter is None:
-            return self.model.disable_adapter()
+            return self.model.disable_adapter(), None
         self.model.set_adapter(adapter)
-        return nullcontext()
+        return nullcontext(), None
 
     def _load_adapter(self, name: str, folder: str, mixable: bool) -> None:
         from peft import PeftModel
@@ -281,6 +352,10 @@ class Engine:
             self.model.delete_adapter(name)
         else:  # the last adapter: back to the plain base model (peft removes its layers, nothing is merged)
             self.model = self.model.unload()
+
+
+def pick(names: list[str] | None, indices: list[int]) -> list[str] | None:
+    return None if names is None else [names[index] for index in indices]
 
 
 def run_into(future: Future, work: Callable[[], Any]) -> None:

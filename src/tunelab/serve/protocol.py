@@ -1,8 +1,10 @@
 """Request and response bodies in OpenAI's shapes (fields in OpenAI's order), as pydantic models.
 
 Parameters OpenAI defines but this server does not implement are accepted at their neutral value and refused
-with a 400 naming the parameter otherwise (see service.check_unsupported), so a client never gets silently
-different behaviour. Unknown fields are refused with a 422 that names them.
+with a 400 naming the parameter otherwise (see service.check_request), so a client never gets silently
+different behaviour. Unknown fields, wrong types and values out of range (NaN and infinities included) are refused
+with a 422 that names the field. Sampling values are clamped here to what the sampler computes safely, so no value
+that passes validation can break a batch (see `clamp_temperature`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,16 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+GREEDY_BELOW = 1e-5  # a temperature under this is greedy decoding (what such a temperature means anyway)
+MIN_TEMPERATURE = 0.01  # lower ones are raised to this: logits / 1e-40 overflow to inf and softmax gives NaN
+MAX_LOGPROBS = 20  # most likely alternatives a token's logprobs may list (OpenAI's limit for chat)
 
 
 class Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class TextPart(Body):
@@ -52,13 +59,24 @@ class SamplingFields(Body):
     max_tokens: int | None = Field(None, ge=1, description="New tokens at most; the server's --max-tokens caps it.")
     n: int = Field(1, ge=1, le=16, description="Choices per prompt.")
     presence_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = Field(None, description="Same seed, same prompt, same parameters: the same sampled answer.")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX,
+                             description="Same seed, same prompt, same parameters: the same sampled answer.")
     stop: str | list[str] | None = Field(None, description="Up to 4 strings; generation ends before the first.")
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float = Field(1.0, ge=0, le=2, description="0 = greedy.")
+    temperature: float = Field(1.0, ge=0, le=2, description=f"0 (or under {GREEDY_BELOW}) = greedy; other values "
+                                                             f"under {MIN_TEMPERATURE} are raised to it.")
     top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0, le=1 << 20, description="Not OpenAI's (vLLM's): sample from the k most likely "
+                                                          "tokens only; 0 = all.")
     user: str | None = None
+
+    @field_validator("temperature")
+    @classmethod
+    def clamp_temperature(cls, value: float) -> float:
+        if value < GREEDY_BELOW:
+            return 0.0
+        return max(value, MIN_TEMPERATURE)
 
     def stop_strings(self) -> list[str]:
         if self.stop is None:
@@ -69,8 +87,9 @@ class SamplingFields(Body):
 class ChatCompletionRequest(SamplingFields):
     messages: list[ChatMessage] = Field(..., min_length=1)
     model: str
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
+    logprobs: bool | None = Field(None, description="Return each new token's logprob (choices[].logprobs.content).")
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                     description="With logprobs: also the most likely alternatives at each token.")
     max_completion_tokens: int | None = Field(None, ge=1, description="OpenAI's newer name for max_tokens.")
     response_format: ResponseFormat | None = None
     tools: list[dict[str, Any]] | None = None
@@ -80,9 +99,13 @@ class ChatCompletionRequest(SamplingFields):
 
 class CompletionRequest(SamplingFields):
     model: str
-    prompt: str | list[str]
-    echo: bool = False
-    logprobs: int | None = None
+    prompt: str | list[str] | list[int] | list[list[int]] = Field(
+        ..., description="A text, a list of texts, a list of token ids, or a list of lists of token ids.")
+    echo: bool = Field(False, description="Put the prompt before the completion (and its tokens in logprobs).")
+    logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS,
+                                 description="Each token's logprob and this many most likely alternatives.")
+    max_tokens: int | None = Field(None, ge=0, description="New tokens at most (0: score the prompt only, with "
+                                                           "echo); the server's --max-tokens caps it.")
     suffix: str | None = None
     best_of: int | None = None
 
@@ -98,10 +121,28 @@ class AssistantMessage(BaseModel):
     content: str
 
 
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+
+
+class TokenLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None = None
+    refusal: list[TokenLogprob] | None = None
+
+
 class ChatChoice(BaseModel):
     index: int
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str
 
 
@@ -122,7 +163,7 @@ class Delta(BaseModel):
 class ChunkChoice(BaseModel):
     index: int
     delta: Delta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -135,10 +176,20 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    """Legacy completions' shape: per token its text, logprob (None for the first prompt token, which has no
+    context), the most likely alternatives (text -> logprob) and where it starts in the text."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: str | None = None
 
 
@@ -175,3 +226,42 @@ class DeletedModel(BaseModel):
     deleted: bool = True
     in_flight: int = Field(0, description="Requests still using the adapter; it is unloaded once they finish.")
 
+
+
+class TokenizeRequest(Body):
+    """POST /tokenize (vLLM's shape, which lm-eval's remote tokenizer uses)."""
+
+    model: str | None = Field(None, description="Whose tokenizer; default the base model's.")
+    prompt: str
+    add_special_tokens: bool = True
+    return_token_strs: bool = False
+
+
+class TokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class DetokenizeRequest(Body):
+    model: str | None = None
+    tokens: list[int]
+
+
+class DetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfo(BaseModel):
+    """GET /tokenizer_info: what a client needs to tokenize like the server (lm-eval reads eos_token, bos_token and
+    chat_template)."""
+
+    tokenizer_class: str
+    eos_token: str | None
+    bos_token: str | None
+    pad_token: str | None
+    unk_token: str | None
+    chat_template: str | None
+    model_max_length: int
+    vocab_size: int

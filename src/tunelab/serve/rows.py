@@ -1,13 +1,18 @@
 """Per-row decoding inside one batched `generate` call: each row keeps its own request's parameters.
 
 transformers' `generate` takes one set of sampling options per call, but a dynamic batch mixes requests with
-different temperature, top_p, seed, stop strings and max_tokens. Two of generate's own extension points carry the
-difference, with no change to the library:
-  RowSampler (a LogitsProcessor) draws each sampled row's token with that request's temperature, top_p and seeded
-    generator, and leaves only that token possible, so generate's greedy pick takes it; greedy rows are untouched.
+different temperature, top_p, top_k, seed, stop strings, max_tokens and logprobs. Two of generate's own extension
+points carry the difference, with no change to the library:
+  RowSampler (a LogitsProcessor) draws each sampled row's token with that request's temperature, top_p, top_k and
+    seeded generator, and leaves only that token possible, so generate's greedy pick takes it; greedy rows are
+    untouched. It keeps the step's log-softmax for rows that asked for logprobs.
   RowTracker (a StoppingCriteria) reads each new token, detokenizes incrementally, holds back text that may be the
     start of a stop string, streams the rest, and ends the row at EOS, a stop string, max_tokens, a cancel or a
     deadline; generate stops when every row has ended.
+
+A row's failure is that row's alone: logits that are not finite, a sampler or detokenizer that raises, a streaming
+callback that raises each end only that row (finish_reason "error", the reason in `failure`); the other rows of the
+batch go on with exactly the tokens they would have had alone.
 """
 
 from __future__ import annotations
@@ -18,6 +23,15 @@ from typing import Any, Callable
 
 import torch
 from transformers import LogitsProcessor, StoppingCriteria
+
+
+@dataclass
+class TokenLogprob:
+    """A token's log-probability under the model, and the most likely tokens at its position."""
+
+    token: int
+    logprob: float
+    top: list[tuple[int, float]]
 
 
 @dataclass
@@ -33,13 +47,32 @@ class Row:
     stop_ids: set[int]
     tokenizer: Any
     generator: torch.Generator | None
-    emit: Callable[[int, str], None] | None  # streaming: (choice index, new text)
+    emit: Callable[[int, str, list[TokenLogprob]], None] | None  # streaming: (choice index, new text, its tokens'
+    #   logprobs: those recorded since the last call, when the row has logprobs)
     is_cancelled: Callable[[], bool]
     deadline: float
+    top_k: int = 0  # 0: no top-k cut
+    logprobs: int | None = None  # None: no logprobs; k: each new token's logprob and its k most likely alternatives
+    prompt_logprobs: bool = False  # also score the prompt's tokens (completions' echo)
     ids: list[int] = field(default_factory=list)
     text: str = ""
     sent: int = 0  # characters of `text` already streamed
+    scores_sent: int = 0  # entries of `token_logprobs` already streamed
     finish_reason: str | None = None
+    failure: str | None = None  # why this row failed (finish_reason "error")
+    token_logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token in `ids`
+    stop_score: TokenLogprob | None = None  # the stop token (EOS) that ended the row, which `ids` leaves out
+    prompt_scores: list[TokenLogprob | None] = field(default_factory=list)  # one per prompt token; the first None
+    step_logprobs: Any = None  # this step's log-softmax over the vocabulary (rows with logprobs)
+
+    @property
+    def live(self) -> bool:
+        return self.finish_reason is None
+
+
+def fail(row: Row, reason: str) -> None:
+    row.failure = reason
+    row.finish_reason = "error"
 
 
 class RowSampler(LogitsProcessor):
@@ -47,18 +80,46 @@ class RowSampler(LogitsProcessor):
         self.rows = rows
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        broken = (torch.isnan(scores).any(-1) | torch.isposinf(scores).any(-1) | torch.isneginf(scores).all(-1))
+        broken = broken.tolist()
+        wants_logprobs = any(row.live and row.logprobs is not None for row in self.rows)
+        logprobs = torch.log_softmax(scores.float(), dim=-1) if wants_logprobs else None
         for position, row in enumerate(self.rows):
-            if row.temperature <= 0 or row.finish_reason is not None:
+            if not row.live:
                 continue
-            token = sample(scores[position], row.temperature, row.top_p, row.generator)
-            scores[position] = float("-inf")
-            scores[position, token] = 0.0
+            if broken[position]:
+                fail(row, "the model's logits for this request are not finite (NaN or inf)")
+            else:
+                try:
+                    self.decide(row, position, scores, logprobs)
+                except Exception as error:  # this row's failure, never its batch's
+                    fail(row, f"sampling failed: {type(error).__name__}: {error}")
+            if not row.live:  # a failed row still needs a valid next token for generate; it is never read
+                only(scores, position, 0)
         return scores
 
+    @staticmethod
+    def decide(row: Row, position: int, scores: torch.Tensor, logprobs: torch.Tensor | None) -> None:
+        if row.logprobs is not None:
+            row.step_logprobs = logprobs[position]
+        if row.temperature > 0:
+            token = sample(scores[position], row.temperature, row.top_p, row.generator, row.top_k)
+            only(scores, position, token)
 
-def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
+
+def only(scores: torch.Tensor, position: int, token: int) -> None:
+    """Leave `token` the only possible next token of row `position` (generate's greedy pick then takes it)."""
+    scores[position] = float("-inf")
+    scores[position, token] = 0.0
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator | None,
+           top_k: int = 0) -> int:
     # On the CPU, where the request's seeded generator lives (the model's logits may be on a GPU).
-    probs = torch.softmax(logits.float().cpu() / temperature, dim=-1)
+    logits = logits.float().cpu()
+    if 0 < top_k < logits.numel():
+        logits = logits.masked_fill(logits < torch.topk(logits, top_k).values[-1], float("-inf"))
+    probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
         # keep the smallest set whose mass reaches top_p (the most likely token always stays)
@@ -69,17 +130,23 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
 
 
 class RowTracker(StoppingCriteria):
-    def __init__(self, rows: list[Row], clock: Callable[[], float] = time.monotonic):
+    def __init__(self, rows: list[Row], clock: Callable[[], float] = time.monotonic,
+                 on_step: Callable[[], None] = lambda: None):
         self.rows = rows
         self.clock = clock
+        self.on_step = on_step  # told of every decoding step (the engine counts them)
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        self.on_step()
         now = self.clock()
         newest = input_ids[:, -1].tolist()
         for row, token in zip(self.rows, newest):
-            if row.finish_reason is None:
-                step(row, token, now)
-        return torch.tensor([row.finish_reason is not None for row in self.rows], device=input_ids.device)
+            if row.live:
+                try:
+                    step(row, token, now)
+                except Exception as error:  # a failing detokenizer or streaming callback ends this row only
+                    fail(row, f"{type(error).__name__}: {error}")
+        return torch.tensor([not row.live for row in self.rows], device=input_ids.device)
 
     def finish(self) -> None:
         """Rows generate ended without a reason (its max_new_tokens) ran out of length."""
@@ -93,9 +160,13 @@ def step(row: Row, token: int, now: float) -> None:
         row.finish_reason = "cancelled"
         return
     if token in row.stop_ids:
+        if row.logprobs is not None:  # completions list it, as vLLM does (lm-eval reads one new token's logprob)
+            row.stop_score = token_logprob(row.step_logprobs, token, row.logprobs)
         end(row, "stop", len(row.text))
         return
     row.ids.append(token)
+    if row.logprobs is not None:
+        row.token_logprobs.append(token_logprob(row.step_logprobs, token, row.logprobs))
     row.text = row.tokenizer.decode(row.ids, skip_special_tokens=True)
     cut = first_stop(row.text, row.stop)
     if cut is not None:
@@ -108,16 +179,44 @@ def step(row: Row, token: int, now: float) -> None:
         flush(row, safe_length(row.text, row.stop))
 
 
+def token_logprob(logprobs: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """`token`'s logprob in a log-softmax row, and the `top` most likely tokens there."""
+    best = torch.topk(logprobs, top) if top else None
+    alternatives = [] if best is None else list(zip(best.indices.tolist(), best.values.tolist()))
+    return TokenLogprob(token, float(logprobs[token]), alternatives)
+
+
+def score_prompt(logprobs: torch.Tensor, ids: list[int], top: int) -> list[TokenLogprob | None]:
+    """Each prompt token's logprob given the tokens before it (`logprobs`: the log-softmax at each of the prompt's
+    positions); the first token has no context, so None."""
+    before = logprobs[: len(ids) - 1]
+    chosen = before.gather(1, torch.tensor(ids[1:], device=before.device)[:, None])[:, 0].tolist()
+    if top:
+        best = torch.topk(before, top, dim=-1)
+        alternatives = [list(zip(indices, values)) for indices, values in
+                        zip(best.indices.tolist(), best.values.tolist())]
+    else:
+        alternatives = [[] for _ in chosen]
+    return [None] + [TokenLogprob(token, logprob, top_tokens)
+                     for token, logprob, top_tokens in zip(ids[1:], chosen, alternatives)]
+
+
 def end(row: Row, reason: str, length: int) -> None:
     row.text = row.text[:length]
     row.finish_reason = reason
-    flush(row, length)
+    flush(row, length, last=True)
 
 
-def flush(row: Row, length: int) -> None:
-    if row.emit is not None and length > row.sent:
-        row.emit(row.index, row.text[row.sent:length])
-        row.sent = length
+def flush(row: Row, length: int, last: bool = False) -> None:
+    """Stream `text` up to `length` with the logprobs of the tokens recorded since the last flush (the last flush
+    sends those even without new text: tokens whose text a stop string cut)."""
+    if row.emit is None:
+        return
+    scores = row.token_logprobs[row.scores_sent:]
+    if length > row.sent or (last and scores):
+        row.emit(row.index, row.text[row.sent:length], scores)
+        row.sent = max(row.sent, length)
+        row.scores_sent = len(row.token_logprobs)
 
 
 def first_stop(text: str, stops: list[str]) -> int | None:

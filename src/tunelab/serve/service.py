@@ -3,6 +3,9 @@
 One Service lives on `app.state.service`. The engine runs on its own thread; results come back to the event loop
 through `loop.call_soon_threadsafe` (Pending). What each request was (model, adapter, tokens, queue time, error) is
 left on `request.state.log` for the accounting middleware, which writes the request log and the metrics.
+
+A client that goes away is noticed while its request waits (`disconnected`, polled every DISCONNECT_POLL seconds;
+a stream notices when Starlette cancels it) and its request is cancelled, so the engine stops working for nobody.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Awaitable, Callable
 
 from tunelab.errors import TunelabError
 from tunelab.models.load import ModelRef
@@ -24,23 +27,23 @@ from tunelab.monitor.requestlog import RequestLog
 from tunelab.serve import protocol as api
 from tunelab.serve.engine import Engine, Job, QueueFull
 from tunelab.serve.errors import APIError, model_not_found
+from tunelab.serve.logprobs import chat_logprobs, completion_logprobs
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.registry import Registry, ServedModel, check_id
-from tunelab.serve.rows import Row
+from tunelab.serve.rows import Row, TokenLogprob
 from tunelab.serve.settings import ServeSettings
 
 MAX_STOP_STRINGS = 4
+DISCONNECT_POLL = 0.1  # seconds between checks that a waiting client is still there
+CLIENT_GONE = 499  # status logged for a request whose client left (nginx's convention; nobody receives it)
 # OpenAI parameters this server does not implement: accepted only at these neutral values.
 NEUTRAL = {
     "frequency_penalty": (None, 0, 0.0),
     "presence_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
     "tools": (None, []),
     "tool_choice": (None, "none"),
     "suffix": (None, ""),
-    "echo": (False,),
     "best_of": (None, 1),
 }
 
@@ -53,8 +56,8 @@ class Pending:
         self.events: asyncio.Queue = asyncio.Queue()
         self.done: asyncio.Future = loop.create_future()
 
-    def emit(self, index: int, text: str) -> None:  # engine thread
-        self._call(self.events.put_nowait, (index, text))
+    def emit(self, index: int, text: str, scores: list[TokenLogprob]) -> None:  # engine thread
+        self._call(self.events.put_nowait, (index, text, scores))
 
     def finished(self, job: Job) -> None:  # engine thread
         self._call(self._finish, job)
@@ -71,11 +74,15 @@ class Pending:
             pass
 
 
+Disconnected = Callable[[], Awaitable[bool]]  # Starlette's request.is_disconnected
+
+
 @dataclass
 class Prepared:
     served: ServedModel
     prompts: list[list[int]]
     max_tokens: int
+    texts: list[str] | None = None  # completions: each prompt's text (echo puts it before the completion)
 
 
 class Service:
@@ -110,7 +117,8 @@ class Service:
         return served
 
     # ---- chat and completions ---------------------------------------------------------------------------
-    async def chat(self, body: api.ChatCompletionRequest, log: dict[str, Any]) -> Any:
+    async def chat(self, body: api.ChatCompletionRequest, log: dict[str, Any],
+                   disconnected: Disconnected | None = None) -> Any:
         from tunelab.data.templates import encode_prompt
 
         check_request(body, self.settings)
@@ -127,29 +135,27 @@ class Service:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         if body.stream:
             return self.stream_chat(request_id, body, prepared, log)
-        job = await self.run(prepared, body, log, stream=False)
+        job = await self.run(prepared, body, log, stream=False, disconnected=disconnected)
+        tokenizer = served.tokenizer
         choices = [api.ChatChoice(index=row.index, message=api.AssistantMessage(content=row.text),
+                                  logprobs=chat_logprobs(tokenizer, row.token_logprobs) if body.logprobs else None,
                                   finish_reason=row.finish_reason) for row in job.rows]
         return api.ChatCompletion(id=request_id, model=served.id, choices=choices, usage=usage(prepared, job))
 
-    async def complete(self, body: api.CompletionRequest, log: dict[str, Any]) -> Any:
+    async def complete(self, body: api.CompletionRequest, log: dict[str, Any],
+                       disconnected: Disconnected | None = None) -> Any:
         check_request(body, self.settings)
         served = self.served(body.model, log)
-        texts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
-        if not texts:
-            raise APIError(400, "prompt: give a string or a non-empty list of strings", param="prompt")
-        prompts = [served.tokenizer(text)["input_ids"] for text in texts]
-        if any(not ids for ids in prompts):
-            raise APIError(400, "prompt: an empty prompt gives the model nothing to continue", param="prompt")
+        prompts, texts = completion_prompts(body.prompt, served.tokenizer)
         if self.settings.log_content:
             log["prompt"] = json.dumps(texts, ensure_ascii=False)
         prepared = self.prepare(served, prompts, body, log)
+        prepared.texts = texts
         request_id = f"cmpl-{uuid.uuid4().hex}"
         if body.stream:
             return self.stream_completion(request_id, body, prepared, log)
-        job = await self.run(prepared, body, log, stream=False)
-        choices = [api.CompletionChoice(index=row.index, text=row.text, finish_reason=row.finish_reason)
-                   for row in job.rows]
+        job = await self.run(prepared, body, log, stream=False, disconnected=disconnected)
+        choices = [completion_choice(row, body, prepared) for row in job.rows]
         return api.Completion(id=request_id, created=int(time.time()), model=served.id, choices=choices,
                               usage=usage(prepared, job))
 
@@ -157,7 +163,8 @@ class Service:
                 log: dict[str, Any]) -> Prepared:
         """Check the request against the limits; the number of new tokens it may have."""
         log["prompt_tokens"] = sum(len(ids) for ids in prompts)
-        asked = getattr(body, "max_completion_tokens", None) or body.max_tokens
+        asked = getattr(body, "max_completion_tokens", None)
+        asked = body.max_tokens if asked is None else asked
         if asked is not None and asked > self.settings.max_tokens:
             raise APIError(400, f"max_tokens={asked} exceeds this server's limit of {self.settings.max_tokens}",
                            param="max_tokens")
@@ -166,10 +173,11 @@ class Service:
                                 f"{self.settings.max_batch_rows} rows per batch", param="n")
         longest = max(len(ids) for ids in prompts)
         room = self.context_length - longest
-        max_tokens = asked or min(self.settings.max_tokens, room)
-        if longest + max(max_tokens, 1) > self.context_length:
+        max_tokens = min(self.settings.max_tokens, room) if asked is None else asked
+        if longest + max(max_tokens, 0 if asked == 0 else 1) > self.context_length:
             raise APIError(400, f"This model's maximum context length is {self.context_length} tokens; the prompt "
-                                f"has {longest} and max_tokens asks for {max_tokens} more", param="messages")
+                                f"has {longest} and max_tokens asks for {max_tokens} more",
+                           param="messages" if isinstance(body, api.ChatCompletionRequest) else "prompt")
         return Prepared(served, prompts, max_tokens)
 
     def job(self, prepared: Prepared, body: api.SamplingFields, pending: Pending, stream: bool) -> Job:
@@ -179,11 +187,13 @@ class Service:
         generator = torch.Generator().manual_seed(body.seed if body.seed is not None else random.getrandbits(62))
         job = Job(adapter=prepared.served.adapter, mixable=prepared.served.mixable, rows=[],
                   on_done=pending.finished, deadline=deadline)
+        logprobs, prompt_logprobs = logprob_options(body)
         job.rows = [
             Row(index=prompt_index * body.n + choice, prompt_ids=ids, max_tokens=prepared.max_tokens,
                 temperature=body.temperature, top_p=body.top_p, stop=body.stop_strings(),
                 stop_ids=prepared.served.stop_ids, tokenizer=prepared.served.tokenizer, generator=generator,
-                emit=pending.emit if stream else None, is_cancelled=lambda: job.cancelled, deadline=deadline)
+                emit=pending.emit if stream else None, is_cancelled=lambda: job.cancelled, deadline=deadline,
+                top_k=body.top_k, logprobs=logprobs, prompt_logprobs=prompt_logprobs)
             for prompt_index, ids in enumerate(prepared.prompts) for choice in range(body.n)
         ]
         return job
@@ -202,13 +212,17 @@ class Service:
                                     f"{wait} s", headers={"Retry-After": str(wait)}) from None
         return job, pending
 
-    async def run(self, prepared: Prepared, body: api.SamplingFields, log: dict[str, Any], stream: bool) -> Job:
+    async def run(self, prepared: Prepared, body: api.SamplingFields, log: dict[str, Any], stream: bool,
+                  disconnected: Disconnected | None = None) -> Job:
         job, pending = self.submit(prepared, body, stream)
         try:
-            await pending.done
+            await until_done(pending.done, disconnected)
         except asyncio.CancelledError:
-            job.cancel()
+            job.cancel()  # the engine drops it at its next step
             raise
+        except ClientGone:
+            job.cancel()
+            raise APIError(CLIENT_GONE, "client disconnected") from None
         account(job, log, self.settings.log_content)
         error = failure(job)
         if error is not None:
@@ -223,11 +237,15 @@ class Service:
             return sse(api.ChatCompletionChunk(id=request_id, created=created, model=prepared.served.id,
                                                choices=choices, usage=usage_))
 
+        def piece(index: int, text: str, scores: list[TokenLogprob]) -> list[api.ChunkChoice]:
+            logprobs = chat_logprobs(prepared.served.tokenizer, scores) if body.logprobs else None
+            return [api.ChunkChoice(index=index, delta=api.Delta(content=text), logprobs=logprobs)]
+
         job, pending = self.submit(prepared, body, stream=True)
         return self.events(job, pending, body, prepared, log, chunk, opening=[
             chunk([api.ChunkChoice(index=row.index, delta=api.Delta(role="assistant", content=""))])
             for row in job.rows
-        ], piece=lambda index, text: [api.ChunkChoice(index=index, delta=api.Delta(content=text))],
+        ], piece=piece,
             ending=lambda row: [api.ChunkChoice(index=row.index, delta=api.Delta(), finish_reason=row.finish_reason)])
 
     def stream_completion(self, request_id: str, body: api.CompletionRequest, prepared: Prepared,
@@ -238,11 +256,30 @@ class Service:
             return sse(api.Completion(id=request_id, created=created, model=prepared.served.id, choices=choices,
                                       usage=usage_))
 
+        tokenizer = prepared.served.tokenizer
+        offsets: dict[int, int] = {}  # each choice's text so far, prompt included (text_offset counts from it)
+
+        def logprobs(index: int, scores: list[TokenLogprob]) -> api.CompletionLogprobs | None:
+            if body.logprobs is None or not scores:
+                return None
+            shaped = completion_logprobs(tokenizer, [score.token for score in scores], scores, offsets[index])
+            offsets[index] += sum(len(token) for token in shaped.tokens)
+            return shaped
+
+        def piece(index: int, text: str, scores: list[TokenLogprob]) -> list[api.CompletionChoice]:
+            return [api.CompletionChoice(index=index, text=text, logprobs=logprobs(index, scores))]
+
+        def ending(row: Row) -> list[api.CompletionChoice]:
+            stop = [row.stop_score] if row.stop_score is not None else []
+            return [api.CompletionChoice(index=row.index, text="", logprobs=logprobs(row.index, stop),
+                                         finish_reason=row.finish_reason)]
+
         job, pending = self.submit(prepared, body, stream=True)
-        return self.events(job, pending, body, prepared, log, chunk, opening=[],
-                           piece=lambda index, text: [api.CompletionChoice(index=index, text=text)],
-                           ending=lambda row: [api.CompletionChoice(index=row.index, text="",
-                                                                    finish_reason=row.finish_reason)])
+        for row in job.rows:
+            offsets[row.index] = len(prepared.texts[row.index // body.n])
+        echoed = [chunk([api.CompletionChoice(index=row.index, text=prepared.texts[row.index // body.n])])
+                  for row in job.rows] if body.echo else []
+        return self.events(job, pending, body, prepared, log, chunk, opening=echoed, piece=piece, ending=ending)
 
     async def events(self, job: Job, pending: Pending, body: api.SamplingFields, prepared: Prepared,
                      log: dict[str, Any], chunk: Any, opening: list[str], piece: Any,
@@ -335,6 +372,75 @@ def check_request(body: api.SamplingFields, settings: ServeSettings) -> None:
         raise APIError(400, f"stop: at most {MAX_STOP_STRINGS} non-empty strings", param="stop")
     if body.stream_options is not None and not body.stream:
         raise APIError(400, "stream_options is only allowed when stream is true", param="stream_options")
+    check_logprobs(body)
+
+
+def check_logprobs(body: api.SamplingFields) -> None:
+    chat = isinstance(body, api.ChatCompletionRequest)
+    if chat and body.top_logprobs is not None and not body.logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    if body.stream and not chat and body.echo and body.logprobs is not None:
+        raise APIError(400, "echo with logprobs and stream is not supported by this server; ask without stream",
+                       param="logprobs")
+
+
+def logprob_options(body: api.SamplingFields) -> tuple[int | None, bool]:
+    """(alternatives per new token, or None for no logprobs; whether to score the prompt too)."""
+    if isinstance(body, api.ChatCompletionRequest):
+        return ((body.top_logprobs or 0) if body.logprobs else None), False
+    return body.logprobs, body.logprobs is not None and body.echo
+
+
+def completion_prompts(prompt: Any, tokenizer: Any) -> tuple[list[list[int]], list[str]]:
+    """The prompts' token ids and texts, from a text, texts, token ids or lists of token ids."""
+    if isinstance(prompt, str):
+        prompt = [prompt]
+    if not prompt:
+        raise APIError(400, "prompt: give a string, a non-empty list of strings or of token ids", param="prompt")
+    if isinstance(prompt[0], int):
+        prompt = [prompt]
+    if isinstance(prompt[0], str):
+        texts = list(prompt)
+        prompts = [tokenizer(text)["input_ids"] for text in texts]
+    else:
+        prompts = [list(ids) for ids in prompt]
+        size = len(tokenizer)
+        bad = next((token for ids in prompts for token in ids if not 0 <= token < size), None)
+        if bad is not None:
+            raise APIError(400, f"prompt: token id {bad} is outside the vocabulary (0 to {size - 1})",
+                           param="prompt")
+        texts = [tokenizer.decode(ids) for ids in prompts]
+    if any(not ids for ids in prompts):
+        raise APIError(400, "prompt: an empty prompt gives the model nothing to continue", param="prompt")
+    return prompts, texts
+
+
+def completion_choice(row: Row, body: api.CompletionRequest, prepared: Prepared) -> api.CompletionChoice:
+    prompt_text = prepared.texts[row.index // body.n]
+    text = prompt_text + row.text if body.echo else row.text
+    logprobs = None
+    if body.logprobs is not None:
+        tokens, scores = list(row.ids), list(row.token_logprobs)
+        if row.stop_score is not None:  # the EOS that ended the choice is a generated token too
+            tokens.append(row.stop_score.token)
+            scores.append(row.stop_score)
+        if body.echo:
+            tokens, scores = row.prompt_ids + tokens, row.prompt_scores + scores
+        offset = 0 if body.echo else len(prompt_text)
+        logprobs = completion_logprobs(prepared.served.tokenizer, tokens, scores, offset)
+    return api.CompletionChoice(index=row.index, text=text, logprobs=logprobs, finish_reason=row.finish_reason)
+
+
+class ClientGone(Exception):
+    pass
+
+
+async def until_done(done: asyncio.Future, disconnected: Disconnected | None) -> None:
+    """Wait for `done`; raise ClientGone as soon as `disconnected` says the client left."""
+    while not done.done():
+        await asyncio.wait([done], timeout=None if disconnected is None else DISCONNECT_POLL)
+        if not done.done() and disconnected is not None and await disconnected():
+            raise ClientGone
 
 
 def valid_id(model_id: str, field: str) -> None:

@@ -13,4 +13,5 @@ router = APIRouter()
 @router.post("/v1/chat/completions", response_model=ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     log = log_of(request)
-    return answer(await service_of(request).chat(body, log), log, body.stream)
+    # a client that leaves cancels its request (checked while it waits)
+    return answer(await service_of(request).chat(body, log, request.is_disconnected), log, body.stream)

@@ -13,4 +13,5 @@ router = APIRouter()
 @router.post("/v1/completions", response_model=Completion)
 async def completions(body: CompletionRequest, request: Request):
     log = log_of(request)
-    return answer(await service_of(request).complete(body, log), log, body.stream)
+    # a client that leaves cancels its request (checked while it waits)
+    return answer(await service_of(request).complete(body, log, request.is_disconnected), log, body.stream)

@@ -73,7 +73,8 @@ def served(tiny_checkpoint, tmp_path_factory):
 def test_only_health_is_open(served):
     port = served["port"]
     assert fetch(port, "GET", "/health")[0] == 200
-    for path in ("/metrics", "/openapi.json", "/docs", "/redoc", "/v1/models", "/no-such-route", "/health/x"):
+    for path in ("/metrics", "/openapi.json", "/docs", "/redoc", "/v1/models", "/tokenizer_info", "/no-such-route",
+                 "/health/x"):
         status, text = fetch(port, "GET", path)
         assert status == 401 and json.loads(text)["error"]["type"] == "authentication_error", path
         assert fetch(port, "GET", path, key="wrong")[0] == 401, path
@@ -86,6 +87,7 @@ def test_the_api_key_opens_the_api_metrics_and_the_schema(served):
     status, text = fetch(port, "GET", "/openapi.json", key=KEY)
     assert status == 200 and "/v1/chat/completions" in json.loads(text)["paths"]
     assert fetch(port, "GET", "/v1/models", key=KEY)[0] == 200
+    assert fetch(port, "GET", "/tokenizer_info", key=KEY)[0] == 200
 
 
 def test_the_metrics_key_opens_metrics_only(served):

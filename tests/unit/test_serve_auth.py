@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_serve import ADMIN, KEY, LiveServer, train_run
-from tests.unit.test_serve_keys import free_port, wait_for_health
+from tests.unit.test_serve_keys import free_port, stop, wait_for_health
 from tunelab.errors import TunelabError
 from tunelab.serve.runpaths import REFUSED
 from tunelab.serve.settings import ServeSettings
@@ -62,11 +62,7 @@ def served(tiny_checkpoint, tmp_path_factory):
         wait_for_health(process, port, tmp / "serve.log")
         yield {"port": port, "runs": runs, "tmp": tmp}
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
 
 

@@ -75,12 +75,17 @@ def serving(checkpoint: Path, tmp: Path, *options: str, env: dict[str, str]):
         wait_for_health(process, port, tmp / "serve.log")
         yield port
     finally:
-        process.terminate()
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop(process)
         log.close()
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Ask the server to stop (SIGTERM: uvicorn's graceful shutdown); kill it if it has not stopped in 20 s."""
+    process.terminate()
+    try:
+        process.wait(20)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def wait_for_health(process: subprocess.Popen, port: int, log: Path, seconds: float = 120) -> None:

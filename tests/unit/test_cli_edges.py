@@ -1,0 +1,120 @@
+"""Sharp edges a new user hits on the command line: each is one `error: ...` line naming what and where, exit code 2,
+no traceback, and the user's files as they were (issue 10, items 6 and 8)."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import tiny_recipe
+from tests.unit.test_cli import invoke, one_error_line, write_recipe
+
+
+def snapshot(*paths):
+    return {path: path.read_bytes() for path in paths}
+
+
+# ---- item 6: tracebacks where one line is promised ---------------------------------------------------------------
+
+@pytest.fixture
+def no_tokenizer_model(tmp_path, tiny_checkpoint):
+    """The tiny checkpoint's weights and config, without any tokenizer file."""
+    folder = tmp_path / "no-tokenizer"
+    folder.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copy(tiny_checkpoint / name, folder / name)
+    return folder
+
+
+@pytest.mark.parametrize("command", [("train",), ("data", "check")])
+def test_a_model_folder_without_a_tokenizer(capsys, tmp_path, home, no_tokenizer_model, reverse_data, command,
+                                            monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe = write_recipe(tmp_path, tiny_recipe(tmp_path, no_tokenizer_model, reverse_data))
+    code, _, err = invoke(capsys, *command, str(recipe))
+    assert code == 2
+    line = one_error_line(err)
+    assert f"{no_tokenizer_model}: no tokenizer in the model folder" in line and "tokenizer.json" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_tokenizer_file_that_cannot_be_read(capsys, tmp_path, home, tiny_checkpoint, reverse_data):
+    model = tmp_path / "broken-tokenizer"
+    shutil.copytree(tiny_checkpoint, model)
+    (model / "tokenizer.json").write_text('{"version": "1.0", "truncation": nu')
+    code, _, err = invoke(capsys, "train", str(write_recipe(tmp_path, tiny_recipe(tmp_path, model, reverse_data))))
+    assert code == 2 and f"{model}: the tokenizer cannot be loaded" in one_error_line(err)
+
+
+def template_recipe(tmp_path, checkpoint, data, template_text):
+    template = tmp_path / "template.jinja"
+    template.write_text(template_text)
+    return write_recipe(tmp_path, tiny_recipe(tmp_path, checkpoint, data, model={"chat_template": str(template)})), \
+        template
+
+
+@pytest.mark.parametrize("command", [("train",), ("data", "check")])
+def test_a_chat_template_with_a_syntax_error(capsys, tmp_path, home, tiny_checkpoint, reverse_data, command,
+                                             monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    text = "{% for m in messages %}\n{{ m.content }\n{% endfor %}"
+    recipe, template = template_recipe(tmp_path, tiny_checkpoint, reverse_data, text)
+    code, _, err = invoke(capsys, *command, str(recipe))
+    assert code == 2
+    line = one_error_line(err)
+    assert f"model.chat_template: {template}:2: not a valid Jinja template" in line
+    assert template.read_text() == text
+
+
+def test_a_model_whose_own_chat_template_does_not_parse(capsys, tmp_path, home, tiny_checkpoint, reverse_data):
+    model = tmp_path / "bad-template-model"
+    shutil.copytree(tiny_checkpoint, model)
+    (model / "chat_template.jinja").write_text("{% if %}")
+    code, _, err = invoke(capsys, "train", str(write_recipe(tmp_path, tiny_recipe(tmp_path, model, reverse_data))))
+    assert code == 2 and f"{model / 'chat_template.jinja'}:1: not a valid Jinja template" in one_error_line(err)
+
+
+@pytest.mark.parametrize("command", [("train",), ("data", "check")])
+def test_a_chat_template_that_raises(capsys, tmp_path, home, tiny_checkpoint, reverse_data, command, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    recipe, _ = template_recipe(tmp_path, tiny_checkpoint, reverse_data,
+                                "{{ raise_exception('this template takes no user turns') }}")
+    code, _, err = invoke(capsys, *command, str(recipe))
+    assert code == 2
+    line = one_error_line(err)
+    assert "the chat template failed on this conversation: this template takes no user turns" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_recipe_that_is_not_utf8(capsys, tmp_path, home, tiny_checkpoint, reverse_data):
+    recipe = write_recipe(tmp_path, tiny_recipe(tmp_path, tiny_checkpoint, reverse_data))
+    content = recipe.read_bytes() + b"# r\xe9glages\n"  # a Latin-1 comment on the last line
+    recipe.write_bytes(content)
+    code, _, err = invoke(capsys, "train", str(recipe))
+    assert code == 2
+    line_number = content.count(b"\n")
+    offset = content.index(b"\xe9")
+    assert f"{recipe}:{line_number}: not UTF-8 (byte 0xe9 at byte offset {offset})" in one_error_line(err)
+    assert recipe.read_bytes() == content
+
+
+def test_duplicate_recipe_keys_are_refused_with_both_lines(capsys, tmp_path, home, tiny_checkpoint, reverse_data):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"model:\n  name: {tiny_checkpoint}\ndata:\n  train: {reverse_data}\ntrain:\n  lr: 0.001\n"
+                      "  max_steps: 2\n  lr: 0.1\n")
+    code, _, err = invoke(capsys, "train", str(recipe))
+    assert code == 2
+    assert f"{recipe}:8: duplicate key 'lr' on lines 6 and 8" in one_error_line(err)
+    assert not (tmp_path / "runs").exists()
+
+
+def test_duplicate_sections_are_refused_too():
+    from tunelab.config.load import parse_yaml
+    from tunelab.errors import TunelabError
+
+    with pytest.raises(TunelabError, match="^r.yaml:3: duplicate key 'train' on lines 1 and 3"):
+        parse_yaml("train:\n  lr: 1\ntrain:\n  max_steps: 2\n", "r.yaml")
+    # equal keys in different mappings, and YAML merge keys, are not duplicates
+    raw, _ = parse_yaml("a: &x {lr: 1}\nb:\n  <<: *x\n  lr: 2\nc: {lr: 3}\n", "r.yaml")
+    assert raw == {"a": {"lr": 1}, "b": {"lr": 2}, "c": {"lr": 3}}

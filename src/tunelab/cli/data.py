@@ -83,7 +83,8 @@ def check(
 ) -> None:
     """Report every problem in a data set: bad rows, duplicates, contamination, personal data, lengths, template.
 
-    Exits with 2 when the data is not usable as it is (nothing left, one class only, a template lint failure).
+    Exits with 2 on anything `tunelab train` would refuse: a row it cannot read (with data.bad_rows: stop), nothing
+    left, one class only, a template lint failure, rows the recipe's task does not train on.
     """
     recipe, name = recipe_or_file(target, overrides or [], model)
     quiet_libraries()
@@ -92,10 +93,24 @@ def check(
     folder = out or Path("data_check") / name
     write_check(prepared, folder)
     console.print(f"[bold]written[/bold] {folder / 'data_report.html'}, data_report.json, rejected.jsonl")
-    if prepared.problems:
-        raise TunelabError(f"data not usable as it is: {prepared.problems[0]}"
-                           + (f" (and {len(prepared.problems) - 1} more problem(s))" if len(prepared.problems) > 1
-                              else ""))
+    refuse_what_train_refuses(recipe, prepared, target)
+
+
+def refuse_what_train_refuses(recipe: Any, prepared: Any, target: Path) -> None:
+    """Exit 2 on what `tunelab train` would refuse in this data (the same checks, not a copy), so a CI step running
+    `tunelab data check` fails exactly when training would. Row kinds are checked against a recipe's task only: a
+    bare data file names no task."""
+    from tunelab.data.cache import refusals
+    from tunelab.tasks.base import check_row_kinds
+    from tunelab.tasks.registry import get_task
+
+    found = refusals(prepared, recipe.data)
+    if not found and target.suffix.lower() in RECIPE_SUFFIXES:
+        check_row_kinds(get_task(recipe.task.name), prepared.report["splits"]["train"]["kinds"],
+                        recipe.data.train or "data")
+    if found:
+        more = f" (and {len(found) - 1} more problem(s); see rejected.jsonl)" if len(found) > 1 else ""
+        raise TunelabError(f"data not usable as it is: {found[0]}{more}")
 
 
 def write_check(prepared: Any, folder: Path) -> None:

@@ -170,23 +170,26 @@ def store(home: Path, key: str, diagnosis: Any, report: dict[str, Any], html: st
     return Prepared(key, final, report, from_cache=False)
 
 
-def first_bad_row(prepared: Prepared) -> str | None:
-    """The first unreadable row of a cached result, as `data.bad_rows: stop` would have stopped at it."""
-    for item in read_jsonl(prepared.folder / REJECTED):
-        if item["stage"] in ("read", "parse"):
-            return f"{item['source']}:{item['line']}: {item['reason']}"
-    return None
+def unreadable_rows(prepared: Prepared) -> list[tuple[str, str]]:
+    """(file:line, reason) of every row of a result that could not be read or parsed, in file order."""
+    return [(f"{item['source']}:{item['line']}", item["reason"]) for item in read_jsonl(prepared.folder / REJECTED)
+            if item["stage"] in ("read", "parse")]
+
+
+def refusals(prepared: Prepared, data: DataSection) -> list[str]:
+    """Everything in this data that `train` and `data prepare` refuse, in the order they meet it: with
+    `data.bad_rows: stop` each unreadable row (with what to do about it), then each problem of the whole set.
+    `data check` exits 2 when this is not empty, so a check that passes means train will accept the data."""
+    from tunelab.data.doctor import bad_row_refusal
+
+    bad = unreadable_rows(prepared) if data.bad_rows == "stop" else []
+    return [bad_row_refusal(where, reason) for where, reason in bad] + list(prepared.problems)
 
 
 def raise_problems(prepared: Prepared, data: DataSection) -> None:
-    from tunelab.data.doctor import BAD_ROW_HINT
-
-    if data.bad_rows == "stop":
-        bad = first_bad_row(prepared)
-        if bad:
-            raise TunelabError(f"{bad}; {BAD_ROW_HINT}")
-    if prepared.problems:
-        raise TunelabError(prepared.problems[0])
+    found = refusals(prepared, data)
+    if found:
+        raise TunelabError(found[0])
 
 
 def prepare_data(data: DataSection, tokenizer: Any, stop_ids: set[int], context: int | None, home: Path,

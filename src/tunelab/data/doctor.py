@@ -35,8 +35,14 @@ if TYPE_CHECKING:
 # Stages a row can be rejected at, in pipeline order (the report lists counts in this order).
 STAGES = ("read", "parse", "clean", "duplicate", "near_duplicate", "label_conflict", "duplicate_across_splits",
           "contamination", "length", "template")
-BAD_ROW_HINT = ("set data.bad_rows: quarantine to set such rows aside in rejected.jsonl, or run "
-                "`tunelab data check` to list them all")
+BAD_ROW_HINT = ("set data.bad_rows: quarantine to set such rows aside in rejected.jsonl (`tunelab data check` lists "
+                "them all)")
+
+
+def bad_row_refusal(where: str, reason: str) -> str:
+    """How an unreadable row is refused under `data.bad_rows: stop`: here at the first one, and by `data check`
+    (cache.refusals) for each."""
+    return f"{where}: {reason}; {BAD_ROW_HINT}"
 
 
 @dataclass
@@ -166,7 +172,7 @@ def read_inputs(data: DataSection, strict: bool) -> Inputs:
         examples, bad = parse_items(items, data.format, data.fields, data.system_prompt)
         if strict and bad:
             first = min(bad, key=lambda b: b.line)
-            raise TunelabError(f"{first.where}: {first.reason}; {BAD_ROW_HINT}")
+            raise TunelabError(bad_row_refusal(first.where, first.reason))
         inputs.read[role] = len(items)
         inputs.rows[role] = [Row(example, role) for example in examples]
         stage = {True: "read", False: "parse"}

@@ -4,6 +4,12 @@ what `tunelab train` refuses, so it can gate CI; the input files are never chang
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -103,3 +109,28 @@ def test_csv_rows_too(capsys, tmp_path, home, tiny_checkpoint, monkeypatch, cont
     assert f"{data}{reason}" in refusal(capsys, "train", str(recipe))
     assert f"{data}{reason}" in refusal(capsys, "data", "check", str(recipe))
     assert data.read_bytes().startswith(content)
+
+
+# ---- Ctrl-C during training ----------------------------------------------------------------------------------------
+
+def test_ctrl_c_during_train_says_resume_continues(tmp_path, home, tiny_checkpoint, reverse_data):
+    """A real SIGINT to `tunelab train` once its first checkpoint exists: one line naming the command that continues
+    (overrides included), exit code 130, the run marked interrupted."""
+    recipe = write_recipe(tmp_path, tiny_recipe(tmp_path, tiny_checkpoint, reverse_data))
+    overrides = ["train.max_steps=100000", "train.save_every=2", "train.eval_every=1000"]
+    env = {**os.environ, "TUNELAB_HOME": str(home)}
+    process = subprocess.Popen([sys.executable, "-m", "tunelab", "train", str(recipe), *overrides, "--no-eval"],
+                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = tmp_path / "run"
+    deadline = time.monotonic() + 120
+    while not list(run.rglob("checkpoint-*")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert process.poll() is None, process.stderr.read()
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    last = [line for line in err.splitlines() if line.strip()][-1]
+    command = shlex.join(["tunelab", "train", str(recipe), *overrides, "--resume"])
+    assert last == f"interrupted; `{command}` continues the run in {run} from its last checkpoint"
+    assert "Traceback" not in err
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"

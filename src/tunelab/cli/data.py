@@ -8,13 +8,13 @@ from typing import Any, Optional
 
 import typer
 
-from tunelab.cli.app import app, console
+from tunelab.cli.app import OVERRIDES, Command, app, console, group
 from tunelab.errors import TunelabError
 from tunelab.files import copy_file
 from tunelab.paths import tunelab_home
 from tunelab.quiet import quiet_libraries
 
-data_app = typer.Typer(help="Check, clean and prepare data before any training time is spent.",
+data_app = group(help="Check, clean and prepare data before any training time is spent.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -72,10 +72,11 @@ def show(prepared: Any) -> None:
     console.print(f"[dim]{how}; key {prepared.key[:16]}[/dim]")
 
 
-@data_app.command("check")
+@data_app.command("check", cls=Command)
 def check(
     target: Path = typer.Argument(..., help="Recipe YAML file, or a data file (checked with default settings)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.file_type=tsv"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar=OVERRIDES,
+        help="Dotted overrides, e.g. data.file_type=tsv"),
     model: Optional[str] = typer.Option(None, help="Model whose tokenizer and template are used (default: the "
                                         "recipe's, or the built-in model)."),
     out: Optional[Path] = typer.Option(None, help="Folder for data_report.html/.json and rejected.jsonl "
@@ -121,10 +122,11 @@ def write_check(prepared: Any, folder: Path) -> None:
         copy_file(prepared.folder / name, folder / name)
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=Command)
 def prepare(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.dedup.threshold=0.9"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar=OVERRIDES,
+        help="Dotted overrides, e.g. data.dedup.threshold=0.9"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in output.dir."),
 ) -> None:
     """Clean, deduplicate and check the recipe's data and write the splits to <output.dir>/data, which

@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.app import app, console, device_option
+from tunelab.cli.app import Command, app, console, device_option
 from tunelab.paths import tunelab_home
 from tunelab.quiet import quiet_libraries
 
 
-@app.command()
+@app.command(cls=Command)
 def export(
     run: Path = typer.Argument(..., help="Run folder."),
     format: str = typer.Option(..., "--format", "-f", help="merged (safetensors), adapter (PEFT's format) or gguf."),

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import typer
 
-from tunelab.cli.app import app, console
+from tunelab.cli.app import Command, app, console, group
 from tunelab.errors import TunelabError
 from tunelab.paths import tunelab_home
 from tunelab.quiet import quiet_libraries
 
-models_app = typer.Typer(help="Built-in base models: list and pull.", no_args_is_help=True)
+models_app = group(help="Built-in base models: list and pull.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
 
-@models_app.command("list")
+@models_app.command("list", cls=Command)
 def models_list() -> None:
     """Built-in models and whether they are ready."""
     from rich.table import Table
@@ -32,7 +32,7 @@ def models_list() -> None:
     console.print("A recipe's model.name may also be a local Hugging Face checkpoint folder or a .gguf file.")
 
 
-@models_app.command("pull")
+@models_app.command("pull", cls=Command)
 def models_pull(
     name: str = typer.Argument(..., help="Built-in model name."),
     verify: bool = typer.Option(False, "--verify", help="Re-check a converted model's files against its manifest."),

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.app import app, console
+from tunelab.cli.app import Command, app, console
 
 
-@app.command()
+@app.command(cls=Command)
 def monitor(
     serve_dir: Path = typer.Argument(..., help="The folder `tunelab serve --serve-dir` wrote its request log to."),
     since: str = typer.Option("1h", help="Time window back from now: 30s, 15m, 1h, 7d."),

@@ -118,3 +118,65 @@ def test_duplicate_sections_are_refused_too():
     # equal keys in different mappings, and YAML merge keys, are not duplicates
     raw, _ = parse_yaml("a: &x {lr: 1}\nb:\n  <<: *x\n  lr: 2\nc: {lr: 3}\n", "r.yaml")
     assert raw == {"a": {"lr": 1}, "b": {"lr": 2}, "c": {"lr": 3}}
+
+
+# ---- item 8: help, version, --debug, overrides -------------------------------------------------------------------
+
+def command_paths(command, prefix=()):
+    """Every command and group of the CLI, as the words that name it."""
+    yield prefix
+    for name, child in getattr(command, "commands", {}).items():
+        yield from command_paths(child, (*prefix, name))
+
+
+def test_help_shows_flags_as_flags_and_no_python_types(capsys, monkeypatch):
+    import typer
+
+    from tunelab.cli import app
+
+    monkeypatch.setenv("COLUMNS", "200")
+    paths = list(command_paths(typer.main.get_command(app)))
+    assert ("train",) in paths and ("data", "check") in paths and len(paths) > 15
+    for path in paths:
+        code, out, err = invoke(capsys, *path, "--help")
+        assert code == 0, err
+        assert "--help" in out
+        for leak in ("<bool>", "list[", "<list"):
+            assert leak not in out, f"tunelab {' '.join(path)} --help shows {leak}:\n{out}"
+    _, out, _ = invoke(capsys, "train", "--help")
+    assert "--resume" in out and "--no-resume" in out and "KEY=VALUE" in out
+
+
+def test_version(capsys):
+    import tunelab
+
+    code, out, _ = invoke(capsys, "--version")
+    assert code == 0 and out.strip() == f"tunelab {tunelab.__version__}"
+
+
+@pytest.mark.parametrize("where", ["first", "last", "middle"])
+def test_debug_anywhere_on_the_line_shows_the_traceback(capsys, tmp_path, where):
+    from tunelab.errors import TunelabError
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("train:\n  lr: 1\n  lr: 2\n")
+    args = {"first": ["--debug", "train", str(recipe)], "last": ["train", str(recipe), "--debug"],
+            "middle": ["train", "--debug", str(recipe), "train.max_steps=2"]}[where]
+    with pytest.raises(TunelabError, match="duplicate key 'lr'"):
+        invoke(capsys, *args)
+    code, _, err = invoke(capsys, *[arg for arg in args if arg != "--debug"])
+    assert code == 2 and "duplicate key 'lr'" in one_error_line(err)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("trian.lr=1", "command line: unknown key 'trian'; did you mean 'train'?"),
+    ("train.lerning_rate=1", "command line: unknown key 'train.lerning_rate'; did you mean 'train.lr'?"),
+    ("method.name=loraa", "command line: method.name: unknown method 'loraa'"),
+    ("data.split.tset=0.1", "command line: unknown key 'data.split.tset'; did you mean 'data.split.test'?"),
+])
+def test_an_override_typo_is_blamed_on_the_command_line(capsys, tmp_path, home, tiny_checkpoint, reverse_data,
+                                                        override, message):
+    recipe = write_recipe(tmp_path, tiny_recipe(tmp_path, tiny_checkpoint, reverse_data))
+    code, _, err = invoke(capsys, "train", str(recipe), override)
+    assert code == 2
+    assert one_error_line(err).removeprefix("error: ").startswith(message)

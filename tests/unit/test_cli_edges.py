@@ -180,3 +180,69 @@ def test_an_override_typo_is_blamed_on_the_command_line(capsys, tmp_path, home, 
     code, _, err = invoke(capsys, "train", str(recipe), override)
     assert code == 2
     assert one_error_line(err).removeprefix("error: ").startswith(message)
+
+
+# ---- item 8: runs list and monitor at 80 columns -----------------------------------------------------------------
+
+def rendered(renderable, width=80) -> list[str]:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=open("/dev/null", "w"))
+    console.print(renderable)
+    return console.export_text().splitlines()
+
+
+def whole_on_a_line(value: str, lines: list[str]) -> bool:
+    return any(value in line for line in lines)
+
+
+def test_runs_list_is_readable_at_80_columns(tmp_path):
+    from tunelab.present.console import runs_table
+    from tunelab.run.listing import RunSummary
+
+    runs = [
+        RunSummary(tmp_path / "smollm2-sms-spam-lora-r16", "completed", None, "classification",
+                   "/models/smollm2-135m-instruct", "lora", 1200, "accuracy", 0.62, 0.965, forgetting=0.031,
+                   verdict=True),
+        RunSummary(tmp_path / "quickstart-reverse-dora", "completed", None, "sft", "smollm2-135m-instruct", "dora",
+                   120, "exact_match", 0.1, 0.45, forgetting=-0.002, verdict=False),
+        RunSummary(tmp_path / "killed-run", "interrupted", None, "sft", "tiny", "full", 40),
+    ]
+    lines = rendered(runs_table(tmp_path, runs, 80))
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if "status" in line)
+    for key in ("run", "status", "metric", "tuned", "change", "objective"):
+        assert key in header
+    for value in ("smollm2-sms-spam-lora-r16", "quickstart-reverse-dora", "killed-run", "completed", "interrupted",
+                  "exact_match", "accuracy", "not evaluated", "96.5%", "45.0%", "+34.5 pts", "+35.0 pts", "not met"):
+        assert whole_on_a_line(value, lines), f"{value!r} is not whole on one line:\n" + "\n".join(lines)
+    assert "not shown at this width" in "\n".join(lines)
+    wide = rendered(runs_table(tmp_path, runs, 200), 200)
+    assert "forgetting" in wide[2] and "classification" in "\n".join(wide) and "not shown" not in "\n".join(wide)
+
+
+def test_monitor_is_readable_at_80_columns(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tunelab.monitor.requestlog import RequestLog
+
+    log = RequestLog(tmp_path)
+    now = time.time()
+    for model, latency in (("smollm2-135m-instruct:sms-spam-lora", 123.0), ("base", 48.0)):
+        for _ in range(3):
+            log.append({"ts": now - 60, "endpoint": "/v1/chat/completions", "model": model, "status": 200,
+                        "latency_ms": latency, "prompt_tokens": 1200, "completion_tokens": 340})
+    log.close()
+    done = subprocess.run([sys.executable, "-m", "tunelab", "monitor", str(tmp_path)], capture_output=True,
+                          text=True, env={**os.environ, "COLUMNS": "80"}, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    header = next(line for line in lines if "p50 ms" in line)
+    for key in ("model", "requests", "error rate", "p50 ms", "p95 ms"):
+        assert key in header
+    for value in ("smollm2-135m-instruct:sms-spam-lora", "123", "0.0%"):
+        assert whole_on_a_line(value, lines), done.stdout

@@ -58,7 +58,7 @@ def show_runs(folder: Path, as_json: bool = False) -> None:
     if not runs:
         console.print(f"no runs in {folder}")
         return
-    console.print(runs_table(folder, runs))
+    console.print(runs_table(folder, runs, console.width))
 
 
 @runs_app.command("compare", cls=Command)

@@ -246,3 +246,25 @@ def test_monitor_is_readable_at_80_columns(tmp_path):
         assert key in header
     for value in ("smollm2-135m-instruct:sms-spam-lora", "123", "0.0%"):
         assert whole_on_a_line(value, lines), done.stdout
+
+
+# ---- item 8: models pull takes what models list shows ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["minilm-l6-v2", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"])
+def test_models_pull_takes_the_names_models_list_shows(capsys, home, name):
+    from tunelab.models.builtin import find_package_file
+    from tunelab.models.catalog import BUILTIN_MODELS
+
+    if find_package_file(BUILTIN_MODELS["minilm-l6-v2"]) is None:
+        pytest.skip("the package carrying minilm-l6-v2 is not installed (no network here to install it)")
+    code, listed, _ = invoke(capsys, "models", "list")
+    assert code == 0 and "minilm-l6-v2" in listed
+    code, out, err = invoke(capsys, "models", "pull", name)
+    assert code == 0, err
+    assert out.startswith("ready minilm-l6-v2: ") and "BERT encoder; for classification" in " ".join(out.split())
+
+
+def test_models_pull_of_an_unknown_name(capsys, home):
+    code, _, err = invoke(capsys, "models", "pull", "gpt-17")
+    line = one_error_line(err)
+    assert code == 2 and "unknown built-in model 'gpt-17' (available: smollm2-135m-instruct, minilm-l6-v2)" in line

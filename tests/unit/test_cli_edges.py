@@ -268,3 +268,110 @@ def test_models_pull_of_an_unknown_name(capsys, home):
     code, _, err = invoke(capsys, "models", "pull", "gpt-17")
     line = one_error_line(err)
     assert code == 2 and "unknown built-in model 'gpt-17' (available: smollm2-135m-instruct, minilm-l6-v2)" in line
+
+
+# ---- item 8: progress of data preparation, validation, eval and export ---------------------------------------------
+
+class Recorder:
+    """A `progress(stage, done, total)` that keeps every call."""
+
+    def __init__(self):
+        self.calls: list[tuple[str, int, int]] = []
+
+    def __call__(self, stage, done, total):
+        self.calls.append((stage, done, total))
+
+    def of(self, stage):
+        return [(done, total) for name, done, total in self.calls if name == stage]
+
+
+def test_data_preparation_reports_progress_over_the_rows(tmp_path, tiny_checkpoint):
+    from tests.conftest import reverse_rows, write_jsonl
+    from tunelab.config.schema import Recipe
+    from tunelab.data.cache import prepare_data
+    from tunelab.files import read_jsonl
+    from tunelab.models.load import model_limits
+    from tunelab.models.tokenizer import load_tokenizer
+
+    data = write_jsonl(tmp_path / "d.jsonl", reverse_rows(2600))
+    recipe = Recipe.model_validate({"model": {"name": str(tiny_checkpoint)},
+                                    "data": {"train": str(data), "num_proc": 1, "max_length": 64}})
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    limits = model_limits(tiny_checkpoint, tokenizer)
+    recorder = Recorder()
+    shown = prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, tmp_path / "a", progress=recorder)
+    silent = prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, tmp_path / "b")
+    cleaning, tokenizing = recorder.of("cleaning rows"), recorder.of("tokenizing rows")
+    assert cleaning[0] == (0, 2600) and cleaning[-1] == (2600, 2600) and len(cleaning) >= 4
+    kept = sum(1 for _ in read_jsonl(shown.folder / "train.jsonl")) + sum(
+        1 for name in ("validation", "test") for _ in read_jsonl(shown.folder / f"{name}.jsonl"))
+    assert tokenizing[-1] == (kept, kept) and len(tokenizing) >= 4
+    assert [done for done, _ in tokenizing] == sorted(done for done, _ in tokenizing)
+    for name in ("train.jsonl", "tokens/train.jsonl", "rejected.jsonl"):  # the same result, shown or not
+        assert (shown.folder / name).read_text() == (silent.folder / name).read_text()
+
+
+def test_a_validation_pass_has_its_own_bar():
+    import io
+
+    from rich.console import Console
+    from transformers import TrainerControl, TrainerState
+
+    from tunelab.present.progress import RichProgress
+
+    progress = RichProgress(Console(file=io.StringIO(), force_terminal=True, width=100))
+    state, control = TrainerState(max_steps=10), TrainerControl()
+    progress.on_train_begin(None, state, control)
+    batches = list(range(7))
+    for _ in batches[:3]:
+        progress.on_prediction_step(None, state, control, eval_dataloader=batches)
+    bar = next(task for task in progress.progress.tasks if task.description == "validation")
+    assert (bar.completed, bar.total) == (3, 7)
+    progress.on_evaluate(None, state, control, metrics={"eval_loss": 1.0})
+    assert [task.description for task in progress.progress.tasks] == ["train"]
+    progress.on_train_end(None, state, control)
+
+
+def test_stage_bars_draw_on_a_terminal_and_stay_quiet_elsewhere():
+    import io
+
+    from rich.console import Console
+
+    from tunelab.present.progress import StageProgress
+
+    for terminal, quiet, drawn in ((True, False, True), (False, False, False), (True, True, False)):
+        out = io.StringIO()
+        with StageProgress(Console(file=out, force_terminal=terminal, quiet=quiet, width=100)) as progress:
+            progress("tokenizing rows", 40, 100)
+        assert ("tokenizing rows" in out.getvalue()) is drawn, (terminal, quiet)
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory, tiny_checkpoint):
+    from tests.unit.test_export import train_tiny_run
+
+    return train_tiny_run(tmp_path_factory.mktemp("progress"), tiny_checkpoint)
+
+
+def test_eval_reports_each_step(small_run):
+    from tunelab.evaluate.evaluator import evaluate_run
+    from tunelab.run.models import open_run_models
+
+    models = open_run_models(small_run, small_run.parent / "home", "cpu")
+    recorder = Recorder()
+    evaluate_run(models, models.recipe, lambda _: None, progress=recorder)
+    stages = list(dict.fromkeys(name for name, _, _ in recorder.calls))
+    assert stages == ["eval: base model: 6 rows", "eval: tuned model: 6 rows", "eval: scoring"]
+    assert all(recorder.of(stage) == [(0, 1), (1, 1)] for stage in stages)
+
+
+def test_export_reports_each_step(small_run, tmp_path):
+    from tunelab.export.exporter import ExportOptions, export_run
+
+    recorder, lines = Recorder(), []
+    export_run(small_run, ExportOptions(format="merged", out=tmp_path / "merged"), small_run.parent / "home",
+               say=lines.append, progress=recorder)
+    stages = list(dict.fromkeys(name for name, _, _ in recorder.calls))
+    assert stages[0] == "export: writing the merged model (f32)"
+    assert stages[-1] == "export: the model card and export.json"
+    assert len(stages) == len(lines) + 1 and all(recorder.of(stage)[-1] == (1, 1) for stage in stages)

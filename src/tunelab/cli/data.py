@@ -55,11 +55,12 @@ def model_limits(recipe: Any, home: Path) -> tuple[Any, set[int], int | None]:
 
 def run_doctor(recipe: Any, check: bool):
     from tunelab.data.cache import prepare_data
+    from tunelab.present.progress import StageProgress
 
     home = tunelab_home()
     tokenizer, stop_ids, context = model_limits(recipe, home)
-    with console.status("checking data"):
-        return prepare_data(recipe.data, tokenizer, stop_ids, context, home, check=check)
+    with StageProgress() as progress:
+        return prepare_data(recipe.data, tokenizer, stop_ids, context, home, check=check, progress=progress)
 
 
 def show(prepared: Any) -> None:

@@ -34,8 +34,10 @@ def export(
     check_options(options)
     quiet_libraries()
     from tunelab.export.exporter import export_run
+    from tunelab.present.progress import StageProgress
 
-    exported = export_run(run, options, tunelab_home(), say=lambda text: console.print(f"[dim]{text}[/dim]"),
-                          device=device)
+    with StageProgress() as progress:
+        exported = export_run(run, options, tunelab_home(), say=lambda text: console.print(f"[dim]{text}[/dim]"),
+                              device=device, progress=progress)
     size = sum(path.stat().st_size for path in exported.folder.iterdir() if path.is_file())
     console.print(f"[bold green]exported[/bold green] {format} to {exported.folder} ({size / 1e6:.1f} MB)")

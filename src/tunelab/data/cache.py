@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.data.dataset import GENERATED_FILE, DataFile, LoadedData, TokenizedSplit
 from tunelab.data.formats import Example
 from tunelab.data.split import SPLITS, Splits
+from tunelab.data.stages import Progress
 from tunelab.data.templates import Encoded
 from tunelab.errors import TunelabError
 from tunelab.files import (
@@ -193,11 +194,12 @@ def raise_problems(prepared: Prepared, data: DataSection) -> None:
 
 
 def prepare_data(data: DataSection, tokenizer: Any, stop_ids: set[int], context: int | None, home: Path,
-                 check: bool = False) -> Prepared:
+                 check: bool = False, progress: Progress | None = None) -> Prepared:
     """The data doctor's result for these inputs, from the cache or computed (and stored).
 
     `check` (tunelab data check) lists every problem and never stops; otherwise unreadable rows follow
-    `data.bad_rows` and a problem with the whole set stops with its one-line reason.
+    `data.bad_rows` and a problem with the whole set stops with its one-line reason. `progress(stage, done, total)`
+    hears how the per-row stages go (present/progress.py StageProgress draws it).
     """
     from tunelab.data.doctor import diagnose
     from tunelab.data.report import build_report
@@ -207,7 +209,7 @@ def prepare_data(data: DataSection, tokenizer: Any, stop_ids: set[int], context:
     prepared = lookup(home, key)
     if prepared is None:
         strict = not check and data.bad_rows == "stop"
-        diagnosis = diagnose(data, tokenizer, stop_ids, context, strict, key)
+        diagnosis = diagnose(data, tokenizer, stop_ids, context, strict, key, progress)
         report = build_report(diagnosis, data, key)
         title = f"Data report: {data.train or f'generated {data.generate.task}'}"
         prepared = store(home, key, diagnosis, report, html_report(report, title))

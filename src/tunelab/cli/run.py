@@ -51,9 +51,17 @@ def interrupted_line(recipe: Path, overrides: list[str], output_dir: Path) -> st
     import shlex
 
     from tunelab.run.folder import RunDir
+    from tunelab.run.record import raw_record
 
-    if not RunDir(output_dir).is_run():
+    run = RunDir(output_dir)
+    if not run.is_run():
         return f"interrupted before training started; nothing was written to {output_dir}"
+    try:
+        status = raw_record(run).get("status")
+    except TunelabError:
+        status = None
+    if status == "completed":  # the evaluation after training was interrupted, not the training
+        return f"interrupted during the evaluation; the run is trained: `tunelab eval {output_dir}` evaluates it"
     again = shlex.join(["tunelab", "train", str(recipe), *overrides, "--resume"])
     return f"interrupted; `{again}` continues the run in {output_dir} from its last checkpoint"
 

@@ -11,7 +11,7 @@ def test_check_a_data_file_writes_the_report(capsys, tmp_path, home, tiny_checkp
     rows = reverse_rows(30)
     path = write_jsonl(tmp_path / "d.jsonl", rows + [rows[3], {"prompt": "x"}])
     code, out, err = invoke(capsys, "data", "check", str(path), "--model", str(tiny_checkpoint),
-                            "data.split.test=0.2")
+                            "data.split.test=0.2", "data.bad_rows=quarantine")  # train sets the bad row aside too
     assert code == 0, err
     assert "read = kept + rejected" in out and "duplicates exact 1" in out
     folder = tmp_path / "data_check" / "d"
@@ -22,7 +22,8 @@ def test_check_a_data_file_writes_the_report(capsys, tmp_path, home, tiny_checkp
     reasons = [json.loads(line)["reason"] for line in (folder / "rejected.jsonl").read_text().splitlines()]
     assert reasons == ["missing field 'completion' (format prompt_completion)",
                        f"duplicate of {path}:4 (same content once case and spacing are ignored)"]
-    code, out, _ = invoke(capsys, "data", "check", str(path), "--model", str(tiny_checkpoint), "data.split.test=0.2")
+    code, out, _ = invoke(capsys, "data", "check", str(path), "--model", str(tiny_checkpoint), "data.split.test=0.2",
+                          "data.bad_rows=quarantine")
     assert code == 0 and "cache hit" in out
 
 
@@ -31,7 +32,7 @@ def test_check_exits_2_when_nothing_usable_is_left(capsys, tmp_path, home, tiny_
     path = tmp_path / "bad.jsonl"
     path.write_bytes(b'{"prompt": "\xff\xfe", "completion": "a"}\n[1]\n')
     code, out, err = invoke(capsys, "data", "check", str(path), "--model", str(tiny_checkpoint),
-                            "data.format=prompt_completion")
+                            "data.format=prompt_completion", "data.bad_rows=quarantine")
     assert code == 2
     assert "nothing usable left: all 2 train rows were rejected" in one_error_line(err)
     assert (tmp_path / "data_check" / "bad" / "rejected.jsonl").read_text().count("\n") == 2

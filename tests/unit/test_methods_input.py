@@ -33,7 +33,7 @@ def test_unknown_method_lists_every_method(tmp_path):
     path.write_text(MINIMAL + "method:\n  name: houlsby\n")
     with pytest.raises(TunelabError) as error:
         load_recipe(path)
-    assert str(error.value) == (f"{path}:3: method.name: unknown method 'houlsby' (available: {', '.join(METHODS)})")
+    assert str(error.value) == (f"{path}:4: method.name: unknown method 'houlsby' (available: {', '.join(METHODS)})")
     assert set(METHODS) == {"full", "lora", "dora", "qlora", "prefix", "prompt", "ia3", "adapter"}
 
 

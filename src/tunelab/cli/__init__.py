@@ -29,7 +29,7 @@ from tunelab.errors import TunelabError
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    debug, argv = take_debug(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tunelab never downloads models at run time
     try:
         app(args=argv, prog_name="tunelab")
@@ -46,6 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         error_console.print("interrupted")
         sys.exit(130)
+
+
+def take_debug(argv: list[str]) -> tuple[bool, list[str]]:
+    """`--debug` wherever it is on the line (before a `--`), and the line without it: typer would take it only
+    before the command name, and a user adds it to the end of the command that just failed."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    debug = "--debug" in argv[:end]
+    return debug, [arg for index, arg in enumerate(argv) if index >= end or arg != "--debug"]
 
 
 def report(message: str) -> None:

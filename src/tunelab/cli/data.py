@@ -8,13 +8,13 @@ from typing import Any, Optional
 
 import typer
 
-from tunelab.cli.app import app, console
+from tunelab.cli.app import OVERRIDES, Command, app, console, group
 from tunelab.errors import TunelabError
 from tunelab.files import copy_file
 from tunelab.paths import tunelab_home
 from tunelab.quiet import quiet_libraries
 
-data_app = typer.Typer(help="Check, clean and prepare data before any training time is spent.",
+data_app = group(help="Check, clean and prepare data before any training time is spent.",
                        no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
@@ -55,11 +55,12 @@ def model_limits(recipe: Any, home: Path) -> tuple[Any, set[int], int | None]:
 
 def run_doctor(recipe: Any, check: bool):
     from tunelab.data.cache import prepare_data
+    from tunelab.present.progress import StageProgress
 
     home = tunelab_home()
     tokenizer, stop_ids, context = model_limits(recipe, home)
-    with console.status("checking data"):
-        return prepare_data(recipe.data, tokenizer, stop_ids, context, home, check=check)
+    with StageProgress() as progress:
+        return prepare_data(recipe.data, tokenizer, stop_ids, context, home, check=check, progress=progress)
 
 
 def show(prepared: Any) -> None:
@@ -72,10 +73,11 @@ def show(prepared: Any) -> None:
     console.print(f"[dim]{how}; key {prepared.key[:16]}[/dim]")
 
 
-@data_app.command("check")
+@data_app.command("check", cls=Command)
 def check(
     target: Path = typer.Argument(..., help="Recipe YAML file, or a data file (checked with default settings)."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.file_type=tsv"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar=OVERRIDES,
+        help="Dotted overrides, e.g. data.file_type=tsv"),
     model: Optional[str] = typer.Option(None, help="Model whose tokenizer and template are used (default: the "
                                         "recipe's, or the built-in model)."),
     out: Optional[Path] = typer.Option(None, help="Folder for data_report.html/.json and rejected.jsonl "
@@ -83,7 +85,8 @@ def check(
 ) -> None:
     """Report every problem in a data set: bad rows, duplicates, contamination, personal data, lengths, template.
 
-    Exits with 2 when the data is not usable as it is (nothing left, one class only, a template lint failure).
+    Exits with 2 on anything `tunelab train` would refuse: a row it cannot read (with data.bad_rows: stop), nothing
+    left, one class only, a template lint failure, rows the recipe's task does not train on.
     """
     recipe, name = recipe_or_file(target, overrides or [], model)
     quiet_libraries()
@@ -92,10 +95,24 @@ def check(
     folder = out or Path("data_check") / name
     write_check(prepared, folder)
     console.print(f"[bold]written[/bold] {folder / 'data_report.html'}, data_report.json, rejected.jsonl")
-    if prepared.problems:
-        raise TunelabError(f"data not usable as it is: {prepared.problems[0]}"
-                           + (f" (and {len(prepared.problems) - 1} more problem(s))" if len(prepared.problems) > 1
-                              else ""))
+    refuse_what_train_refuses(recipe, prepared, target)
+
+
+def refuse_what_train_refuses(recipe: Any, prepared: Any, target: Path) -> None:
+    """Exit 2 on what `tunelab train` would refuse in this data (the same checks, not a copy), so a CI step running
+    `tunelab data check` fails exactly when training would. Row kinds are checked against a recipe's task only: a
+    bare data file names no task."""
+    from tunelab.data.cache import refusals
+    from tunelab.tasks.base import check_row_kinds
+    from tunelab.tasks.registry import get_task
+
+    found = refusals(prepared, recipe.data)
+    if not found and target.suffix.lower() in RECIPE_SUFFIXES:
+        check_row_kinds(get_task(recipe.task.name), prepared.report["splits"]["train"]["kinds"],
+                        recipe.data.train or "data")
+    if found:
+        more = f" (and {len(found) - 1} more problem(s); see rejected.jsonl)" if len(found) > 1 else ""
+        raise TunelabError(f"data not usable as it is: {found[0]}{more}")
 
 
 def write_check(prepared: Any, folder: Path) -> None:
@@ -106,10 +123,11 @@ def write_check(prepared: Any, folder: Path) -> None:
         copy_file(prepared.folder / name, folder / name)
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=Command)
 def prepare(
     recipe_path: Path = typer.Argument(..., metavar="RECIPE", help="Recipe YAML file."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.dedup.threshold=0.9"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar=OVERRIDES,
+        help="Dotted overrides, e.g. data.dedup.threshold=0.9"),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace a run already in output.dir."),
 ) -> None:
     """Clean, deduplicate and check the recipe's data and write the splits to <output.dir>/data, which

@@ -7,12 +7,12 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.app import app, console, device_option
+from tunelab.cli.app import Command, app, console, device_option
 from tunelab.paths import tunelab_home
 from tunelab.quiet import quiet_libraries
 
 
-@app.command()
+@app.command(cls=Command)
 def export(
     run: Path = typer.Argument(..., help="Run folder."),
     format: str = typer.Option(..., "--format", "-f", help="merged (safetensors), adapter (PEFT's format) or gguf."),
@@ -34,8 +34,10 @@ def export(
     check_options(options)
     quiet_libraries()
     from tunelab.export.exporter import export_run
+    from tunelab.present.progress import StageProgress
 
-    exported = export_run(run, options, tunelab_home(), say=lambda text: console.print(f"[dim]{text}[/dim]"),
-                          device=device)
+    with StageProgress() as progress:
+        exported = export_run(run, options, tunelab_home(), say=lambda text: console.print(f"[dim]{text}[/dim]"),
+                              device=device, progress=progress)
     size = sum(path.stat().st_size for path in exported.folder.iterdir() if path.is_file())
     console.print(f"[bold green]exported[/bold green] {format} to {exported.folder} ({size / 1e6:.1f} MB)")

@@ -9,14 +9,14 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.app import app, console, device_option
+from tunelab.cli.app import OVERRIDES, Command, app, console, device_option
 from tunelab.errors import TunelabError
 from tunelab.paths import tunelab_home
 
 ALL_METHODS = "lora,dora,qlora,prefix,prompt,ia3,adapter,full"
 
 
-@app.command("methods")
+@app.command("methods", cls=Command)
 def methods_list() -> None:
     """The tuning methods a recipe's method.name can name, with what each declares."""
     from rich.table import Table
@@ -33,7 +33,7 @@ def methods_list() -> None:
     console.print(table)
 
 
-@app.command("tasks")
+@app.command("tasks", cls=Command)
 def tasks_list() -> None:
     """The training tasks a recipe's task (or task.name) can name, with the rows each trains on."""
     from rich.table import Table
@@ -49,10 +49,11 @@ def tasks_list() -> None:
     console.print(table)
 
 
-@app.command("compare-methods")
+@app.command("compare-methods", cls=Command)
 def compare_methods_command(
     recipe: Path = typer.Argument(..., help="Recipe YAML file: its data, model and settings serve every method."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. data.generate.rows=200"),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar=OVERRIDES,
+        help="Dotted overrides, e.g. data.generate.rows=200"),
     methods: str = typer.Option(ALL_METHODS, help="Comma-separated methods."),
     steps: int = typer.Option(30, min=1, help="Optimizer steps per method (the same budget for all)."),
     out: Optional[Path] = typer.Option(None, help="Folder for the runs and the table; default runs/<recipe>-methods."),

@@ -8,17 +8,19 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.app import app, console, device_option
+from tunelab.cli.app import OVERRIDES, Command, app, console, device_option, error_console
 from tunelab.errors import TunelabError
 from tunelab.paths import tunelab_home
 from tunelab.quiet import quiet_libraries
 
 
-@app.command()
+@app.command(cls=Command)
 def train(
     recipe: Path = typer.Argument(..., help="Recipe YAML file."),
-    overrides: Optional[list[str]] = typer.Argument(None, help="Dotted overrides, e.g. train.lr=1e-4"),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in output.dir from its last checkpoint."),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar=OVERRIDES,
+        help="Dotted overrides, e.g. train.lr=1e-4"),
+    resume: bool = typer.Option(False, "--resume/--no-resume",
+                                help="Continue the run in output.dir from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in output.dir."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the base-vs-tuned evaluation at the end."),
     device: str = device_option(),
@@ -31,8 +33,12 @@ def train(
     config = load_recipe(recipe, overrides or [])
     quiet_libraries()
     started = time.perf_counter()
-    outcome = run_recipe(config, tunelab_home(), console, resume=resume, overwrite=overwrite, device=device,
-                         evaluate=not no_eval)
+    try:
+        outcome = run_recipe(config, tunelab_home(), console, resume=resume, overwrite=overwrite, device=device,
+                             evaluate=not no_eval)
+    except KeyboardInterrupt:
+        error_console.print(interrupted_line(recipe, overrides or [], Path(config.output.dir)), soft_wrap=True)
+        raise typer.Exit(130) from None
     if outcome.evaluation is None and config.objective is not None:
         console.print(f"[yellow]objective not checked[/yellow] (no evaluation); `tunelab eval {outcome.run.root}` "
                       "checks it")
@@ -40,11 +46,32 @@ def train(
     enforce(outcome.evaluation.objective if outcome.evaluation else None)
 
 
-@app.command("eval")
+def interrupted_line(recipe: Path, overrides: list[str], output_dir: Path) -> str:
+    """What Ctrl-C during `tunelab train` leaves, and the command that continues it."""
+    import shlex
+
+    from tunelab.run.folder import RunDir
+    from tunelab.run.record import raw_record
+
+    run = RunDir(output_dir)
+    if not run.is_run():
+        return f"interrupted before training started; nothing was written to {output_dir}"
+    try:
+        status = raw_record(run).get("status")
+    except TunelabError:
+        status = None
+    if status == "completed":  # the evaluation after training was interrupted, not the training
+        return f"interrupted during the evaluation; the run is trained: `tunelab eval {output_dir}` evaluates it"
+    again = shlex.join(["tunelab", "train", str(recipe), *overrides, "--resume"])
+    return f"interrupted; `{again}` continues the run in {output_dir} from its last checkpoint"
+
+
+@app.command("eval", cls=Command)
 def eval_command(
     run: Path = typer.Argument(..., help="Run folder."),
     overrides: Optional[list[str]] = typer.Argument(
-        None, help="eval.* or objective.* changes for this evaluation, e.g. objective.min=0.9 eval.max_rows=50"),
+        None, metavar=OVERRIDES,
+        help="eval.* or objective.* changes for this evaluation, e.g. objective.min=0.9 eval.max_rows=50"),
     max_rows: Optional[int] = typer.Option(None, help="Evaluate on at most this many test rows."),
     device: str = device_option(),
 ) -> None:
@@ -84,7 +111,7 @@ def reply(model, tokenizer, messages: list[dict[str, str]], max_new_tokens: int,
                           temperature, placement=placement).texts[0]
 
 
-@app.command()
+@app.command(cls=Command)
 def generate(
     run: Path = typer.Argument(..., help="Run folder."),
     text: str = typer.Argument(..., help="The user message."),
@@ -102,7 +129,7 @@ def generate(
     console.print(answer, markup=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command)
 def chat(
     run: Path = typer.Argument(..., help="Run folder."),
     base: bool = typer.Option(False, "--base", help="Chat with the run's base model instead."),
@@ -134,10 +161,10 @@ def chat(
         console.print(answer, markup=False, soft_wrap=True)
 
 
-@app.command()
+@app.command(cls=Command)
 def classify(
     run: Path = typer.Argument(..., help="Run folder of a classification run."),
-    texts: list[str] = typer.Argument(..., help="One or more texts."),
+    texts: list[str] = typer.Argument(..., metavar="TEXT", help="One or more texts."),
     base: bool = typer.Option(False, "--base", help="Use the run's base model instead."),
     device: str = device_option(),
 ) -> None:

@@ -6,15 +6,15 @@ from pathlib import Path
 
 import typer
 
-from tunelab.cli.app import app, console
+from tunelab.cli.app import Command, app, console, group
 
-runs_app = typer.Typer(help="Runs and their key metric: list (default) and compare.", invoke_without_command=True)
+runs_app = group(help="Runs and their key metric: list (default) and compare.", invoke_without_command=True)
 app.add_typer(runs_app, name="runs")
 
 DEFAULT_RUNS = Path("runs")
 
 
-@app.command()
+@app.command(cls=Command)
 def report(run: Path = typer.Argument(..., help="Run folder.")) -> None:
     """Rebuild the run's report.html from its saved files (no model is loaded)."""
     from tunelab.present.eval_report import write_report
@@ -31,7 +31,7 @@ def runs_default(context: typer.Context) -> None:
         show_runs(DEFAULT_RUNS)
 
 
-@runs_app.command("list")
+@runs_app.command("list", cls=Command)
 def runs_list(
     folder: Path = typer.Argument(DEFAULT_RUNS, help="A folder of runs (or one run)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per run instead of a table."),
@@ -58,10 +58,10 @@ def show_runs(folder: Path, as_json: bool = False) -> None:
     if not runs:
         console.print(f"no runs in {folder}")
         return
-    console.print(runs_table(folder, runs))
+    console.print(runs_table(folder, runs, console.width))
 
 
-@runs_app.command("compare")
+@runs_app.command("compare", cls=Command)
 def runs_compare(
     first: Path = typer.Argument(..., help="Run A."),
     second: Path = typer.Argument(..., help="Run B."),

@@ -8,21 +8,22 @@ from typing import Optional
 
 import typer
 
-from tunelab.cli.app import app, console, device_option
+from tunelab.cli.app import Command, app, console, device_option
 from tunelab.paths import tunelab_home
 from tunelab.quiet import quiet_libraries
 
 
-@app.command()
+@app.command(cls=Command)
 def serve(
-    runs: Optional[list[str]] = typer.Argument(None, help="Runs whose adapters to serve: RUN or NAME=RUN."),
+    runs: Optional[list[str]] = typer.Argument(None, metavar="RUN",
+        help="Runs whose adapters to serve: RUN or NAME=RUN."),
     base: Optional[str] = typer.Option(None, help="Base model (built-in name, checkpoint folder or .gguf); "
                                                   "default: the runs' base."),
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=0, max=65535),
     serve_dir: Path = typer.Option(Path("serve"), help="Folder of the request log (requests.sqlite)."),
     api_key: Optional[list[str]] = typer.Option(
-        None, "--api-key", help="Key clients send as Authorization: Bearer KEY (repeatable; default: "
+        None, "--api-key", metavar="KEY", help="Key clients send as Authorization: Bearer KEY (repeatable; default: "
                                 "$TUNELAB_API_KEY, read as one key)."),
     api_keys_file: Optional[Path] = typer.Option(None, help="File with one API key a line."),
     admin_key: Optional[str] = typer.Option(None, envvar="TUNELAB_ADMIN_KEY",

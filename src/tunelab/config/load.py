@@ -7,6 +7,7 @@ key. pydantic does the validation; this module only turns its errors into one li
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, get_args
 
@@ -22,6 +23,7 @@ from tunelab.tasks.registry import TASKS
 TAGGED = {"method": METHODS, "task": TASKS}
 
 COMMAND_LINE = "command line"
+KEY_HINT_CUTOFF = 0.75  # how alike an unknown key and a field must be to suggest the field
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -29,8 +31,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     path = Path(path)
     if not path.is_file():
         raise TunelabError(f"{path}: recipe file not found")
-    text = path.read_text(encoding="utf-8")
-    raw, lines = parse_yaml(text, str(path))
+    raw, lines = parse_yaml(read_recipe_text(path), str(path))
     overridden = apply_overrides(raw, overrides)
     raw.setdefault("output", {})
     if isinstance(raw["output"], dict) and raw["output"].get("dir") is None:
@@ -38,15 +39,52 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     return validate_recipe(raw, source=str(path), lines=lines, overridden=overridden)
 
 
+def read_recipe_text(path: Path) -> str:
+    content = path.read_bytes()
+    try:
+        return content.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = content[: error.start].count(b"\n") + 1
+        raise TunelabError(f"{path}:{line}: not UTF-8 (byte 0x{content[error.start]:02x} at byte offset "
+                           f"{error.start}); save the recipe as UTF-8") from None
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping.
+
+    PyYAML silently keeps the last of two equal keys, so a recipe with `lr:` twice trains with whichever came last
+    and the user never learns the first was ignored.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        first_lines: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<:` merges and complex keys are left to PyYAML
+            key = self.construct_object(key_node)
+            line = key_node.start_mark.line + 1
+            if key in first_lines:
+                raise DuplicateKey(
+                    problem=f"duplicate key '{key}' on lines {first_lines[key]} and {line}; keep one",
+                    problem_mark=key_node.start_mark)
+            first_lines[key] = line
+        return super().construct_mapping(node, deep)
+
+
 def parse_yaml(text: str, source: str) -> tuple[dict[str, Any], dict[tuple, int]]:
     """The mapping in `text` and the line of each key path in it."""
     try:
-        node = yaml.compose(text)
-        raw = yaml.safe_load(text)
+        node = yaml.compose(text, Loader=UniqueKeyLoader)
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f"{source}:{mark.line + 1}" if mark else source
-        raise TunelabError(f"{where}: not valid YAML: {getattr(error, 'problem', error)}") from None
+        kind = "" if isinstance(error, DuplicateKey) else "not valid YAML: "
+        raise TunelabError(f"{where}: {kind}{getattr(error, 'problem', error)}") from None
     if raw is None:
         raise TunelabError(f"{source}: the recipe is empty")
     if not isinstance(raw, dict):
@@ -100,6 +138,8 @@ def validate_recipe(
         more = error.error_count() - 1
         message = describe_error(first, raw)
         path = user_path(first["loc"], raw)
+        if first["type"] == "union_tag_invalid":  # the message names `<section>.name`: blame where that was set
+            path = (*path, "name")
         where = where_is(path, source, lines or {}, overridden)
         suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
         raise TunelabError(f"{where}: {message}{suffix}") from None
@@ -113,12 +153,16 @@ def user_path(loc: tuple, raw: dict[str, Any]) -> tuple:
 
 
 def where_is(path: tuple, source: str, lines: dict[tuple, int], overridden: set) -> str:
+    """The file line or the command line a key path came from. A section the file lacks that an override created
+    (`trian.lr=1` makes a section `trian`) is the command line's doing, not the file's."""
     for depth in range(len(path), 0, -1):
         prefix = tuple(str(p) for p in path[:depth])
         if prefix in overridden:
             return COMMAND_LINE
         if prefix in lines:
             return f"{source}:{lines[prefix]}"
+        if any(key[:depth] == prefix for key in overridden):
+            return COMMAND_LINE
     return source
 
 
@@ -151,10 +195,28 @@ def unknown_key_message(path: tuple, raw: dict[str, Any]) -> str:
         if owners:
             current = section_name(raw, path[0])
             return f"'{dotted}' is an option of {path[0]} '{owners[0]}', not of '{current}'"
-    hint = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    suggestion = f"; did you mean '{'.'.join(map(str, path[:-1] + (hint[0],)))}'?" if hint else ""
+    hint = closest_key(key, section_model) if section_model else None
+    suggestion = f"; did you mean '{'.'.join(map(str, path[:-1] + (hint,)))}'?" if hint else ""
     choices = f" (valid keys here: {', '.join(valid)})" if valid and not hint else ""
     return f"unknown key '{dotted}'{suggestion}{choices}"
+
+
+def closest_key(key: str, model: type[BaseModel]) -> str | None:
+    """The field `key` was most likely meant as: by spelling (`lrr` -> `lr`), or by the words of a field's
+    description (`lerning_rate` -> `lr`, "Peak learning rate."), since a short name shares few letters with the long
+    name a user types from memory."""
+    words = " ".join(part for part in key.lower().replace("-", "_").split("_") if part)
+    best, best_score = None, 0.0
+    for name, field in model.model_fields.items():
+        score = difflib.SequenceMatcher(None, key, name).ratio()
+        described = re.findall(r"[a-z0-9]+", (field.description or "").lower())
+        width = len(words.split())
+        for start in range(len(described) - width + 1):
+            phrase = " ".join(described[start:start + width])
+            score = max(score, difflib.SequenceMatcher(None, words, phrase).ratio())
+        if score > best_score:
+            best, best_score = name, score
+    return best if best_score >= KEY_HINT_CUTOFF else None
 
 
 def model_at(path: tuple, raw: dict[str, Any]) -> type[BaseModel] | None:

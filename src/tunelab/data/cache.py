@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.data.dataset import GENERATED_FILE, DataFile, LoadedData, TokenizedSplit
 from tunelab.data.formats import Example
 from tunelab.data.split import SPLITS, Splits
+from tunelab.data.stages import Progress
 from tunelab.data.templates import Encoded
 from tunelab.errors import TunelabError
 from tunelab.files import (
@@ -170,31 +171,35 @@ def store(home: Path, key: str, diagnosis: Any, report: dict[str, Any], html: st
     return Prepared(key, final, report, from_cache=False)
 
 
-def first_bad_row(prepared: Prepared) -> str | None:
-    """The first unreadable row of a cached result, as `data.bad_rows: stop` would have stopped at it."""
-    for item in read_jsonl(prepared.folder / REJECTED):
-        if item["stage"] in ("read", "parse"):
-            return f"{item['source']}:{item['line']}: {item['reason']}"
-    return None
+def unreadable_rows(prepared: Prepared) -> list[tuple[str, str]]:
+    """(file:line, reason) of every row of a result that could not be read or parsed, in file order."""
+    return [(f"{item['source']}:{item['line']}", item["reason"]) for item in read_jsonl(prepared.folder / REJECTED)
+            if item["stage"] in ("read", "parse")]
+
+
+def refusals(prepared: Prepared, data: DataSection) -> list[str]:
+    """Everything in this data that `train` and `data prepare` refuse, in the order they meet it: with
+    `data.bad_rows: stop` each unreadable row (with what to do about it), then each problem of the whole set.
+    `data check` exits 2 when this is not empty, so a check that passes means train will accept the data."""
+    from tunelab.data.doctor import bad_row_refusal
+
+    bad = unreadable_rows(prepared) if data.bad_rows == "stop" else []
+    return [bad_row_refusal(where, reason) for where, reason in bad] + list(prepared.problems)
 
 
 def raise_problems(prepared: Prepared, data: DataSection) -> None:
-    from tunelab.data.doctor import BAD_ROW_HINT
-
-    if data.bad_rows == "stop":
-        bad = first_bad_row(prepared)
-        if bad:
-            raise TunelabError(f"{bad}; {BAD_ROW_HINT}")
-    if prepared.problems:
-        raise TunelabError(prepared.problems[0])
+    found = refusals(prepared, data)
+    if found:
+        raise TunelabError(found[0])
 
 
 def prepare_data(data: DataSection, tokenizer: Any, stop_ids: set[int], context: int | None, home: Path,
-                 check: bool = False) -> Prepared:
+                 check: bool = False, progress: Progress | None = None) -> Prepared:
     """The data doctor's result for these inputs, from the cache or computed (and stored).
 
     `check` (tunelab data check) lists every problem and never stops; otherwise unreadable rows follow
-    `data.bad_rows` and a problem with the whole set stops with its one-line reason.
+    `data.bad_rows` and a problem with the whole set stops with its one-line reason. `progress(stage, done, total)`
+    hears how the per-row stages go (present/progress.py StageProgress draws it).
     """
     from tunelab.data.doctor import diagnose
     from tunelab.data.report import build_report
@@ -204,7 +209,7 @@ def prepare_data(data: DataSection, tokenizer: Any, stop_ids: set[int], context:
     prepared = lookup(home, key)
     if prepared is None:
         strict = not check and data.bad_rows == "stop"
-        diagnosis = diagnose(data, tokenizer, stop_ids, context, strict, key)
+        diagnosis = diagnose(data, tokenizer, stop_ids, context, strict, key, progress)
         report = build_report(diagnosis, data, key)
         title = f"Data report: {data.train or f'generated {data.generate.task}'}"
         prepared = store(home, key, diagnosis, report, html_report(report, title))

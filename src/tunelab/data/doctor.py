@@ -23,7 +23,7 @@ from tunelab.data.formats import Example, parse_items
 from tunelab.data.lint import LintReport, lint_template
 from tunelab.data.readers import BadRow, Record, scan_records
 from tunelab.data.split import SPLITS, Splits, check_no_overlap, split_examples
-from tunelab.data.stages import clean_row, parallel_map, tokenize_row, worker_count
+from tunelab.data.stages import Progress, clean_row, parallel_map, tokenize_row, worker_count
 from tunelab.data.synthetic import generate_rows
 from tunelab.data.templates import Encoded
 from tunelab.errors import TunelabError
@@ -35,8 +35,14 @@ if TYPE_CHECKING:
 # Stages a row can be rejected at, in pipeline order (the report lists counts in this order).
 STAGES = ("read", "parse", "clean", "duplicate", "near_duplicate", "label_conflict", "duplicate_across_splits",
           "contamination", "length", "template")
-BAD_ROW_HINT = ("set data.bad_rows: quarantine to set such rows aside in rejected.jsonl, or run "
-                "`tunelab data check` to list them all")
+BAD_ROW_HINT = ("set data.bad_rows: quarantine to set such rows aside in rejected.jsonl (`tunelab data check` lists "
+                "them all)")
+
+
+def bad_row_refusal(where: str, reason: str) -> str:
+    """How an unreadable row is refused under `data.bad_rows: stop`: here at the first one, and by `data check`
+    (cache.refusals) for each."""
+    return f"{where}: {reason}; {BAD_ROW_HINT}"
 
 
 @dataclass
@@ -99,14 +105,15 @@ class Clock:
 
 
 def diagnose(data: DataSection, tokenizer: Any, stop_ids: set[int], context: int | None,
-             strict: bool, fingerprint: str) -> Diagnosis:
-    """Run every check. `strict` (prepare/train with data.bad_rows: stop) raises at the first unreadable row."""
+             strict: bool, fingerprint: str, progress: Progress | None = None) -> Diagnosis:
+    """Run every check. `strict` (prepare/train with data.bad_rows: stop) raises at the first unreadable row.
+    `progress` hears of the two per-row stages (cleaning, tokenizing) as they go."""
     clock = Clock()
     inputs = read_inputs(data, strict)
     rejected = inputs.rejected
     clock.lap("read")
     workers = worker_count(data.num_proc, sum(len(rows) for rows in inputs.rows.values()))
-    rows, pii, changed = clean_rows(inputs.rows, data, workers, fingerprint, rejected)
+    rows, pii, changed = clean_rows(inputs.rows, data, workers, fingerprint, rejected, progress)
     clock.lap("clean")
     rows = {role: deduplicate(role_rows, data, rejected) for role, role_rows in rows.items()}
     clock.lap("dedup")
@@ -120,7 +127,7 @@ def diagnose(data: DataSection, tokenizer: Any, stop_ids: set[int], context: int
     contamination = check_contamination(splits, data, rejected)
     clock.lap("contamination")
     added = add_augmented(splits, data)
-    tokenize_rows(splits, data, tokenizer, stop_ids, workers, fingerprint, rejected)
+    tokenize_rows(splits, data, tokenizer, stop_ids, workers, fingerprint, rejected, progress)
     clock.lap("tokenize")
     lint = (lint_template(tokenizer, [row.example for row in splits["train"]], stop_ids, data.max_length, context,
                           data.lint.rows) if data.lint.enabled else LintReport(skipped="data.lint.enabled is false"))
@@ -166,7 +173,7 @@ def read_inputs(data: DataSection, strict: bool) -> Inputs:
         examples, bad = parse_items(items, data.format, data.fields, data.system_prompt)
         if strict and bad:
             first = min(bad, key=lambda b: b.line)
-            raise TunelabError(f"{first.where}: {first.reason}; {BAD_ROW_HINT}")
+            raise TunelabError(bad_row_refusal(first.where, first.reason))
         inputs.read[role] = len(items)
         inputs.rows[role] = [Row(example, role) for example in examples]
         stage = {True: "read", False: "parse"}
@@ -184,10 +191,11 @@ def most_common_kind(examples: list[Example]) -> str:
 
 
 def clean_rows(rows: dict[str, list[Row]], data: DataSection, workers: int, fingerprint: str,
-               rejected: list[Rejected]) -> tuple[dict[str, list[Row]], dict[str, int], int]:
+               rejected: list[Rejected], progress: Progress | None = None,
+               ) -> tuple[dict[str, list[Row]], dict[str, int], int]:
     flat = [row for role_rows in rows.values() for row in role_rows]
     results = parallel_map(clean_row, [jsonl_row(row.example) for row in flat], workers, "clean" + fingerprint,
-                           clean=data.clean, pii=data.pii, dedup=data.dedup)
+                           progress, "cleaning rows", clean=data.clean, pii=data.pii, dedup=data.dedup)
     pii: Counter = Counter()
     changed = 0
     kept: dict[str, list[Row]] = {role: [] for role in rows}
@@ -315,10 +323,11 @@ def add_augmented(splits: dict[str, list[Row]], data: DataSection) -> dict[str, 
 
 
 def tokenize_rows(splits: dict[str, list[Row]], data: DataSection, tokenizer: Any, stop_ids: set[int],
-                  workers: int, fingerprint: str, rejected: list[Rejected]) -> None:
+                  workers: int, fingerprint: str, rejected: list[Rejected], progress: Progress | None = None) -> None:
     flat = [(name, row) for name in SPLITS for row in splits[name]]
     results = parallel_map(tokenize_row, [jsonl_row(row.example) for _, row in flat], workers,
-                           "tokens" + fingerprint, tokenizer=tokenizer, stop_ids=sorted(stop_ids),
+                           "tokens" + fingerprint, progress, "tokenizing rows", tokenizer=tokenizer,
+                           stop_ids=sorted(stop_ids),
                            max_length=data.max_length, overlong=data.overlong, min_tokens=data.clean.min_tokens)
     kept: dict[str, list[Row]] = {name: [] for name in SPLITS}
     for (name, row), result in zip(flat, results):

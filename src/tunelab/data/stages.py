@@ -25,21 +25,40 @@ def worker_count(requested: int | None, rows: int) -> int:
     return max(1, min(os.cpu_count() or 1, 8)) if rows >= PARALLEL_FROM_ROWS else 1
 
 
+# Progress of a per-row stage: (stage, rows done, rows in all). See present/progress.py StageProgress.
+Progress = Callable[[str, int, int], None]
+BATCH_ROWS = 256
+PROGRESS_STEPS = 20  # with progress shown, rows go to the workers in about this many chunks
+
+
 def parallel_map(function: Callable, rows: list[str], num_proc: int, fingerprint_seed: str,
-                 **options: Any) -> list[dict[str, Any]]:
-    """`function(batch of JSON rows, **options)` -> list of JSON results, over `num_proc` processes, in order."""
+                 progress: Progress | None = None, stage: str = "rows", **options: Any) -> list[dict[str, Any]]:
+    """`function(batch of JSON rows, **options)` -> list of JSON results, over `num_proc` processes, in order.
+
+    With `progress`, the rows are mapped in chunks (each large enough to keep every worker busy for many batches)
+    and `progress(stage, done, total)` is called after each.
+    """
     from datasets import Dataset
 
     if not rows:
         return []
-    dataset = Dataset.from_dict({"row": rows})
-    mapped = dataset.map(
-        run_batch, batched=True, batch_size=256, num_proc=num_proc if num_proc > 1 else None,
-        fn_kwargs={"function": function, "options": options}, remove_columns=["row"],
-        # Fingerprinting would hash the tokenizer in `options` (slow); tunelab's own cache key already covers it.
-        new_fingerprint=fingerprint_seed[:40],
-    )
-    return [json.loads(text) for text in mapped["out"]]
+    chunk = len(rows)
+    if progress is not None:
+        chunk = max(BATCH_ROWS * max(num_proc, 1) * 4, -(-len(rows) // PROGRESS_STEPS))
+        progress(stage, 0, len(rows))
+    results: list[dict[str, Any]] = []
+    for start in range(0, len(rows), chunk):
+        dataset = Dataset.from_dict({"row": rows[start:start + chunk]})
+        mapped = dataset.map(
+            run_batch, batched=True, batch_size=BATCH_ROWS, num_proc=num_proc if num_proc > 1 else None,
+            fn_kwargs={"function": function, "options": options}, remove_columns=["row"],
+            # Fingerprinting would hash the tokenizer in `options` (slow); tunelab's own cache key covers it.
+            new_fingerprint=f"{fingerprint_seed[:40]}-{start}",
+        )
+        results += [json.loads(text) for text in mapped["out"]]
+        if progress is not None:
+            progress(stage, len(results), len(rows))
+    return results
 
 
 def run_batch(batch: dict[str, list], function: Callable, options: dict[str, Any]) -> dict[str, list]:

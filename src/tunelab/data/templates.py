@@ -45,15 +45,45 @@ def resolve_chat_template(choice: str | None) -> str | None:
     path = Path(choice)
     if not path.is_file():
         raise TunelabError(f"model.chat_template: '{choice}' is neither 'chatml' nor a template file")
-    return path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise TunelabError(f"model.chat_template: {path}: not UTF-8 (byte offset {error.start})") from None
+    check_template_syntax(text, f"model.chat_template: {path}")
+    return text
+
+
+def check_template_syntax(template: str, where: str) -> None:
+    """Refuse a chat template Jinja cannot parse, naming its line, before any row is rendered with it.
+
+    It is compiled the way transformers compiles it (its sandbox, its `generation` tag and extensions), by rendering
+    one short conversation; an error the template raises itself on that conversation is not a syntax error and is
+    left to the rows that trigger it (see `render`).
+    """
+    import jinja2
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    try:
+        render_jinja_template(conversations=[[{"role": "user", "content": "hi"}]], chat_template=template,
+                              add_generation_prompt=True)
+    except jinja2.TemplateSyntaxError as error:
+        raise TunelabError(f"{where}:{error.lineno}: not a valid Jinja template: {error.message}") from None
+    except Exception:  # noqa: BLE001  the template ran (and raised): its syntax is fine
+        return
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    import jinja2
+
     if not tokenizer.chat_template:
         raise TunelabError(
             "the tokenizer has no chat template; set model.chat_template to 'chatml' or a template file"
         )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except (jinja2.TemplateError, TypeError) as error:  # raise_exception(...) in the template, or a bad operation
+        reason = getattr(error, "message", None) or str(error)
+        raise TunelabError(f"the chat template failed on this conversation: {reason}") from None
 
 
 def tokens(tokenizer: Any, text: str) -> list[int]:

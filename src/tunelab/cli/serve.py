@@ -32,8 +32,9 @@ def serve(
         None, envvar="TUNELAB_METRICS_KEY", help="A key that opens GET /metrics only (for a Prometheus scraper); "
                                                  "with --api-key, /metrics otherwise needs an API key."),
     runs_root: Optional[list[Path]] = typer.Option(
-        None, "--runs-root", help="Folder POST /v1/adapters may load runs from (repeatable; default: the working "
-                                  "directory and $TUNELAB_HOME). Runs given on this command line are not confined."),
+        None, "--runs-root", metavar="FOLDER",
+        help="Folder POST /v1/adapters may load runs from (repeatable; default: the working directory and "
+             "$TUNELAB_HOME). Runs given on this command line are not confined."),
     max_batch: int = typer.Option(8, min=1, help="Rows (choices) generated together."),
     batch_wait_ms: float = typer.Option(10.0, min=0, help="How long an idle server waits to batch requests."),
     max_queue: int = typer.Option(64, min=1, help="Requests waiting past the running batch; beyond: 429."),

@@ -34,7 +34,9 @@ def readable_params(params: list[Any]) -> None:
             param.__class__ = Argument  # the one way to change how typer shows an argument it built
 
 
-class Command(TyperCommand):
+class ReadableHelp:
+    """Mixed into typer's command and group classes: flags and arguments shown as above, --help with no value."""
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         readable_params(self.params)
@@ -46,16 +48,12 @@ class Command(TyperCommand):
         return option
 
 
-class Group(TyperGroup):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        readable_params(self.params)
+class Command(ReadableHelp, TyperCommand):
+    pass
 
-    def get_help_option(self, ctx: Any) -> Any:
-        option = super().get_help_option(ctx)
-        if option is not None:
-            option.metavar = ""
-        return option
+
+class Group(ReadableHelp, TyperGroup):
+    pass
 
 
 def group(**options: Any) -> typer.Typer:

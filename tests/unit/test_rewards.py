@@ -149,3 +149,34 @@ def test_a_bad_template_variable_is_refused_before_training():
 def test_no_reward_at_all_is_refused():
     with pytest.raises(TunelabError, match="no reward given"):
         check_rewards([], [{}])
+
+
+def grpo_on_tiny(tiny_checkpoint, tmp_path, reward):
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    rows = [{"prompt": [{"role": "user", "content": word}], "letter": "a", "where": f"prompts.jsonl:{i + 1}"}
+            for i, word in enumerate(["abc", "bcd", "cde", "def"] * 2)]
+    args = GRPOConfig(output_dir=str(tmp_path / "grpo"), use_cpu=True, max_steps=2, per_device_train_batch_size=4,
+                      num_generations=4, max_completion_length=6, logging_steps=1, report_to=[], save_strategy="no",
+                      disable_tqdm=True)
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint)),
+                          reward_funcs=reward_funcs([reward]), args=args, train_dataset=Dataset.from_list(rows),
+                          processing_class=AutoTokenizer.from_pretrained(str(tiny_checkpoint)))
+    trainer.train()
+    return trainer.state.log_history
+
+
+def test_graders_are_trl_reward_funcs(tiny_checkpoint, tmp_path):
+    """TRL's GRPOTrainer calls the grader with its completions and the rows' columns and logs it by name."""
+    grader = spec(type="python", name="count_a",
+                  source="def grade(sample, item):\n    return sample['output_text'].count(item['letter']) / 6\n")
+    logged = [entry for entry in grpo_on_tiny(tiny_checkpoint, tmp_path, grader) if "rewards/count_a/mean" in entry]
+    assert len(logged) == 2 and all(0 <= entry["rewards/count_a/mean"] <= 1 for entry in logged)
+
+
+def test_a_grader_failing_inside_trl_stops_training_with_one_line(tiny_checkpoint, tmp_path):
+    grader = spec(type="python", name="broken", source="def grade(sample, item):\n    return item['nope']\n")
+    with pytest.raises(TunelabError, match=r"rewards\[0\] 'broken', row prompts.jsonl:\d: raised KeyError: 'nope'"):
+        grpo_on_tiny(tiny_checkpoint, tmp_path, grader)

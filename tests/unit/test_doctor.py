@@ -298,6 +298,10 @@ GOLDEN = {  # one row per format, and what the doctor makes of it (checked by ha
     "label": ({"text": "win cash", "label": 1}, {"text": "win cash", "label": "1"}),
     "preference": ({"prompt": "q", "chosen": "good", "rejected": "bad"},
                    {"messages": [{"role": "user", "content": "q"}], "chosen": "good", "rejected": "bad"}),
+    "feedback": ({"prompt": "q", "completion": " fine ", "label": "false"},
+                 {"messages": [{"role": "user", "content": "q"}], "completion": "fine", "desirable": False}),
+    "prompt": ({"prompt": "2+2?", "answer": "4", "tags": ["math"]},
+               {"messages": [{"role": "user", "content": "2+2?"}], "extra": {"answer": "4", "tags": ["math"]}}),
 }
 
 

@@ -51,7 +51,7 @@ def clean_example(example: Example, clean: Any, pii: Any) -> Cleaned:
         return text
 
     changes: dict[str, Any] = {"text": tidy(example.text), "chosen": tidy(example.chosen),
-                               "rejected": tidy(example.rejected)}
+                               "rejected": tidy(example.rejected), "completion": tidy(example.completion)}
     if example.label is not None:
         changes["label"] = clean_text(example.label, clean)
     if example.messages is not None:
@@ -77,6 +77,10 @@ def unusable(example: Example) -> str | None:
             return "chosen and rejected are the same answer: nothing to prefer"
         if not any(m["content"].strip() for m in example.messages):
             return "empty prompt"
+    if kind in ("feedback", "prompt") and not any(m["content"].strip() for m in example.messages):
+        return "empty prompt"
+    if kind == "feedback" and not example.completion.strip():
+        return "empty completion"
     if kind == "chat":
         if not any(m["role"] == "assistant" and m["content"].strip() for m in example.messages):
             return "no assistant answer left (empty turns)"

@@ -25,12 +25,17 @@ def normalised(text: str) -> str:
 
 def content_text(example: Example) -> str:
     """What makes two rows the same: every turn but the system prompt (often shared by all rows), or the text;
-    label rows by their text alone, so one text with two labels is a duplicate (a label conflict)."""
+    label rows by their text alone, so one text with two labels is a duplicate (a label conflict); feedback rows
+    by prompt and completion; prompt rows by the prompt and the fields the rewards read."""
     if example.kind in ("text", "label"):
         return example.text
     parts = [f"{m['role']}: {m['content']}" for m in example.messages if m["role"] != "system"]
     if example.kind == "preference":
         parts += [f"chosen: {example.chosen}", f"rejected: {example.rejected}"]
+    if example.kind == "feedback":  # without its label, like a label row: one answer judged both ways is a conflict
+        parts.append(f"completion: {example.completion}")
+    if example.kind == "prompt":  # the same prompt with another reference answer is another row
+        parts += [f"{key}: {value}" for key, value in sorted(example.extra.items())]
     return "\n".join(parts)
 
 

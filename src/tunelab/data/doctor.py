@@ -234,6 +234,10 @@ def deduplicate(rows: list[Row], data: DataSection, rejected: list[Rejected]) ->
         if kind == "exact" and example.kind == "label" and example.label != twin.label:
             stage, reason = "label_conflict", (f"same text as {twin.where}, labelled {twin.label!r} there and "
                                                f"{example.label!r} here")
+        elif kind == "exact" and example.kind == "feedback" and example.desirable != twin.desirable:
+            stage, reason = "label_conflict", (f"same prompt and completion as {twin.where}, judged "
+                                               f"{'desirable' if twin.desirable else 'undesirable'} there and "
+                                               f"{'desirable' if example.desirable else 'undesirable'} here")
         elif kind == "exact":
             stage, reason = "duplicate", f"duplicate of {twin.where} (same content once case and spacing are ignored)"
         else:

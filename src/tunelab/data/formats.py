@@ -2,8 +2,10 @@
 
 Conversations (`messages`, `sharegpt`, `prompt_completion`, `alpaca`) become a list of role/content messages.
 `text` rows (continued pre-training) keep their text, `label` rows a text and its class, `preference` rows a prompt
-(as messages) with a chosen and a rejected answer. Field names in the file can differ from these: `data.fields`
-maps tunelab's name to the file's column.
+(as messages) with a chosen and a rejected answer, `feedback` rows (unpaired, as KTO takes them) a prompt with one
+completion labelled desirable (true) or not (false), and `prompt` rows (online RL: GRPO, RLOO, PPO) a prompt alone
+with every other field of the row kept for the rewards to read (a reference answer, say). Field names in the file
+can differ from these: `data.fields` maps tunelab's name to the file's column.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ class Example:
     label: str | None = None  # `label` rows: the class
     chosen: str | None = None  # `preference` rows
     rejected: str | None = None
+    completion: str | None = None  # `feedback` rows: the answer judged, and whether it is desirable
+    desirable: bool | None = None
+    extra: dict[str, Any] | None = None  # `prompt` rows: the row's other fields, for the rewards (`{{ item.x }}`)
     origin: str | None = None  # how a row not read as is was made, e.g. "augment: template 1"
 
     @property
@@ -35,9 +40,13 @@ class Example:
 
     @property
     def kind(self) -> str:
-        """chat, text, label or preference: what a trainer or evaluator can do with the row."""
+        """chat, text, label, preference, feedback or prompt: what a trainer or evaluator can do with the row."""
         if self.chosen is not None:
             return "preference"
+        if self.desirable is not None:
+            return "feedback"
+        if self.extra is not None:
+            return "prompt"
         if self.label is not None:
             return "label"
         if self.messages is not None:
@@ -140,15 +149,42 @@ def from_label(record: Record, fields: dict[str, str]) -> dict[str, Any]:
     return {"text": text_field(record, "text", fields, "label"), "label": str(label)}
 
 
-def from_preference(record: Record, fields: dict[str, str]) -> dict[str, Any]:
-    prompt = field(record, "prompt", fields, "preference")
+def prompt_messages(record: Record, fields: dict[str, str], fmt: str) -> list[dict[str, str]]:
+    """A prompt given as text (one user message) or as a list of messages."""
+    prompt = field(record, "prompt", fields, fmt)
     if isinstance(prompt, str):
-        messages = [{"role": "user", "content": prompt}]
-    else:
-        roles = {role: role for role in ROLES}
-        messages = message_list(record, prompt, fields.get("prompt", "prompt"), "role", "content", roles)
-    return {"messages": messages, "chosen": text_field(record, "chosen", fields, "preference"),
+        return [{"role": "user", "content": prompt}]
+    roles = {role: role for role in ROLES}
+    return message_list(record, prompt, fields.get("prompt", "prompt"), "role", "content", roles)
+
+
+def from_preference(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    return {"messages": prompt_messages(record, fields, "preference"),
+            "chosen": text_field(record, "chosen", fields, "preference"),
             "rejected": text_field(record, "rejected", fields, "preference")}
+
+
+DESIRABLE = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
+
+
+def from_feedback(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    label = field(record, "label", fields, "feedback")
+    if isinstance(label, str) and label.strip().lower() in DESIRABLE:
+        label = DESIRABLE[label.strip().lower()]
+    elif isinstance(label, int) and not isinstance(label, bool) and label in (0, 1):
+        label = bool(label)
+    if not isinstance(label, bool):
+        raise TunelabError(f"{record.where}: field '{fields.get('label', 'label')}' must be true (a desirable "
+                           f"completion) or false, got {label!r}")
+    return {"messages": prompt_messages(record, fields, "feedback"),
+            "completion": text_field(record, "completion", fields, "feedback"), "desirable": label}
+
+
+def from_prompt(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    system = text_field(record, "system", fields, "prompt", required=False)
+    used = {fields.get("prompt", "prompt"), fields.get("system", "system")}
+    extra = {key: value for key, value in record.fields.items() if key not in used}
+    return {"messages": with_system(system, prompt_messages(record, fields, "prompt")), "extra": extra}
 
 
 FORMATS: dict[str, Callable[[Record, dict[str, str]], dict[str, Any]]] = {
@@ -159,6 +195,8 @@ FORMATS: dict[str, Callable[[Record, dict[str, str]], dict[str, Any]]] = {
     "text": from_text,
     "label": from_label,
     "preference": from_preference,
+    "feedback": from_feedback,
+    "prompt": from_prompt,
 }
 
 # The fields whose presence identifies each format, in the order auto-detection tries them.
@@ -166,10 +204,12 @@ SIGNATURES = {
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "preference": ("prompt", "chosen", "rejected"),
+    "feedback": ("prompt", "completion", "label"),
     "prompt_completion": ("prompt", "completion"),
     "alpaca": ("instruction", "output"),
     "label": ("text", "label"),
     "text": ("text",),
+    "prompt": ("prompt",),  # last: any row with a prompt fits it
 }
 
 
@@ -195,7 +235,8 @@ def to_example(record: Record, fmt: str, fields: dict[str, str], system_prompt: 
     if messages is not None:
         if system_prompt and messages[0]["role"] != "system":
             parts["messages"] = [{"role": "system", "content": system_prompt}] + messages
-        if "chosen" not in parts and not any(message["role"] == "assistant" for message in messages):
+        if ("chosen" not in parts and "completion" not in parts and "extra" not in parts
+                and not any(message["role"] == "assistant" for message in messages)):
             raise TunelabError(f"{record.where}: no assistant message to learn from")
     return Example(source=record.source, line=record.line, **parts)
 

@@ -105,8 +105,13 @@ def tokenize_row(row: dict[str, Any], tokenizer: Any, stop_ids: list[int], max_l
 
 
 def other_length(tokenizer: Any, example: Example) -> int:
-    """Tokens of a label row's text, or of a preference row's prompt with its longer answer."""
+    """Tokens of a label row's text, a prompt row's prompt, a feedback row's prompt with its completion, or a
+    preference row's prompt with its longer answer."""
     if example.kind == "label":
         return len(tokenizer(example.text)["input_ids"])
     prompt = encode_prompt(tokenizer, example.messages)
+    if example.kind == "prompt":
+        return len(prompt)
+    if example.kind == "feedback":
+        return len(prompt) + len(tokens(tokenizer, example.completion)) + 1
     return len(prompt) + max(len(tokens(tokenizer, example.chosen)), len(tokens(tokenizer, example.rejected))) + 1

@@ -1,0 +1,109 @@
+"""PPO (train/ppo.py) on a tiny random model: GAE against a hand computation, a toy rule reward that rises, the
+reference is the policy with its adapter off (no second copy of the weights), and resume gives the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from tunelab.train.ppo import VALUE_HEAD, PPOSettings, PPOTrainer, ValueHead, completion_mask, gae
+
+LETTERS = "abcdefgh"
+TARGETS = ["lm_head", "q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def letters(prompts, completions, **columns):
+    """The toy rule reward: the share of the answer's characters among a..h (about 0.1 for the random model)."""
+    return [sum(ch in LETTERS for ch in text) / max(len(text), 1) for text in completions]
+
+
+def test_gae_matches_a_hand_computation():
+    rewards = torch.tensor([[0.0, 0.0, 1.0, 5.0]])
+    values = torch.tensor([[0.5, 0.2, 0.1, 9.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])  # the last position is after EOS
+    advantages, returns = gae(rewards, values * mask, mask, gamma=0.9, lam=0.5)
+    delta = [0.0 + 0.9 * 0.2 - 0.5, 0.0 + 0.9 * 0.1 - 0.2, 1.0 - 0.1]
+    a2 = delta[2]
+    a1 = delta[1] + 0.45 * a2
+    a0 = delta[0] + 0.45 * a1
+    assert advantages.tolist()[0] == pytest.approx([a0, a1, a2, 0.0])
+    assert returns.tolist()[0][:3] == pytest.approx([a0 + 0.5, a1 + 0.2, a2 + 0.1])
+
+
+def test_the_completion_mask_ends_at_the_first_eos():
+    completion = torch.tensor([[5, 2, 7, 2], [5, 6, 7, 8]])
+    assert completion_mask(completion, eos_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
+
+
+def ppo_trainer(tiny_checkpoint, tmp_path, steps, callbacks=(), save_steps=None):
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
+
+    set_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint)),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS))
+    prompts = [tokenizer.apply_chat_template([{"role": "user", "content": word}], tokenize=False,
+                                             add_generation_prompt=True)
+               for word in ["abc", "bcd", "cde", "def", "efg", "fgh", "ghi", "hij"] * 20]
+    args = TrainingArguments(output_dir=str(tmp_path / "ppo"), use_cpu=True, max_steps=steps,
+                             per_device_train_batch_size=8, learning_rate=1e-2, logging_steps=1, report_to=[],
+                             save_strategy="steps" if save_steps else "no", save_steps=save_steps,
+                             remove_unused_columns=False, disable_tqdm=True, seed=0, data_seed=0)
+    return PPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
+                      processing_class=tokenizer, reward_funcs=[letters],
+                      value_head=ValueHead(model.config.hidden_size),
+                      settings=PPOSettings(max_new_tokens=8, ppo_epochs=2), callbacks=list(callbacks))
+
+
+def test_ppo_raises_a_toy_rule_reward(tiny_checkpoint, tmp_path):
+    trainer = ppo_trainer(tiny_checkpoint, tmp_path, steps=70)
+    trainer.train()
+    rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
+    first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
+    assert last > 2 * first and last > 0.25, (first, last)
+    kls = [entry["kl"] for entry in trainer.state.log_history if "kl" in entry]
+    assert sum(kls[-10:]) / 10 > sum(kls[:10]) / 10  # it moved away from the reference to get there
+
+
+def test_the_reference_is_the_policy_with_its_adapter_off(tiny_checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from tunelab.train.ppo import disabled_adapter
+
+    trainer = ppo_trainer(tiny_checkpoint, tmp_path, steps=4)
+    trainer.train()
+    model, base = trainer.model, AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint))
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora_" in name)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in base.parameters()) + lora
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad(), disabled_adapter(model):
+        reference = model(input_ids=ids).logits
+    assert torch.allclose(reference, base(input_ids=ids).logits, atol=1e-6)
+    assert not torch.allclose(model(input_ids=ids).logits, reference, atol=1e-4)  # the policy itself moved
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_gives_the_same_policy_and_value_head(tiny_checkpoint, tmp_path):
+    whole = ppo_trainer(tiny_checkpoint, tmp_path / "whole", steps=8, save_steps=4)
+    whole.train()
+    part = ppo_trainer(tiny_checkpoint, tmp_path / "part", steps=8, save_steps=4, callbacks=[StopAt(4)])
+    part.train()
+    checkpoint = tmp_path / "part" / "ppo" / "checkpoint-4"
+    assert (checkpoint / VALUE_HEAD).is_file()
+    resumed = ppo_trainer(tiny_checkpoint, tmp_path / "part", steps=8, save_steps=4)
+    resumed.train(resume_from_checkpoint=str(checkpoint))
+    for (name, first), (_, second) in zip(whole.model.named_parameters(), resumed.model.named_parameters()):
+        if first.requires_grad:
+            assert torch.equal(first, second), name
+    assert torch.equal(whole.value_head.score.weight, resumed.value_head.score.weight)

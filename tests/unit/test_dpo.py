@@ -126,3 +126,16 @@ def test_dpo_on_chat_rows_is_refused_in_one_line(tiny_checkpoint, reverse_data, 
         train_recipe(recipe, home)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_preference_metrics_by_hand_and_where_they_fit():
+    from tunelab.metrics import registry
+
+    inputs = registry.RowInputs(["a", "b", "c", "d"], ["a", "x", "c", "y"], margins=[2.0, -1.0, 0.5, 0.0])
+    values = registry.scores(registry.row_statistics(["preference_accuracy", "mean_margin"], inputs))
+    assert values == {"preference_accuracy": 0.5, "mean_margin": pytest.approx(0.375)}  # a zero margin is no win
+    assert registry.default_metrics("preference", ["a"]) == ["preference_accuracy", "mean_margin"]
+    with pytest.raises(TunelabError, match=r"'bleu' does not fit preference rows; use preference_accuracy"):
+        registry.check_fit("bleu", "preference", ["a"])
+    with pytest.raises(TunelabError, match=r"'preference_accuracy' does not fit"):
+        registry.check_fit("preference_accuracy", "chat", ["a"])

@@ -40,6 +40,7 @@ ROWS = {
     "classification/generate": ({"name": "classification", "style": "generate"}, labelled, "tiny_checkpoint",
                                 "accuracy", "perplexity"),
     "dpo": ({"name": "dpo"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "perplexity"),
+    "reward_model": ({"name": "reward_model"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "drift"),
 }
 
 

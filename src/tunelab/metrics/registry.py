@@ -225,16 +225,17 @@ METRICS: dict[str, Metric] = {
         Metric("recall", "label", "macro-averaged recall over the classes", "rate", True, label_stats, macro(1)),
         Metric("f1", "label", "macro-averaged F1 over the classes", "rate", True, label_stats, macro(2)),
         Metric("mcc", "label", "Matthews correlation coefficient, -1 to 1", "score", True, label_stats, mcc_score),
-        Metric("preference_accuracy", "preference", "share of held-out pairs where the model finds the chosen answer "
-               "more probable than the rejected one (summed log-probabilities)", "rate", True, margin_stats(True),
-               ratio),
-        Metric("mean_margin", "preference", "mean of log p(chosen | prompt) - log p(rejected | prompt), in nats",
-               "score", True, margin_stats(False), ratio),
+        Metric("preference_accuracy", "preference", "share of held-out pairs the model ranks the chosen answer "
+               "above the rejected one (by summed log-probability; a reward model by its reward)", "rate", True,
+               margin_stats(True), ratio),
+        Metric("mean_margin", "preference", "mean of chosen minus rejected: log p(answer | prompt) in nats, or the "
+               "reward model's rewards", "score", True, margin_stats(False), ratio),
     )
 }
 
 ALIASES = {"f1_macro": "f1", "precision_macro": "precision", "recall_macro": "recall", "em": "exact_match",
-           "ppl": "perplexity", "rouge_l": "rougeL", "rougel": "rougeL", "chrf++": "chrf"}
+           "ppl": "perplexity", "rouge_l": "rougeL", "rougel": "rougeL", "chrf++": "chrf",
+           "reward_accuracy": "preference_accuracy"}
 METRIC_NAMES = tuple(METRICS)
 
 # Which metric families each kind of test row supports (see data/formats.py Example.kind).

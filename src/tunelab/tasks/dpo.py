@@ -16,9 +16,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from tunelab.errors import TunelabError
 from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
-from tunelab.tasks.shared import causal_lm, language_model_inference, last_user_message
+from tunelab.tasks.shared import causal_lm, check_pairs, language_model_inference, last_user_message
 
 if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
@@ -80,7 +79,7 @@ def encode_split(examples: list["Example"], tokenizer: Any, max_length: int, ove
 def prepare(inputs: TaskInputs) -> TaskData:
     splits, data = inputs.prepared.splits(), inputs.recipe.data
     for name, examples in splits.items():
-        check_pairs(examples, f"{name} split")
+        check_pairs(examples, f"{name} split", "dpo")
     encoded = {name: encode_split(examples, inputs.tokenizer, data.max_length, data.overlong)
                for name, examples in splits.items()}
     options = inputs.recipe.task
@@ -89,13 +88,6 @@ def prepare(inputs: TaskInputs) -> TaskData:
                     padding_free=False,
                     state={"beta": options.beta, "loss_type": options.loss_type,
                            "label_smoothing": options.label_smoothing, "max_length": data.max_length})
-
-
-def check_pairs(examples: list["Example"], source: str) -> None:
-    for example in examples:
-        if example.kind != "preference":
-            raise TunelabError(f"{example.where}: a '{example.kind}' row in the {source}; task dpo trains and is "
-                               "evaluated on preference rows (prompt, chosen, rejected) only")
 
 
 def build_trainer(parts: TrainerParts) -> Any:
@@ -133,7 +125,7 @@ def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], t
     from tunelab.evaluate.plan import plan_evaluation
     from tunelab.evaluate.preference import preference_outputs
 
-    check_pairs(test, source)
+    check_pairs(test, source, "dpo")
     plan = plan_evaluation("preference", [example.chosen for example in test], [example.where for example in test],
                            recipe.eval, recipe.objective, source=source)
     max_length, batch_size = recipe.data.max_length, recipe.eval.batch_size

@@ -70,3 +70,14 @@ def test_a_dpo_option_on_a_reward_model_is_one_line(tiny_checkpoint, pairs, tmp_
     with pytest.raises(TunelabError, match="task.beta") as error:
         validate_recipe(recipe)
     assert "\n" not in str(error.value).strip()
+
+
+@pytest.mark.parametrize("method", [{"name": "prompt"}, {"name": "full"}])
+def test_a_reward_model_trains_and_is_evaluated_under_other_methods(method, tiny_checkpoint, pairs, tmp_path,  # noqa: F811
+                                                                    home):
+    """Prompt tuning puts virtual tokens in front of each row: the drift probe reads the row's own states."""
+    recipe = reward_recipe(tmp_path, tiny_checkpoint, pairs, method=method,
+                           train={"max_steps": 2, "save_every": 2, "eval_every": 2})
+    evaluation = evaluate_and_record(train_recipe(recipe, home).root, home, QUIET, "cpu")
+    assert evaluation.forgetting.measure == "drift" and evaluation.forgetting.value >= 0
+    assert 0 <= evaluation.tuned["preference_accuracy"] <= 1

@@ -94,9 +94,12 @@ def test_the_reference_is_the_base_model_with_the_adapter_disabled(tiny_checkpoi
     setup = set_up(recipe, home, QUIET, resume=False, overwrite=False, device="cpu")
     run = RunDir(tmp_path / "run")
     arguments = training_arguments(recipe.train, run, setup.placement, has_validation=True)
-    trainer = build_trainer(TrainerParts(build_model(setup), setup.tokenizer, setup.data, arguments,
+    model = build_model(setup)
+    trained = {name for name, parameter in model.named_parameters() if parameter.requires_grad}
+    trainer = build_trainer(TrainerParts(model, setup.tokenizer, setup.data, arguments,
                                          training_callbacks(recipe.train, run, TrainerCallback())))
     assert trainer.ref_model is None and list(trainer.model.peft_config) == ["default"]
+    assert {name for name, parameter in trainer.model.named_parameters() if parameter.requires_grad} == trained
     with torch.no_grad():  # move the adapter off zero, so the policy and the reference differ
         for name, parameter in trainer.model.named_parameters():
             if "lora_B" in name:

@@ -26,6 +26,11 @@ def labelled(path):
                               for word in unique_words(80, "aeioubcdfg")])
 
 
+def preference_pairs(path):
+    return write_jsonl(path, [{"prompt": row["prompt"], "chosen": row["completion"], "rejected": row["prompt"]}
+                              for row in reverse_rows(60)])
+
+
 # (task section, data writer, model fixture, headline metric, forgetting measure)
 ROWS = {
     "sft/prompt-completion": ({"name": "sft"}, prompt_completion, "tiny_checkpoint", "exact_match", "perplexity"),
@@ -34,6 +39,8 @@ ROWS = {
                             "drift"),
     "classification/generate": ({"name": "classification", "style": "generate"}, labelled, "tiny_checkpoint",
                                 "accuracy", "perplexity"),
+    "dpo": ({"name": "dpo"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "perplexity"),
+    "reward_model": ({"name": "reward_model"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "drift"),
 }
 
 

@@ -164,7 +164,8 @@ def row_inputs(plan: "EvalPlan", outputs: ModelOutputs | None, predictions: list
                with_losses: bool = True) -> registry.RowInputs:
     answers = predictions if predictions is not None else outputs.predictions
     losses = outputs.losses if with_losses and outputs is not None else None
-    return registry.RowInputs(answers, plan.references, losses, plan.labels)
+    margins = outputs.margins if outputs is not None and outputs.margins else None
+    return registry.RowInputs(answers, plan.references, losses, plan.labels, margins)
 
 
 def reference_scores(plan: "EvalPlan", answers: list[str]) -> dict[str, float]:
@@ -184,6 +185,8 @@ def metric_details(plan: "EvalPlan", inputs: registry.RowInputs) -> dict[str, An
 
 
 def row_correct(name: str, prediction: str, reference: str) -> bool:
+    if name == "preference_accuracy":  # a pair's prediction is the answer the model ranks first; right: the chosen
+        return prediction == reference
     if name == "json_match":
         return registry.json_match_hit(prediction, reference)
     if name == "normalized_match":
@@ -212,6 +215,8 @@ def example_rows(plan: "EvalPlan", prompts: list[str], outputs: dict[str, ModelO
             row[label] = text
             row[f"{label}_loss"] = total / count if count else math.nan
             row[f"{label}_tokens"] = outputs[label].answer_tokens[index]
+            if outputs[label].margins:
+                row[f"{label}_margin"] = outputs[label].margins[index]
             if plan.correctness:
                 row[f"{label}_correct"] = row_correct(plan.correctness, text, reference)
                 row[f"{label}_similarity"] = similarity(text, reference)

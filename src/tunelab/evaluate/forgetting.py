@@ -135,6 +135,8 @@ def mean_hidden_states(model: Any, rows: list[list[int]], pad_id: int, placement
             hidden = model(**{key: value.to(device) for key, value in batch.items()},
                            output_hidden_states=True).hidden_states[-1].float()
         mask = batch["attention_mask"].to(device).unsqueeze(-1).float()
+        # Prompt tuning puts its virtual tokens' states in front of the row's; the last `width` are the row's.
+        hidden = hidden[:, -mask.shape[1]:]
         vectors += ((hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)).tolist()
     return vectors
 

@@ -1,9 +1,9 @@
 """What an evaluation will compute on a test split, decided from the rows and the recipe before any model runs.
 
-A task says what its test rows are (`kind`: chat answers, class labels, or plain text) and what each row's
-reference is; `plan_evaluation` picks the metrics and refuses what cannot be evaluated (no test rows, empty
-references, a metric that does not fit the rows, an objective on a metric that is not computed) with one line,
-so `tunelab train` refuses it before training, not after.
+A task says what its test rows are (`kind`: chat answers, class labels, preference pairs, or plain text) and what
+each row's reference is (a pair's: its chosen answer); `plan_evaluation` picks the metrics and refuses what cannot
+be evaluated (no test rows, empty references, a metric that does not fit the rows, an objective on a metric that is
+not computed) with one line, so `tunelab train` refuses it before training, not after.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ LABEL_METRICS = ("accuracy", "precision", "recall", "f1", "mcc")
 
 @dataclass(frozen=True)
 class EvalPlan:
-    kind: str  # chat (answers to compare), label (classes) or text (plain text: loss and perplexity only)
-    references: list[str]  # per row; empty strings for text rows, which have none
+    kind: str  # chat (answers to compare), label (classes), preference (pairs: margins) or text (loss only)
+    references: list[str]  # per row (a pair's: its chosen answer); empty strings for text rows, which have none
     metrics: list[str]
     primary: str  # the run's headline metric
     correctness: str | None  # the metric whose per-row right/wrong defines flips; None: no per-row verdict

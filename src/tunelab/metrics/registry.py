@@ -30,12 +30,13 @@ class RowInputs:
     references: list[str]
     losses: list[tuple[float, int]] | None = None  # teacher-forced (summed loss, answer tokens) per row
     labels: tuple[str, ...] = ()  # class order for label metrics
+    margins: list[float] | None = None  # preference pairs: log p(chosen) - log p(rejected), per row
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    family: str  # loss | text | json | json_object | generation | label: decides which rows it fits
+    family: str  # loss | text | json | json_object | generation | label | preference: decides which rows it fits
     description: str
     unit: str  # rate (0-1, shown in %), score (as the library gives it), loss
     higher_is_better: bool
@@ -112,6 +113,17 @@ def rouge_stats(kind: str) -> Callable[[RowInputs], Any]:
         scorer = rouge_scorer.RougeScorer([kind], use_stemmer=False)
         return as_array([[scorer.score(r, p)[kind].fmeasure, 1.0] for p, r in zip(inputs.predictions,
                                                                                      inputs.references)])
+
+    return stats
+
+
+def margin_stats(hit: bool) -> Callable[[RowInputs], Any]:
+    """Per pair (margin > 0, 1) for the rate of pairs ranked as the data ranks them, else (margin, 1)."""
+
+    def stats(inputs: RowInputs) -> Any:
+        if inputs.margins is None:
+            raise TunelabError("preference metrics need each pair's log-probability margin, and these rows have none")
+        return as_array([[float(margin > 0) if hit else margin, 1.0] for margin in inputs.margins])
 
     return stats
 
@@ -213,11 +225,17 @@ METRICS: dict[str, Metric] = {
         Metric("recall", "label", "macro-averaged recall over the classes", "rate", True, label_stats, macro(1)),
         Metric("f1", "label", "macro-averaged F1 over the classes", "rate", True, label_stats, macro(2)),
         Metric("mcc", "label", "Matthews correlation coefficient, -1 to 1", "score", True, label_stats, mcc_score),
+        Metric("preference_accuracy", "preference", "share of held-out pairs the model ranks the chosen answer "
+               "above the rejected one (by summed log-probability; a reward model by its reward)", "rate", True,
+               margin_stats(True), ratio),
+        Metric("mean_margin", "preference", "mean of chosen minus rejected: log p(answer | prompt) in nats, or the "
+               "reward model's rewards", "score", True, margin_stats(False), ratio),
     )
 }
 
 ALIASES = {"f1_macro": "f1", "precision_macro": "precision", "recall_macro": "recall", "em": "exact_match",
-           "ppl": "perplexity", "rouge_l": "rougeL", "rougel": "rougeL", "chrf++": "chrf"}
+           "ppl": "perplexity", "rouge_l": "rougeL", "rougel": "rougeL", "chrf++": "chrf",
+           "reward_accuracy": "preference_accuracy"}
 METRIC_NAMES = tuple(METRICS)
 
 # Which metric families each kind of test row supports (see data/formats.py Example.kind).
@@ -225,6 +243,7 @@ FAMILIES_BY_KIND = {
     "chat": ("loss", "text", "json", "json_object", "generation", "label"),
     "label": ("loss", "label"),
     "text": ("loss",),
+    "preference": ("loss", "preference"),  # loss: on the chosen answer
 }
 
 
@@ -249,6 +268,8 @@ def looks_like_labels(references: list[str]) -> bool:
 def default_metrics(kind: str, references: list[str]) -> list[str]:
     if kind == "label":
         return ["accuracy", "precision", "recall", "f1", "mcc"]
+    if kind == "preference":
+        return ["preference_accuracy", "mean_margin"]
     if kind != "chat":
         return []
     if row_metrics.references_are_json(references):
@@ -300,7 +321,7 @@ def primary_metric(names: list[str], objective_metric: str | None) -> str:
     """The one number a run is known by (`tunelab runs`): the objective's metric, else the task's headline."""
     if objective_metric is not None:
         return resolve_name(objective_metric)
-    for name in ("f1", "json_match", "bleu", "exact_match", "loss"):
+    for name in ("preference_accuracy", "f1", "json_match", "bleu", "exact_match", "loss"):
         if name in names:
             return name
     return names[0]
@@ -308,7 +329,7 @@ def primary_metric(names: list[str], objective_metric: str | None) -> str:
 
 def correctness_metric(names: list[str]) -> str:
     """The per-row right/wrong that base-vs-tuned flips are counted by."""
-    for name in ("json_match", "accuracy", "normalized_match", "exact_match"):
+    for name in ("preference_accuracy", "json_match", "accuracy", "normalized_match", "exact_match"):
         if name in names:
             return name
     return "exact_match"

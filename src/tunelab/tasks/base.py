@@ -1,9 +1,10 @@
 """The interface every training task implements.
 
 A task is what is learned from which rows: supervised fine-tuning of a causal LM on conversations or text,
-classification, and (later) the preference and RL tasks. Like a tuning method (methods/base.py), a task is data plus
-plain functions, gathered in one `Task(...)` and listed in registry.py; the training lifecycle (train/lifecycle.py),
-the evaluator (evaluate/evaluator.py), export and serving ask the task instead of branching on its name.
+classification, preference tuning (dpo), and (later) the other preference and RL tasks. Like a tuning method
+(methods/base.py), a task is data plus plain functions, gathered in one `Task(...)` and listed in registry.py; the
+training lifecycle (train/lifecycle.py), the evaluator (evaluate/evaluator.py), export and serving ask the task
+instead of branching on its name.
 
 What a task declares, in the order a run needs it:
   row_kinds      the kinds of rows it trains on (data/formats.py Example.kind); others are refused in one line
@@ -129,7 +130,7 @@ def check_row_kinds(task: Task, kinds: dict[str, int], where: str) -> None:
 
     users = tasks_for_kind(other[0])
     hint = (f"use task: {' or '.join(users)}" if users else
-            "no task trains on them yet (the preference tasks are planned); give prompt/answer or text rows")
+            "no task trains on them; give conversation, text, label or preference rows")
     raise TunelabError(f"{where}: {kinds[other[0]]} '{other[0]}' row(s), and task '{task.name}' trains on "
                        f"{' and '.join(task.row_kinds)} rows; {hint}")
 

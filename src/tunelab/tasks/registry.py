@@ -7,7 +7,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from tunelab.errors import TunelabError
-from tunelab.tasks import classification, sft
+from tunelab.tasks import classification, dpo, reward_model, sft
 from tunelab.tasks.base import Task
 
 TASKS: dict[str, Task] = {
@@ -15,6 +15,8 @@ TASKS: dict[str, Task] = {
     for task in (
         sft.TASK,
         classification.TASK,
+        dpo.TASK,
+        reward_model.TASK,
     )
 }
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from tunelab.errors import TunelabError
 from tunelab.tasks.base import Inference
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tunelab.data.formats import Example
     from tunelab.run.models import RunModels
     from tunelab.tasks.base import TrainerParts
 
@@ -36,3 +38,11 @@ def last_user_message(messages: list[dict[str, str]]) -> str:
     """What a conversation's prompt asks, as a report shows it: its last user turn."""
     users = [message["content"] for message in messages if message["role"] == "user"]
     return users[-1] if users else ""
+
+
+def check_pairs(examples: list["Example"], source: str, task: str) -> None:
+    """A preference task's splits hold preference rows only (the doctor checks the training split's kinds)."""
+    for example in examples:
+        if example.kind != "preference":
+            raise TunelabError(f"{example.where}: a '{example.kind}' row in the {source}; task {task} trains and is "
+                               "evaluated on preference rows (prompt, chosen, rejected) only")

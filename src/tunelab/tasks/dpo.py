@@ -1,0 +1,154 @@
+"""Direct preference optimisation (DPO): learn from preference rows (a prompt, a chosen and a rejected answer) to
+rank the chosen answer above the rejected one, relative to a frozen reference, with TRL's DPOTrainer.
+
+The reference is the starting model. With an adapter (LoRA and the other peft methods) it is the same model with the
+adapter disabled, so no second copy of the weights is held; with full fine-tuning TRL loads a frozen copy.
+Rows reach TRL in its conversational preference format (prompt messages, one assistant message each for chosen and
+rejected), which it renders with the model's chat template. A run is evaluated on held-out pairs by each model's
+log-probability margin between the chosen and the rejected answer (evaluate/preference.py): the share of pairs it
+ranks as the data does (`preference_accuracy`) and the mean margin, base vs tuned. The tuned model is a causal LM
+that writes text, served and exported as an SFT run is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, model_validator
+
+from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
+from tunelab.tasks.shared import causal_lm, check_pairs, language_model_inference, last_user_message
+
+if TYPE_CHECKING:
+    from tunelab.config.schema import Recipe
+    from tunelab.data.formats import Example
+
+# The losses TRL 1.16's DPOConfig accepts (trl/trainer/dpo_trainer.py `_compute_loss`).
+LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+
+
+class DpoConfig(TaskConfig):
+    name: Literal["dpo"] = "dpo"
+    beta: float = Field(0.1, gt=0, description="How far the tuned model may move from the reference: higher keeps "
+                        "it closer (for loss_type ipo, the regularisation tau).")
+    loss_type: LossType = Field("sigmoid", description="The preference loss (TRL's DPOConfig.loss_type): sigmoid is "
+                                "the DPO paper's; ipo, hinge, robust, exo_pair, bco_pair, ... their papers'.")
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: the probability that a pair's label is "
+                                   "flipped; exo_pair: its epsilon (needs > 0, e.g. 1e-3).")
+
+    @model_validator(mode="after")
+    def exo_needs_smoothing(self) -> "DpoConfig":
+        if self.loss_type == "exo_pair" and self.label_smoothing == 0:
+            raise ValueError("loss_type exo_pair needs task.label_smoothing > 0 (the EXO paper uses 1e-3)")
+        return self
+
+
+def conversational(example: "Example") -> dict[str, Any]:
+    """A preference row as TRL's conversational preference example."""
+    return {"prompt": example.messages, "chosen": [{"role": "assistant", "content": example.chosen}],
+            "rejected": [{"role": "assistant", "content": example.rejected}]}
+
+
+def encode_split(examples: list["Example"], tokenizer: Any, max_length: int, overlong: str) -> tuple[Any, Any]:
+    """The pairs as a dataset for TRL, and their counts. A pair longer than max_length is cut from its end (as TRL's
+    collator cuts it) or, with data.overlong: drop, left out; a pair whose prompt alone fills max_length is left out
+    either way (no answer token would remain)."""
+    from datasets import Dataset
+
+    from tunelab.evaluate.preference import answer_encodings
+    from tunelab.run.record import SplitCounts
+
+    kept, dropped, truncated, tokens, answer_tokens = [], 0, 0, 0, 0
+    for example in examples:
+        full, prompt_length = answer_encodings(tokenizer, example.messages, [example.chosen, example.rejected],
+                                               max_length=10**9)
+        longest = max(len(encoded.input_ids) for encoded in full)
+        if prompt_length >= max_length or (longest > max_length and overlong == "drop"):
+            dropped += 1
+            continue
+        truncated += longest > max_length
+        kept.append(conversational(example))
+        tokens += sum(min(len(encoded.input_ids), max_length) for encoded in full)
+        answer_tokens += sum(max(0, min(len(encoded.input_ids), max_length) - prompt_length) for encoded in full)
+    counts = SplitCounts(rows=len(examples), kept=len(kept), dropped_overlong=dropped, truncated=truncated,
+                         tokens=tokens, label_tokens=answer_tokens)
+    return (Dataset.from_list(kept) if kept else None), counts
+
+
+def prepare(inputs: TaskInputs) -> TaskData:
+    splits, data = inputs.prepared.splits(), inputs.recipe.data
+    for name, examples in splits.items():
+        check_pairs(examples, f"{name} split", "dpo")
+    encoded = {name: encode_split(examples, inputs.tokenizer, data.max_length, data.overlong)
+               for name, examples in splits.items()}
+    options = inputs.recipe.task
+    return TaskData(splits=splits, train=encoded["train"][0], validation=encoded["validation"][0],
+                    counts={name: counts for name, (_, counts) in encoded.items()}, collator=None,
+                    padding_free=False,
+                    state={"beta": options.beta, "loss_type": options.loss_type,
+                           "label_smoothing": options.label_smoothing, "max_length": data.max_length})
+
+
+def build_trainer(parts: TrainerParts) -> Any:
+    """TRL's DPOTrainer from the shared arguments and callbacks. ref_model=None: with a peft model TRL computes the
+    reference log-probabilities with the adapter disabled; for full fine-tuning it loads a frozen copy."""
+    from transformers import PrinterCallback
+    from trl import DPOConfig, DPOTrainer
+
+    state = parts.data.state
+    arguments = DPOConfig(**parts.arguments, beta=state["beta"], loss_type=[state["loss_type"]],
+                          label_smoothing=state["label_smoothing"], max_length=state["max_length"],
+                          truncation_mode="keep_start")
+    trainer = DPOTrainer(model=parts.model, ref_model=None, args=arguments, train_dataset=parts.data.train,
+                         eval_dataset=parts.data.validation, processing_class=parts.tokenizer,
+                         callbacks=parts.callbacks)
+    drop_reference_adapter(trainer.model)
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
+    return trainer
+
+
+def drop_reference_adapter(model: Any) -> None:
+    """Given a model that already carries an adapter, TRL copies it into a second adapter named 'ref' and scores the
+    reference with that copy. The reference here is the base model (the same one evaluation compares with), which
+    a freshly initialised adapter equals anyway; without the copy TRL disables the adapter for the reference, and
+    the saved run and its checkpoints hold the one adapter that was trained."""
+    from accelerate.utils import is_peft_model
+
+    if is_peft_model(model) and "ref" in model.peft_config:
+        model.delete_adapter("ref")
+        model.set_adapter("default")
+
+
+def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
+               source: str = "test split") -> TaskEvaluation:
+    from tunelab.evaluate.plan import plan_evaluation
+    from tunelab.evaluate.preference import preference_outputs
+
+    check_pairs(test, source, "dpo")
+    plan = plan_evaluation("preference", [example.chosen for example in test], [example.where for example in test],
+                           recipe.eval, recipe.objective, source=source)
+    max_length, batch_size = recipe.data.max_length, recipe.eval.batch_size
+
+    def answer(model: Any, tok: Any, placement: Any) -> Any:
+        return preference_outputs(model, tok, test, max_length, batch_size, placement)
+
+    return TaskEvaluation(
+        plan=plan, answer=answer, prompts=[last_user_message(example.messages) for example in test],
+        forgetting_measure="perplexity",
+        decoding={"strategy": "log-probabilities of the chosen and the rejected answer, summed over their tokens "
+                              "(nothing is generated)", "batch_size": batch_size})
+
+
+TASK = Task(
+    name="dpo",
+    config_class=DpoConfig,
+    summary="Learn from preference pairs to rank the chosen answer above the rejected one (TRL's DPO); evaluated "
+            "by the share of held-out pairs each model ranks right and its log-probability margin.",
+    row_kinds=("preference",),
+    prepare=prepare,
+    load_model=causal_lm,
+    build_trainer=build_trainer,
+    evaluation=evaluation,
+    inference=language_model_inference,
+)

@@ -288,11 +288,15 @@ def majority_format(records: list[Record], fields: dict[str, str | list[str]], s
 
 
 def other_format(record: Record, fmt: str, fields: dict[str, str | list[str]]) -> str | None:
+    """The format a row that does not fit the file's is in instead; None where it is just the file's format with
+    fields missing (a prompt_completion row without its completion fits `prompt` too, and is not mixed in)."""
     try:
         found = detect_format(record, fields)
     except TunelabError:
         return None
-    return found if found != fmt else None
+    if found == fmt or set(SIGNATURES.get(found, ())) < set(SIGNATURES.get(fmt, ())):
+        return None
+    return found
 
 
 def json_preview(fields: dict[str, Any]) -> str:

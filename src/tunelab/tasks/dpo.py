@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
-from tunelab.tasks.shared import causal_lm, check_pairs, language_model_inference, last_user_message
+from tunelab.tasks.shared import causal_lm, check_pairs, language_model_inference, pair_evaluation
 
 if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
@@ -122,22 +122,11 @@ def drop_reference_adapter(model: Any) -> None:
 
 def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
                source: str = "test split") -> TaskEvaluation:
-    from tunelab.evaluate.plan import plan_evaluation
     from tunelab.evaluate.preference import preference_outputs
 
-    check_pairs(test, source, "dpo")
-    plan = plan_evaluation("preference", [example.chosen for example in test], [example.where for example in test],
-                           recipe.eval, recipe.objective, source=source)
-    max_length, batch_size = recipe.data.max_length, recipe.eval.batch_size
-
-    def answer(model: Any, tok: Any, placement: Any) -> Any:
-        return preference_outputs(model, tok, test, max_length, batch_size, placement)
-
-    return TaskEvaluation(
-        plan=plan, answer=answer, prompts=[last_user_message(example.messages) for example in test],
-        forgetting_measure="perplexity",
-        decoding={"strategy": "log-probabilities of the chosen and the rejected answer, summed over their tokens "
-                              "(nothing is generated)", "batch_size": batch_size})
+    return pair_evaluation(recipe, test, source, "dpo", preference_outputs, "perplexity",
+                           "log-probabilities of the chosen and the rejected answer, summed over their tokens "
+                           "(nothing is generated)")
 
 
 TASK = Task(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from tunelab.tasks.base import Inference, Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
-from tunelab.tasks.shared import check_pairs, last_user_message
+from tunelab.tasks.shared import check_pairs, pair_evaluation
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -87,22 +87,11 @@ def build_trainer(parts: TrainerParts) -> Any:
 
 def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
                source: str = "test split") -> TaskEvaluation:
-    from tunelab.evaluate.plan import plan_evaluation
     from tunelab.evaluate.preference import reward_outputs
 
-    check_pairs(test, source, "reward_model")
-    plan = plan_evaluation("preference", [example.chosen for example in test], [example.where for example in test],
-                           recipe.eval, recipe.objective, source=source)
-    max_length, batch_size = recipe.data.max_length, recipe.eval.batch_size
-
-    def answer(model: Any, tok: Any, placement: Any) -> Any:
-        return reward_outputs(model, tok, test, max_length, batch_size, placement)
-
-    return TaskEvaluation(
-        plan=plan, answer=answer, prompts=[last_user_message(example.messages) for example in test],
-        forgetting_measure="drift",
-        decoding={"strategy": "the reward head's score of prompt + chosen against prompt + rejected "
-                              "(nothing is generated)", "batch_size": batch_size})
+    return pair_evaluation(recipe, test, source, "reward_model", reward_outputs, "drift",
+                           "the reward head's score of prompt + chosen against prompt + rejected "
+                           "(nothing is generated)")
 
 
 def inference(models: "RunModels") -> Inference:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
-from tunelab.tasks.base import Inference
+from tunelab.tasks.base import Inference, TaskEvaluation
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
     from tunelab.run.models import RunModels
     from tunelab.tasks.base import TrainerParts
@@ -46,3 +47,22 @@ def check_pairs(examples: list["Example"], source: str, task: str) -> None:
         if example.kind != "preference":
             raise TunelabError(f"{example.where}: a '{example.kind}' row in the {source}; task {task} trains and is "
                                "evaluated on preference rows (prompt, chosen, rejected) only")
+
+
+def pair_evaluation(recipe: "Recipe", test: list["Example"], source: str, task: str, scorer: Any,
+                    forgetting_measure: str, strategy: str) -> TaskEvaluation:
+    """How a task that learns from preference pairs is evaluated: each model's `scorer(model, tokenizer, rows,
+    max_length, batch_size, placement)` margin of chosen over rejected on the held-out pairs."""
+    from tunelab.evaluate.plan import plan_evaluation
+
+    check_pairs(test, source, task)
+    plan = plan_evaluation("preference", [example.chosen for example in test], [example.where for example in test],
+                           recipe.eval, recipe.objective, source=source)
+    max_length, batch_size = recipe.data.max_length, recipe.eval.batch_size
+
+    def answer(model: Any, tok: Any, placement: Any) -> Any:
+        return scorer(model, tok, test, max_length, batch_size, placement)
+
+    return TaskEvaluation(plan=plan, answer=answer, prompts=[last_user_message(example.messages) for example in test],
+                          forgetting_measure=forgetting_measure,
+                          decoding={"strategy": strategy, "batch_size": batch_size})

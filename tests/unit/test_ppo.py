@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import TrainerCallback
 
+from tests.unit.test_training import StopAt
 from tunelab.train.ppo import VALUE_HEAD, PPOSettings, PPOTrainer, ValueHead, completion_mask, gae
 
 LETTERS = "abcdefgh"
@@ -83,15 +83,6 @@ def test_the_reference_is_the_policy_with_its_adapter_off(tiny_checkpoint, tmp_p
         reference = model(input_ids=ids).logits
     assert torch.allclose(reference, base(input_ids=ids).logits, atol=1e-6)
     assert not torch.allclose(model(input_ids=ids).logits, reference, atol=1e-4)  # the policy itself moved
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_resume_gives_the_same_policy_and_value_head(tiny_checkpoint, tmp_path):

@@ -83,20 +83,15 @@ def rewards(model: Any, sequences: list[list[int]], pad_id: int, batch_size: int
     """The scalar head's output on each sequence (right-padded: the head reads each row's last real token)."""
     import torch
 
-    from tunelab.evaluate.generation import autocast
+    from tunelab.evaluate.generation import autocast, right_pad
 
     device = next(model.parameters()).device
     out: list[float] = []
     for start in range(0, len(sequences), batch_size):
-        chunk = sequences[start : start + batch_size]
-        width = max(len(ids) for ids in chunk)
-        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for index, ids in enumerate(chunk):
-            input_ids[index, : len(ids)] = torch.tensor(ids)
-            attention_mask[index, : len(ids)] = 1
+        batch = {key: value.to(device) for key, value in right_pad(sequences[start : start + batch_size],
+                                                                     pad_id).items()}
         with torch.no_grad(), autocast(placement):
-            logits = model(input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)).logits
+            logits = model(**batch).logits
         out += logits.float()[:, 0].tolist()
     return out
 

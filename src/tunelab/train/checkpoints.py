@@ -92,13 +92,22 @@ def fsync_path(path: Path) -> None:
         os.close(descriptor)
 
 
+def is_committed(folder: Path) -> bool:
+    """The save finished (its manifest is there); whether the files still match it is `verify`'s question."""
+    return (folder / MANIFEST).is_file()
+
+
+def trainer_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's trainer_state.json, as data."""
+    return json.loads((folder / TRAINER_STATE).read_text(encoding="utf-8"))
+
+
 def verify(folder: Path) -> str | None:
     """Why `folder` is not a complete checkpoint, or None when every file matches its manifest."""
-    manifest_path = folder / MANIFEST
-    if not manifest_path.is_file():
+    if not is_committed(folder):
         return "no manifest: the save never finished"
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
         files = manifest["files"]
         assert manifest["format"] == MANIFEST_FORMAT and isinstance(files, dict)
     except (ValueError, KeyError, TypeError, AssertionError):
@@ -138,7 +147,7 @@ def discard(folders: list[Path]) -> None:
 def rotate(root: Path, limit: int | None, best: str | None) -> None:
     """Keep the newest `limit` complete checkpoints (and the best one); drop older ones and incomplete leftovers."""
     folders = checkpoint_folders(root)
-    complete = [folder for folder in folders if (folder / MANIFEST).is_file()]
+    complete = [folder for folder in folders if is_committed(folder)]
     if not complete:
         return
     newest = checkpoint_step(complete[-1])
@@ -186,12 +195,18 @@ class TrainingClock(TrainerCallback, ExportableState):
         return {"args": {"seconds": self.seconds}, "attributes": {}}
 
 
-def saved_clock_seconds(trainer_state: dict[str, Any]) -> float:
-    """The TrainingClock total a checkpoint's trainer_state.json holds (0 for checkpoints without one)."""
-    saved = (trainer_state.get("stateful_callbacks") or {}).get(TrainingClock.__name__)
+def callback_state(trainer_state: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """What the stateful callback `name` kept in a checkpoint's trainer_state.json (the first, where several)."""
+    saved = (trainer_state.get("stateful_callbacks") or {}).get(name)
     if isinstance(saved, list):
         saved = saved[0] if saved else None
-    return float(saved["args"]["seconds"]) if isinstance(saved, dict) else 0.0
+    return saved if isinstance(saved, dict) else None
+
+
+def saved_clock_seconds(trainer_state: dict[str, Any]) -> float:
+    """The TrainingClock total a checkpoint's trainer_state.json holds (0 for checkpoints without one)."""
+    saved = callback_state(trainer_state, TrainingClock.__name__)
+    return float(saved["args"]["seconds"]) if saved else 0.0
 
 
 def finished_training(trainer_state: dict[str, Any]) -> bool:
@@ -200,10 +215,8 @@ def finished_training(trainer_state: dict[str, Any]) -> bool:
     max_steps = trainer_state.get("max_steps") or 0
     if trainer_state.get("global_step", 0) >= max_steps > 0:
         return True
-    stopping = (trainer_state.get("stateful_callbacks") or {}).get("EarlyStoppingCallback")
-    if isinstance(stopping, list):
-        stopping = stopping[0] if stopping else None
-    if not isinstance(stopping, dict):
+    stopping = callback_state(trainer_state, "EarlyStoppingCallback")
+    if stopping is None:
         return False
     patience = stopping.get("args", {}).get("early_stopping_patience") or 0
     return 0 < patience <= stopping.get("attributes", {}).get("early_stopping_patience_counter", 0)

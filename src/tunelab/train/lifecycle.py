@@ -93,12 +93,12 @@ def run_recipe(recipe: "Recipe", home: Path, console: "Console", resume: bool = 
 
 def is_complete(setup: Setup) -> bool:
     """--resume of a run that finished: every planned step done (or stopped early) and the model saved."""
-    from tunelab.train.checkpoints import finished_training
+    from tunelab.train.checkpoints import finished_training, trainer_state
 
     prior, choice = setup.prior, setup.resume_from
     if prior is None or prior.status != "completed" or not RunDir(Path(setup.recipe.output.dir)).model.is_dir():
         return False
-    return choice is None or choice.checkpoint is None or finished_training(checkpoint_state(choice.checkpoint))
+    return choice is None or choice.checkpoint is None or finished_training(trainer_state(choice.checkpoint))
 
 
 def already_complete(setup: Setup, home: Path, console: "Console", device: str, evaluate: bool) -> Outcome:
@@ -193,13 +193,6 @@ def report_resume_point(console: "Console", run: RunDir, choice: "Choice") -> No
         console.print(f"resuming from {choice.checkpoint}")
 
 
-def checkpoint_state(checkpoint: Path) -> dict[str, Any]:
-    from tunelab.files import read_json
-    from tunelab.train.checkpoints import TRAINER_STATE
-
-    return read_json(checkpoint / TRAINER_STATE)
-
-
 def describe(setup: Setup, model: Any) -> dict[str, Any]:
     from tunelab.data.cache import doctor_summary
 
@@ -264,19 +257,20 @@ def train_or_restore(trainer: Any, checkpoint: Path | None) -> Any:
     (transformers' loop checks max_steps at a step's end), so its weights are loaded and training is over."""
     from transformers import TrainerState
 
-    from tunelab.train.checkpoints import TRAINER_STATE, finished_training, saved_clock_seconds
+    from tunelab.train.checkpoints import finished_training, saved_clock_seconds, trainer_state
     from tunelab.train.trainer import training_clock, training_summary
 
-    resumed_at = checkpoint_state(checkpoint)["global_step"] if checkpoint else 0
-    if checkpoint is None or not finished_training(checkpoint_state(checkpoint)):
+    saved = trainer_state(checkpoint) if checkpoint else {}
+    resumed_at = saved.get("global_step", 0)
+    if checkpoint is None or not finished_training(saved):
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
         return training_summary(trainer, result, resumed_at, training_clock(trainer))
-    trainer.state = TrainerState.load_from_json(str(checkpoint / TRAINER_STATE))
+    trainer.state = TrainerState(**saved)  # what TrainerState.load_from_json makes of the same file
     best = trainer.state.best_model_checkpoint
     weights = best if trainer.args.load_best_model_at_end and best and Path(best).is_dir() else str(checkpoint)
     # The Trainer's own loader: it knows every format it saved (adapters, whole models, sharded weights).
     trainer._load_from_checkpoint(weights)
-    return training_summary(trainer, None, resumed_at, saved_clock_seconds(checkpoint_state(checkpoint)))
+    return training_summary(trainer, None, resumed_at, saved_clock_seconds(saved))
 
 
 def is_write_failure(error: BaseException, run: RunDir) -> bool:
@@ -324,20 +318,13 @@ def record_failure(run: RunDir, record: RunRecord, error: BaseException, folder:
 def remove_partial(run: RunDir, folder: Path) -> list[Path]:
     """Checkpoints without a manifest (a save cut short) and the model folder that was being written: each would
     be taken for a whole artefact later (by --resume, serve or export); removing them also frees the space."""
-    from tunelab.train.checkpoints import checkpoint_folders, discard
+    from tunelab.train.checkpoints import checkpoint_folders, discard, is_committed
 
-    partial = [path for path in checkpoint_folders(run.checkpoints) if verify_quick(path)]
+    partial = [path for path in checkpoint_folders(run.checkpoints) if not is_committed(path)]
     if folder in (run.model, run.merged) and folder.exists():
         partial.append(folder)
     discard(partial)
     return partial
-
-
-def verify_quick(folder: Path) -> bool:
-    """No manifest: the save did not finish (files are not hashed here; --resume verifies them)."""
-    from tunelab.train.checkpoints import MANIFEST
-
-    return not (folder / MANIFEST).is_file()
 
 
 def evaluate_and_record(run_root: Path, home: Path, console: "Console", device: str = "auto",

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+# nginx's status for "the client closed the connection before the response": logged, never sent.
+CLIENT_LEFT = 499
+
 # HTTP status -> OpenAI's error type names (what the official client maps to its exception classes).
 TYPES = {
     400: "invalid_request_error",

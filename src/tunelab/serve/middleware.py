@@ -14,13 +14,12 @@ from typing import Any, Callable
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
-from tunelab.serve.errors import error_body
+from tunelab.serve.errors import CLIENT_LEFT, error_body
 
 ADMIN_PREFIX = "/v1/adapters"
 OPEN = "/health"  # liveness for load balancers and orchestrators: holds nothing a key protects
 METRICS = "/metrics"
 UNLOGGED = (OPEN, METRICS)
-CLIENT_LEFT = 499  # nginx's status for "the client closed the connection before the response": logged, never sent
 
 
 def refuse(scope: dict, status: int, message: str) -> JSONResponse:

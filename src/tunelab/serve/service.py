@@ -26,7 +26,7 @@ from tunelab.models.load import ModelRef
 from tunelab.monitor.requestlog import RequestLog
 from tunelab.serve import protocol as api
 from tunelab.serve.engine import Engine, Job, QueueFull
-from tunelab.serve.errors import APIError, model_not_found
+from tunelab.serve.errors import CLIENT_LEFT, APIError, model_not_found
 from tunelab.serve.logprobs import chat_logprobs, completion_logprobs
 from tunelab.serve.metrics import Metrics
 from tunelab.serve.registry import Registry, ServedModel, check_id
@@ -35,7 +35,6 @@ from tunelab.serve.settings import ServeSettings
 
 MAX_STOP_STRINGS = 4
 DISCONNECT_POLL = 0.1  # seconds between checks that a waiting client is still there
-CLIENT_GONE = 499  # status logged for a request whose client left (nginx's convention; nobody receives it)
 # OpenAI parameters this server does not implement: accepted only at these neutral values.
 NEUTRAL = {
     "frequency_penalty": (None, 0, 0.0),
@@ -222,7 +221,7 @@ class Service:
             raise
         except ClientGone:
             job.cancel()
-            raise APIError(CLIENT_GONE, "client disconnected") from None
+            raise APIError(CLIENT_LEFT, "client disconnected") from None
         account(job, log, self.settings.log_content)
         error = failure(job)
         if error is not None:

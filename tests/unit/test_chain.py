@@ -105,6 +105,26 @@ def test_generate_base_of_the_chained_run_loads_the_sft_runs_tuned_model(chain, 
     assert torch.equal(model.state_dict()[name], tensor)
 
 
+def test_serve_holds_the_starting_model_as_the_base_of_a_chained_adapter(chain, dpo_run, tmp_path):
+    """Given the chained run alone, the server's base is the sft run's merged model (its id names the run), and the
+    chained run's adapter on the original base is refused naming the start."""
+    from tunelab.errors import TunelabError
+    from tunelab.serve.server import build_service
+    from tunelab.serve.settings import ServeSettings
+
+    service = build_service([f"dpo={dpo_run.root}"], None, ServeSettings(serve_dir=tmp_path / "s"), chain["home"],
+                            say=lambda _: None)
+    try:
+        assert service.registry.base.id == "run-merged" and service.registry.base.root == str(chain["sft"].root /
+                                                                                                "merged")
+        assert set(service.registry.ids()) == {"run-merged", "dpo"}
+    finally:
+        service.close()
+    with pytest.raises(TunelabError, match=r"trained on base model '.*sft/run/merged', but the server holds"):
+        build_service([str(dpo_run.root)], str(chain["checkpoint"]), ServeSettings(serve_dir=tmp_path / "t"),
+                      chain["home"], say=lambda _: None)
+
+
 def unique_storage(model):
     """(parameters, elements) over distinct storages: a second copy of the base weights would double them."""
     seen, elements = set(), 0
@@ -146,7 +166,8 @@ def test_a_chained_lora_run_holds_base_and_adapter_once(chain):
     assert counts == unique_storage(plain.model)
     assert counts[1] == sum(parameter.numel() for parameter in chained.model.parameters())  # no tensor twice
     name, tensor = moved_tensor(chain)
-    weights = {key.replace(".base_layer", ""): value for key, value in chained.model.get_base_model().state_dict().items()}
+    weights = {key.replace(".base_layer", ""): value
+               for key, value in chained.model.get_base_model().state_dict().items()}
     assert torch.equal(weights[name], tensor)  # the base under the adapter is the sft run's merged model
 
 

@@ -287,3 +287,26 @@ def test_a_start_changed_after_training_is_refused_in_one_line(chain, dpo_run, c
         assert "sha256 of model.safetensors differs" in line
     finally:
         weights.write_bytes(original)
+
+
+def test_resume_goes_on_from_the_same_start_or_is_refused(chain):
+    from safetensors.torch import save_file
+
+    from tests.unit.test_training import StopAt
+    from tunelab.errors import TunelabError
+
+    recipe = chained_recipe(chain, "dpo-resume", train={"save_every": 1, "eval_every": 1})
+    part = train_recipe(recipe, chain["home"], callbacks=(StopAt(1),))
+    assert run_record(part).training.steps == 1
+    weights = chain["sft"].root / "merged" / "model.safetensors"
+    original = weights.read_bytes()
+    tensors = load_file(str(weights))
+    save_file({name: tensor * 2 for name, tensor in tensors.items()}, str(weights), metadata={"format": "pt"})
+    try:
+        with pytest.raises(TunelabError, match=r"--resume: the starting model from .* changed since the run started"):
+            train_recipe(recipe, chain["home"], resume=True)
+    finally:
+        weights.write_bytes(original)
+    resumed = train_recipe(recipe, chain["home"], resume=True)
+    record = run_record(resumed)
+    assert record.training.steps == 2 and record.started_from.checkpoint == str(weights.parent)

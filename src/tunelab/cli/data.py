@@ -44,10 +44,11 @@ def model_limits(recipe: Any, home: Path) -> tuple[Any, set[int], int | None]:
     loading its weights."""
     from tunelab.data.templates import resolve_chat_template
     from tunelab.models.load import model_limits as limits_of
-    from tunelab.models.load import resolve_model
     from tunelab.models.tokenizer import load_tokenizer
+    from tunelab.run.chain import chained_recipe, recipe_base
 
-    ref = resolve_model(recipe.model.name, home, console=console)
+    # The model training will start from: a chained recipe's (model.from_run) tokenizer is its starting run's.
+    ref, _ = recipe_base(chained_recipe(recipe, home), home, console)
     tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
     limits = limits_of(ref.path, tokenizer)
     return tokenizer, limits.stop_ids, limits.context

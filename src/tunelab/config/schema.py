@@ -24,7 +24,13 @@ class ModelSection(Section):
     name: str = Field(
         "smollm2-135m-instruct",
         description="A built-in model name (`tunelab models list`), a local Hugging Face checkpoint folder, "
-        "or a .gguf file.",
+        "or a .gguf file. With from_run: the earlier run's base model (taken from it when left out).",
+    )
+    from_run: str | None = Field(
+        None,
+        description="Start from an earlier run's tuned model (a run folder, e.g. runs/sft-x): its merged model (or "
+        "full fine-tune) is this run's base, which the method wraps, the evaluation compares with and serve and "
+        "export load; an adapter saved without a merged model is merged once into the model cache.",
     )
     chat_template: str | None = Field(
         None,

@@ -17,7 +17,7 @@ from tunelab.models.catalog import BUILTIN_MODELS
 @dataclass(frozen=True)
 class ModelRef:
     name: str  # what the recipe said
-    kind: str  # builtin / gguf / folder
+    kind: str  # builtin / gguf / folder / run (a chained run's start: run/chain.py)
     path: Path  # the checkpoint folder that is loaded
 
 

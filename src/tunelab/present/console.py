@@ -113,7 +113,9 @@ def print_plan(console: Console, record: "RunRecord", run: "RunDir") -> None:
     rows = ", ".join(f"{name} {info.kept}" for name, info in splits.items())
     skipped = sum(info.dropped_overlong for info in splits.values())
     truncated = sum(info.truncated for info in splits.values())
-    console.print(f"[bold]run[/bold] {run.root}  task {record.task}  base {record.base_model.name}  method "
+    start = record.started_from
+    base = record.base_model.name + (f" as tuned by {start.run} ({start.task})" if start else "")
+    console.print(f"[bold]run[/bold] {run.root}  task {record.task}  base {base}  method "
                   f"{method.name} ({method.trainable_parameters:,} of {method.total_parameters:,} parameters trained)")
     console.print(f"[bold]data[/bold] rows: {rows}; over max_length: {skipped} dropped, {truncated} truncated; "
                   f"{splits['train'].tokens:,} train tokens  [bold]device[/bold] {record.device} {record.precision}")

@@ -6,7 +6,7 @@ holds what every task's loaders need: the run, its record and recipe, the base c
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -27,6 +27,7 @@ class RunModels:
     recipe: "Recipe"
     home: Path
     placement: "Placement"
+    _base: Path | None = field(default=None, init=False, repr=False)  # base_path, found (and checked) once
 
     def tokenizer(self) -> Any:
         """The tokenizer saved with the run: the base tokenizer with the run's chat template and pad token."""
@@ -35,9 +36,18 @@ class RunModels:
         return load_tokenizer(self.run.model)
 
     def base_path(self) -> Path:
-        from tunelab.models.load import resolve_model
+        """The run's base checkpoint: its recipe's model.name, or a chained run's starting checkpoint (checked once
+        against the sha256 run.json recorded; run/chain.py run_base_path)."""
+        from tunelab.run.chain import run_base_path
 
-        return resolve_model(self.recipe.model.name, self.home).path
+        if self._base is None:
+            self._base = run_base_path(self.recipe, self.record, self.home, str(self.run.root))
+        return self._base
+
+    def base_name(self) -> str:
+        """How to name the base model to load it again (serve --base): the recipe's model.name, or a chained run's
+        starting checkpoint folder."""
+        return str(self.base_path()) if self.record.started_from else self.recipe.model.name
 
     def causal_lm(self) -> Any:
         """The base causal LM, placed, in eval mode."""

@@ -51,8 +51,19 @@ class Environment(Part):
 
 class BaseModelInfo(Part):
     name: str  # what the recipe said
-    kind: str  # builtin / gguf / folder
+    kind: str  # builtin / gguf / folder / run (a chained run's start: run/chain.py)
     path: str  # the checkpoint folder loaded
+
+
+class StartInfo(Part):
+    """Where a chained run (model.from_run) started: the earlier run and the checkpoint its base weights are."""
+
+    run: str  # the earlier run's folder, as the recipe named it
+    task: str
+    method: str
+    base_model: str  # the earlier run's base model: the root of the chain
+    checkpoint: str  # the folder this run's base weights load from (run/chain.py)
+    sha256: dict[str, str]  # weight file name -> sha256 when the run started: a later change is refused
 
 
 class MethodInfo(Part):
@@ -150,6 +161,7 @@ class RunRecord(Part):
     recipe: dict[str, Any]  # the resolved recipe, as data (recipe.yaml holds the same)
     environment: Environment
     base_model: BaseModelInfo
+    started_from: StartInfo | None = None  # a chained run's start (model.from_run); None: the recipe's model.name
     method: MethodInfo
     data: DataInfo
     device: str

@@ -133,7 +133,6 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
 
     from tunelab.data.templates import stop_token_ids
     from tunelab.methods.registry import get_method
-    from tunelab.models.load import resolve_model
     from tunelab.run.models import open_run_models
 
     models = open_run_models(run_path, home, "cpu")  # only its files are read here; the engine loads the adapter
@@ -154,11 +153,10 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
             f"{shown_as}: its {config.peft_type.value} adapter is not LoRA-family; the server hot-swaps LoRA-family "
             "adapters only (export --format merged and serve that with --base)"
         )
-    run_base = resolve_model(models.recipe.model.name, home)
-    if not same_model(run_base.path, base_ref.path):
+    if not same_model(models.base_path(), base_ref.path):
         raise Incompatible(
-            f"{shown_as}: trained on base model '{models.recipe.model.name}', but the server holds "
-            f"'{base_ref.name}'; serve it with --base {models.recipe.model.name}"
+            f"{shown_as}: trained on base model '{models.base_name()}', but the server holds "
+            f"'{base_ref.name}'; serve it with --base {models.base_name()}"
         )
     check_weights(folder, shown_as)
     tokenizer = models.tokenizer()

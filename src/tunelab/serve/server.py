@@ -31,7 +31,7 @@ def base_of_runs(runs: list[tuple[str | None, str]], home: Path) -> str:
     """The base model the runs were trained on (they must agree, or --base must say which)."""
     from tunelab.run.models import open_run_models
 
-    bases = {path: open_run_models(path, home, "cpu").recipe.model.name for _, path in runs}
+    bases = {path: open_run_models(path, home, "cpu").base_name() for _, path in runs}
     names = sorted(set(bases.values()))
     if len(names) > 1:
         described = ", ".join(f"{path} on '{name}'" for path, name in bases.items())

@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from tunelab.data.cache import Prepared
     from tunelab.device import Placement
     from tunelab.models.load import ModelRef
+    from tunelab.run.record import StartInfo
     from tunelab.train.checkpoints import Choice
 
 # Recipe sections a resumed run may change: they do not alter what is trained.
@@ -67,6 +68,7 @@ class Setup:
     prior: RunRecord | None  # the record of the run being resumed
     overwrite: bool
     resume_from: "Choice | None" = None  # on --resume: the newest complete checkpoint, and the newer ones skipped
+    started_from: "StartInfo | None" = None  # a chained run's start (model.from_run: run/chain.py)
 
 
 @dataclass
@@ -120,16 +122,20 @@ def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overw
     from tunelab.data.cache import prepare_data
     from tunelab.data.templates import resolve_chat_template
     from tunelab.device import resolve_placement
-    from tunelab.models.load import model_limits, resolve_model
+    from tunelab.models.load import model_limits
     from tunelab.models.tokenizer import load_tokenizer
+    from tunelab.run.chain import chained_recipe, check_same_start, recipe_base
     from tunelab.train.trackers import check_trackers
 
+    recipe = chained_recipe(recipe, home)  # model.from_run checked, model.name its root: what resume compares
     prior, resume_from = check_run_dir(Path(recipe.output.dir), resume, overwrite, recipe)
     task, method = get_task(recipe.task.name), get_method(recipe.method.name)
     check_merge_request(method, "merge" in recipe.output.model_fields_set and recipe.output.merge)
     check_trackers(recipe.train.report_to)
     placement = resolve_placement(device, recipe.train.precision)
-    ref = resolve_model(recipe.model.name, home, console=console)
+    ref, started_from = recipe_base(recipe, home, console)
+    if prior is not None:
+        check_same_start(prior, started_from)
     tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
     limits = model_limits(ref.path, tokenizer)
     # The data doctor (cleaning, dedup, contamination, template lint), cached: the data `data prepare` made.
@@ -142,7 +148,8 @@ def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overw
                                    padding_free=recipe.train.padding_free and method.padding_free))
     check_trainable(recipe, data)
     check_evaluation(task, recipe, data, tokenizer)
-    return Setup(recipe, task, method, placement, ref, tokenizer, prepared, data, prior, overwrite, resume_from)
+    return Setup(recipe, task, method, placement, ref, tokenizer, prepared, data, prior, overwrite, resume_from,
+                 started_from)
 
 
 def build_model(setup: Setup) -> Any:
@@ -201,6 +208,7 @@ def describe(setup: Setup, model: Any) -> dict[str, Any]:
     loaded = setup.prepared.loaded()
     return dict(
         base_model=BaseModelInfo(name=setup.ref.name, kind=setup.ref.kind, path=str(setup.ref.path)),
+        started_from=setup.started_from,
         method=MethodInfo(name=setup.method.name, trainable_parameters=trainable, total_parameters=total),
         data=DataInfo(files=[DataFileInfo(**vars(item)) for item in loaded.files], splits=setup.data.counts,
                       doctor=DoctorSummary(**doctor_summary(setup.prepared))),

@@ -219,3 +219,36 @@ def test_score_model_rewards_inside_trl_grpo(rm_run, rm_home, tiny_checkpoint, t
     assert len(logged) == 2 and all(entry["rewards/rm/std"] > 0 for entry in logged)  # the head tells answers apart
     assert all(0 <= entry["rewards/judge/no_number"] <= 1 for entry in logged)
     assert rewards[1].scorer.judged == 2 * 4
+
+
+def test_the_reward_model_shorthand_is_a_score_model_of_the_run(rm_run, rm_home, tiny_checkpoint):
+    context = RewardContext(rm_home, CPU)
+    shorthand = SPEC.validate_python({"type": "reward_model", "name": "rm", "run": str(rm_run.root)})
+    (short,), (full,) = reward_funcs([shorthand], context=context), reward_funcs([spec(model=str(rm_run.root))],
+                                                                                   context=context)
+    assert short(prompts=["abc", "abc"], completions=["cba", "xyz"]) == \
+        pytest.approx(full(prompts=["abc", "abc"], completions=["cba", "xyz"]))
+    judge = SPEC.validate_python({"type": "reward_model", "name": "rm", "run": str(tiny_checkpoint)})
+    with pytest.raises(TunelabError, match=r"rewards\[0\] \(reward_model 'rm'\): .* is not a run of task reward_"):
+        check_rewards([judge], [{}], context=context)
+
+
+def test_a_checkpoint_with_a_one_output_head_is_read_as_a_reward_model(tiny_checkpoint, tmp_path):
+    """A ready-made reward model folder: the score is the head's output on the conversation."""
+    from tunelab.evaluate.preference import chat_ids, rewards
+    from tunelab.models.classifier import load_sequence_classifier
+    from tunelab.models.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_checkpoint)
+    for labels in (["reward"], ["good", "bad"]):
+        head = load_sequence_classifier(tiny_checkpoint, labels, tokenizer.pad_token_id, seed=0)
+        head.save_pretrained(tmp_path / str(len(labels)))
+        tokenizer.save_pretrained(tmp_path / str(len(labels)))
+    (reward,) = reward_funcs([spec(model=str(tmp_path / "1"))], context=RewardContext(tmp_path))
+    got = reward(prompts=["abc", "abc"], completions=["cba", "xyz"])
+    head = load_sequence_classifier(tiny_checkpoint, ["reward"], tokenizer.pad_token_id, seed=0).eval()
+    sequences = [chat_ids(tokenizer, [{"role": "user", "content": "abc"}, {"role": "assistant", "content": answer}],
+                          False) for answer in ("cba", "xyz")]
+    assert got == pytest.approx(rewards(head, sequences, tokenizer.pad_token_id, 2, None), abs=1e-5)
+    with pytest.raises(TunelabError, match=r"is a classifier over 2 labels; a reward model has one output"):
+        check_rewards([spec(model=str(tmp_path / "2"))], [{}], context=RewardContext(tmp_path))

@@ -19,6 +19,7 @@ from tunelab.rewards.score_model import Generate, ScoreModel, generate_replies, 
 from tunelab.rewards.graders import (
     MultiGrader,
     PythonGrader,
+    RewardModelReward,
     ScoreModelGrader,
     StringCheckGrader,
     TextSimilarityGrader,
@@ -29,7 +30,7 @@ from tunelab.rewards.graders import (
 
 # What a recipe's `rewards:` list holds: OpenAI's graders as they are, or a Python function.
 RewardSpec = Annotated[Union[StringCheckGrader, TextSimilarityGrader, PythonGrader, MultiGrader,  # noqa: UP007
-                             ScoreModelGrader, FunctionReward], Field(discriminator="type")]
+                             ScoreModelGrader, RewardModelReward, FunctionReward], Field(discriminator="type")]
 
 # Keywords TRL passes besides the dataset's columns.
 TRL_KEYWORDS = {"completion_ids", "trainer_state", "log_extra", "log_metric", "environments"}
@@ -64,6 +65,9 @@ def check_rewards(specs: list[Any], rows: list[dict[str, Any]], where: str = "re
     for index, spec in enumerate(specs):
         if isinstance(spec, FunctionReward):
             continue
+        if isinstance(spec, RewardModelReward):
+            reward_model_scorer(spec, f"{where}[{index}]", base, context)
+            continue
         check_grader(spec, f"{where}[{index}]")
         if isinstance(spec, ScoreModelGrader):
             ScoreModel(spec, f"{where}[{index}]", base, needs_context(context, spec).home,
@@ -89,13 +93,27 @@ def needs_context(context: RewardContext | None, spec: Any) -> RewardContext:
     return context
 
 
+def reward_model_scorer(spec: RewardModelReward, where: str, base: Path | None,
+                        context: RewardContext | None) -> ScoreModel:
+    home = needs_context(context, spec).home
+    if model_source(spec.as_grader(), where, base, home).kind != "reward_model":
+        raise TunelabError(f"{where} (reward_model '{spec.name}'): {spec.run} is not a run of task reward_model; "
+                           "to judge with a model that writes text, use type score_model with input")
+    return ScoreModel(spec.as_grader(), where, base, home, context.where_models_run())
+
+
 def checked(spec: Any, base: Path | None, index: int, context: RewardContext | None = None,
             generate: Generate = generate_replies) -> Callable[..., list[float | None]]:
     name = reward_name(spec)
     where = f"rewards[{index}] '{name}'"
     inner = load_function(spec.function, where, base) if isinstance(spec, FunctionReward) else None
-    scorer = (ScoreModel(spec, f"rewards[{index}]", base, needs_context(context, spec).home,
-                         context.where_models_run(), generate) if isinstance(spec, ScoreModelGrader) else None)
+    if isinstance(spec, RewardModelReward):
+        scorer = reward_model_scorer(spec, f"rewards[{index}]", base, context)
+    elif isinstance(spec, ScoreModelGrader):
+        scorer = ScoreModel(spec, f"rewards[{index}]", base, needs_context(context, spec).home,
+                            context.where_models_run(), generate)
+    else:
+        scorer = None
 
     def reward(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float | None]:
         rows = [{key: values[i] for key, values in columns.items()

@@ -116,6 +116,19 @@ class ScoreModelGrader(GraderBase):
         return self
 
 
+class RewardModelReward(BaseModel):
+    """tunelab's shorthand for a score_model whose model is a reward_model run: `{type: reward_model, name, run}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["reward_model"]
+    name: str
+    run: str  # the run folder
+
+    def as_grader(self) -> ScoreModelGrader:
+        return ScoreModelGrader(type="score_model", name=self.name, model=self.run)
+
+
 Grader = Annotated[Union[StringCheckGrader, TextSimilarityGrader, PythonGrader, MultiGrader],  # noqa: UP007
                    Field(discriminator="type")]
 MultiGrader.model_rebuild()

@@ -82,7 +82,8 @@ def test_the_model_loads_once_on_the_first_call(rm_run, rm_home):
 
 
 def test_a_reward_model_with_input_scores_the_rendered_conversation(rm_run, rm_home):
-    messages = [{"role": "user", "content": "{{ item.word }}"}, {"role": "assistant", "content": "{{ sample.output_text }}"}]
+    messages = [{"role": "user", "content": "{{ item.word }}"},
+                {"role": "assistant", "content": "{{ sample.output_text }}"}]
     context = RewardContext(rm_home, CPU)
     (templated,) = reward_funcs([spec(model=str(rm_run.root), input=messages)], context=context)
     (default,) = reward_funcs([spec(model=str(rm_run.root))], context=context)

@@ -1,5 +1,6 @@
 """A recipe's rewards as the callables TRL's trainers take (`reward_funcs`), checked before training and on
-every call: one line naming the reward and the row where a reward raises or gives a non-number."""
+every call: one line naming the reward and the row where a reward raises or gives a non-number. A reward backed by a
+model (score_model) also needs the run's home and placement: `RewardContext`."""
 
 from __future__ import annotations
 
@@ -10,12 +11,8 @@ from typing import TYPE_CHECKING, Annotated, Any, Callable, Union
 
 from pydantic import Field
 
-if TYPE_CHECKING:
-    from tunelab.device import Placement
-
 from tunelab.errors import TunelabError
 from tunelab.rewards.functions import FunctionReward, load_function
-from tunelab.rewards.score_model import Generate, ScoreModel, generate_replies, model_source
 from tunelab.rewards.graders import (
     MultiGrader,
     PythonGrader,
@@ -27,8 +24,13 @@ from tunelab.rewards.graders import (
     grade,
     item_fields,
 )
+from tunelab.rewards.score_model import Generate, ScoreModel, generate_replies, model_source
 
-# What a recipe's `rewards:` list holds: OpenAI's graders as they are, or a Python function.
+if TYPE_CHECKING:
+    from tunelab.device import Placement
+
+# What a recipe's `rewards:` list holds: OpenAI's graders as they are (score_model's model a local one), tunelab's
+# reward_model shorthand, or a Python function.
 RewardSpec = Annotated[Union[StringCheckGrader, TextSimilarityGrader, PythonGrader, MultiGrader,  # noqa: UP007
                              ScoreModelGrader, RewardModelReward, FunctionReward], Field(discriminator="type")]
 

@@ -72,10 +72,16 @@ def test_a_reward_model_run_scores_answers_as_its_own_evaluation_did(rm_run, rm_
     assert all(not parameter.requires_grad for parameter in reward.scorer.loaded.model.parameters())
 
 
-def test_the_model_loads_once_on_the_first_call(rm_run, rm_home):
+def test_the_model_loads_once_on_the_first_call_and_leaves_the_random_stream_alone(rm_run, rm_home):
+    import torch
+
     (reward,) = reward_funcs([spec(model=str(rm_run.root))], context=RewardContext(rm_home, CPU))
     assert reward.scorer.loaded is None  # building the reward (before training) loads nothing
-    reward(prompts=["abc"], completions=["cba"])
+    torch.manual_seed(0)
+    reward(prompts=["abc"], completions=["cba"])  # loading seeds the head's init (load_sequence_classifier)
+    after_loading = torch.rand(1)
+    torch.manual_seed(0)
+    assert torch.equal(torch.rand(1), after_loading)
     model = reward.scorer.loaded.model
     reward(prompts=["abc"], completions=["cba"])
     assert reward.scorer.loaded.model is model

@@ -128,21 +128,28 @@ def load(source: ModelSource, home: Path, placement: "Placement") -> Loaded:
     return Loaded(model, tokenizer, max_length)
 
 
+def own_random_state(placement: "Placement") -> Any:
+    """A fork of torch's random state, restored on leaving: what a reward draws (a judge's sampling, the seeded head
+    of a reward model loaded mid-training) leaves the training's random stream where it was."""
+    import torch
+
+    return torch.random.fork_rng(devices=[torch.cuda.current_device()] if placement.device == "cuda" else [])
+
+
 # (model, tokenizer, prompts as token ids, sampling, placement) -> the judge's reply to each prompt
 Generate = Callable[[Any, Any, list[list[int]], SamplingParams, "Placement"], list[str]]
 
 
 def generate_replies(model: Any, tokenizer: Any, prompts: list[list[int]], sampling: SamplingParams,
                      placement: "Placement") -> list[str]:
-    """The judge's replies, greedy unless a temperature is given. Its sampling runs on a fork of torch's random
-    state, so judging never moves the training's random stream (a resumed run draws what the whole run drew)."""
+    """The judge's replies, greedy unless a temperature is given, sampled on its own random state (a resumed run
+    draws what the whole run drew)."""
     import torch
 
     from tunelab.evaluate.answers import model_stops
     from tunelab.evaluate.generation import generate_texts
 
-    devices = [torch.device(placement.device).index or 0] if placement.device == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
+    with own_random_state(placement):
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         return generate_texts(model, tokenizer, prompts, sampling.max_completions_tokens or JUDGE_MAX_TOKENS,
@@ -171,7 +178,8 @@ class ScoreModel:
 
     def __call__(self, prompts: list[Any], completions: list[Any], rows: list[dict[str, Any]]) -> list[float]:
         if self.loaded is None:
-            self.loaded = load(self.source, self.home, self.placement)
+            with own_random_state(self.placement):
+                self.loaded = load(self.source, self.home, self.placement)
         conversations = [self.messages(prompts[i], completions[i], rows[i]) for i in range(len(rows))]
         if self.source.kind == "reward_model":
             return self.head_scores(conversations)

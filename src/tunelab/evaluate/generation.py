@@ -36,6 +36,7 @@ def generate_texts(
     stop_ids: list[int] | None = None,
     temperature: float = 0.0,
     placement: "Placement | None" = None,
+    top_p: float | None = None,
 ) -> Generated:
     """Continue each prompt (token ids). Prompts are sorted by length so batches pad little; order is restored."""
     import torch
@@ -53,7 +54,7 @@ def generate_texts(
         options = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id,
                    "eos_token_id": stop_ids or tokenizer.eos_token_id, "use_cache": True}
         if temperature > 0:
-            options.update(do_sample=True, temperature=temperature)
+            options.update(do_sample=True, temperature=temperature, **({"top_p": top_p} if top_p else {}))
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.no_grad(), autocast(placement):

@@ -1,7 +1,7 @@
 """OpenAI's reinforcement fine-tuning graders, with their names and fields (openai-python `types/graders`), run
-locally: `string_check`, `text_similarity`, `python` and `multi`. Each gives a score for one answer to one row.
-
-`score_model` (a reward model or a judge model) is not here yet: it needs a trained reward model run.
+locally: `string_check`, `text_similarity`, `python` and `multi` give a score for one answer to one row;
+`score_model` asks a model (a reward model run or a judge that writes text), batched over one call's answers: its
+fields are here, its models in score_model.py. A `multi` grader combines the row-at-a-time graders only.
 `text_similarity`'s `cosine` needs OpenAI's embedding model and `meteor` NLTK's WordNet data, which tunelab cannot
 download: both are refused when the recipe is read, not when a row is graded.
 """
@@ -62,6 +62,73 @@ class MultiGrader(GraderBase):
     calculate_output: str  # a formula over the graders' names, e.g. "0.5 * format + 0.5 * answer"
 
 
+class TextContent(BaseModel):
+    """A text block of a message (OpenAI's input_text / output_text); images and audio a local model cannot read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class ScoreModelMessage(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | TextContent | list[TextContent]  # may hold {{ item.x }} / {{ sample.output_text }}
+    type: Literal["message"] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        blocks = [self.content] if isinstance(self.content, TextContent) else self.content
+        return "".join(block.text for block in blocks)
+
+
+class SamplingParams(BaseModel):
+    """OpenAI's sampling_params for the grader model, less reasoning_effort (no local model reasons on demand)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_completions_tokens: int | None = Field(None, ge=1)  # default 32 for a local judge
+    seed: int | None = None
+    temperature: float | None = Field(None, ge=0)  # None or 0: greedy
+    top_p: float | None = Field(None, gt=0, le=1)
+
+
+class ScoreModelGrader(GraderBase):
+    """A model scores the answer. `model` is, locally, a tunelab run of task reward_model (its head's raw score is
+    the reward; `range` does not apply; `input` is optional: by default the head reads the row's prompt and the
+    answer as one conversation, as it did in training), or a model that writes text (a built-in name, a checkpoint
+    folder, a tunelab run of a text task), used as a judge: `input` is rendered and sent, the first number in its
+    answer, clamped to `range`, is the score (range[0] where it gives none)."""
+
+    type: Literal["score_model"]
+    input: list[ScoreModelMessage] = Field(default_factory=list)
+    model: str
+    range: tuple[float, float] = (0.0, 1.0)
+    sampling_params: SamplingParams | None = None
+
+    @model_validator(mode="after")
+    def ordered_range(self) -> "ScoreModelGrader":
+        if not self.range[0] < self.range[1]:
+            raise ValueError(f"range {list(self.range)}: the low end must be below the high end")
+        return self
+
+
+class RewardModelReward(BaseModel):
+    """tunelab's shorthand for a score_model whose model is a reward_model run: `{type: reward_model, name, run}`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["reward_model"]
+    name: str
+    run: str  # the run folder
+
+    def as_grader(self) -> ScoreModelGrader:
+        return ScoreModelGrader(type="score_model", name=self.name, model=self.run)
+
+
 Grader = Annotated[Union[StringCheckGrader, TextSimilarityGrader, PythonGrader, MultiGrader],  # noqa: UP007
                    Field(discriminator="type")]
 MultiGrader.model_rebuild()
@@ -78,6 +145,9 @@ def check_grader(grader: Any, where: str) -> None:
         check_template(grader.reference, f"{where} reference")
     elif isinstance(grader, PythonGrader):
         python_grade(grader, where)
+    elif isinstance(grader, ScoreModelGrader):
+        for index, message in enumerate(grader.input):
+            check_template(message.text(), f"{where} input[{index}]")
     elif isinstance(grader, MultiGrader):
         names = formula_names(grader.calculate_output, where)
         unknown = sorted(names - set(grader.graders))
@@ -96,8 +166,11 @@ def item_fields(grader: Any) -> set[str]:
         return set().union(*(item_fields(inner) for inner in grader.graders.values()))
     if isinstance(grader, (StringCheckGrader, TextSimilarityGrader)):
         found = variables(grader.input) + variables(grader.reference)
-        return {str(steps(path)[0]) for namespace, path in found if namespace == "item" and steps(path)}
-    return set()
+    elif isinstance(grader, ScoreModelGrader):
+        found = [variable for message in grader.input for variable in variables(message.text())]
+    else:
+        return set()
+    return {str(steps(path)[0]) for namespace, path in found if namespace == "item" and steps(path)}
 
 
 # ---- scoring -----------------------------------------------------------------------------------------------------

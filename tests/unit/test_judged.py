@@ -218,8 +218,8 @@ def test_dpo_with_rewards_reports_judged_metrics_in_eval_json_examples_and_repor
     reward = tmp_path / "reward.py"
     reward.write_text(LETTERS_REWARD)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", planted_pairs(40))
-    recipe = dpo_recipe(tmp_path, tiny_checkpoint, pairs, train={"max_steps": 6, "lr": 2e-2, "batch_size": 8},
-                        eval={"max_new_tokens": 8, "bootstrap": 200},
+    recipe = dpo_recipe(tmp_path, tiny_checkpoint, pairs, train={"max_steps": 4, "lr": 2e-2, "batch_size": 8, "save_every": 4, "eval_every": 4},
+                        eval={"max_new_tokens": 8, "bootstrap": 200, "forgetting": {"enabled": False}},
                         objective={"metric": "win_rate", "min": 0.0})
     recipe["rewards"] = [{"type": "function", "function": f"{reward}:letters"},
                          {"type": "text_similarity", "name": "like_chosen", "input": "{{ sample.output_text }}",

@@ -205,7 +205,29 @@ def test_prompt_evaluation_without_rewards_and_a_reward_reading_a_missing_field_
     assert "\n" not in str(error.value)
 
 
-# ---- end to end: task dpo with rewards --------------------------------------------------------------------------------
+def test_sft_with_rewards_judges_the_answers_it_writes_with_the_reference_as_a_field(tiny_checkpoint, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tunelab.tasks.sft import evaluation
+
+    recipe = tiny_recipe_with_rewards(tmp_path, tiny_checkpoint, [
+        {"type": "text_similarity", "name": "close", "input": "{{ sample.output_text }}",
+         "reference": "{{ item.reference }}", "evaluation_metric": "fuzzy_match"}])
+    rows = [Example(source="c.jsonl", line=index + 1, messages=[{"role": "user", "content": word},
+                                                               {"role": "assistant", "content": word[::-1]}])
+            for index, word in enumerate(["abc", "bcd", "cde"])]
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_checkpoint))
+    spec = evaluation(recipe, rows, {}, tokenizer)
+    assert spec.plan.primary == "bleu" and set(JUDGED) <= set(spec.plan.metrics)  # sft keeps its headline
+    outputs = spec.answer(AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint)).eval(), tokenizer, None)
+    assert outputs.judged_answers == outputs.predictions and outputs.judged_tokens == outputs.answer_tokens
+    from rapidfuzz import fuzz
+
+    assert outputs.rewards == pytest.approx([fuzz.ratio(answer, word[::-1]) / 100 for answer, word in
+                                             zip(outputs.predictions, ["abc", "bcd", "cde"])])
+
+
+# ---- end to end: task dpo with rewards ------------------------------------------------------------------------------
 
 
 def test_dpo_with_rewards_reports_judged_metrics_in_eval_json_examples_and_report(tiny_checkpoint, tmp_path, home):
@@ -218,7 +240,8 @@ def test_dpo_with_rewards_reports_judged_metrics_in_eval_json_examples_and_repor
     reward = tmp_path / "reward.py"
     reward.write_text(LETTERS_REWARD)
     pairs = write_jsonl(tmp_path / "pairs.jsonl", planted_pairs(40))
-    recipe = dpo_recipe(tmp_path, tiny_checkpoint, pairs, train={"max_steps": 4, "lr": 2e-2, "batch_size": 8, "save_every": 4, "eval_every": 4},
+    recipe = dpo_recipe(tmp_path, tiny_checkpoint, pairs,
+                        train={"max_steps": 4, "lr": 2e-2, "batch_size": 8, "save_every": 4, "eval_every": 4},
                         eval={"max_new_tokens": 8, "bootstrap": 200, "forgetting": {"enabled": False}},
                         objective={"metric": "win_rate", "min": 0.0})
     recipe["rewards"] = [{"type": "function", "function": f"{reward}:letters"},

@@ -240,7 +240,7 @@ def example_rows(plan: "EvalPlan", prompts: list[str], outputs: dict[str, ModelO
             if outputs[label].margins:
                 row[f"{label}_margin"] = outputs[label].margins[index]
             if outputs[label].judged_answers:
-                row.update(judged_row(outputs[label], index, label, plan.kind != "prompt"))
+                row.update(judged_row(outputs[label], index, label))
             if plan.correctness:
                 row[f"{label}_correct"] = row_correct(plan.correctness, text, reference)
                 row[f"{label}_similarity"] = similarity(text, reference)
@@ -253,12 +253,12 @@ def example_rows(plan: "EvalPlan", prompts: list[str], outputs: dict[str, ModelO
     return rows
 
 
-def judged_row(outputs: ModelOutputs, index: int, label: str, own_answer: bool) -> dict[str, Any]:
+def judged_row(outputs: ModelOutputs, index: int, label: str) -> dict[str, Any]:
     """A row's judged answer (where it is not the row's answer already), its length, its rewards summed and each."""
     row: dict[str, Any] = {f"{label}_reward": outputs.rewards[index],
                            f"{label}_rewards": {name: values[index] for name, values in outputs.reward_parts.items()},
                            f"{label}_answer_tokens": outputs.judged_tokens[index]}
-    if own_answer:
+    if outputs.judged_answers != outputs.predictions:  # a pair task: its prediction is the pair answer it ranks first
         row[f"{label}_answer"] = outputs.judged_answers[index]
     if outputs.log_ratios:
         row[f"{label}_log_ratio"] = outputs.log_ratios[index]

@@ -1,7 +1,7 @@
 """Did the preferences take? Each model answers the held-out prompts, and the recipe's rewards judge the answers.
 
-For every row that carries a prompt (`prompt` rows, and the prompts of preference and feedback rows) each model
-writes one greedy answer (the same decoding for both, as SFT's evaluation does); the recipe's rewards
+For every row that carries a prompt (`prompt` rows, the prompts of preference and feedback rows, a conversation's
+prompt before its last answer) each model writes one greedy answer (the same decoding for both, as SFT's evaluation does); the recipe's rewards
 (rewards/build.py, called as TRL's trainers call `reward_funcs`: conversational prompts and completions, and the
 row's fields as keyword columns) score it, and a row's reward is their sum, a reward that gives None (does not
 apply) counting 0 as in TRL's nansum. The metrics (metrics/registry.py, family "judged") come from these per-row
@@ -66,44 +66,56 @@ def row_columns(example: "Example") -> dict[str, Any]:
     return fields
 
 
-def prepare_judging(recipe: "Recipe", rows: list["Example"], source: str) -> Judging:
+def prepare_judging(recipe: "Recipe", rows: list["Example"], source: str,
+                    references: list[str] | None = None, max_new_tokens: int | None = None) -> Judging:
     """The prompts of `rows` and the recipe's rewards, checked: a grader's templates and the fields it reads on
-    every row, a reward function's file and signature."""
+    every row, a reward function's file and signature. Conversation rows (sft) give the prompt before their last
+    answer, and that answer (`references`) as the field `reference`."""
     from tunelab.rewards.build import check_rewards, reward_funcs
 
     fields = [row_columns(example) for example in rows]
+    for row, reference in zip(fields, references or []):
+        row["reference"] = reference
     check_rewards(recipe.rewards, fields, where="rewards")
     names = list(dict.fromkeys(name for row in fields for name in row))
     columns = {name: [row.get(name) for row in fields] for name in names}
     prompts = [prompt_of(example, source) for example in rows]
-    return Judging(prompts, columns, reward_funcs(recipe.rewards), recipe.eval.max_new_tokens,
+    return Judging(prompts, columns, reward_funcs(recipe.rewards), max_new_tokens or recipe.eval.max_new_tokens,
                    recipe.eval.batch_size, recipe.eval.seed)
 
 
 def prompt_of(example: "Example", source: str) -> list[dict[str, str]]:
     from tunelab.errors import TunelabError
 
-    if not example.messages or example.messages[-1]["role"] == "assistant":
+    if example.kind == "chat":
+        from tunelab.data.templates import prompt_and_reference
+
+        return prompt_and_reference(example.messages)[0]
+    if not example.messages:
         raise TunelabError(f"{example.where}: a '{example.kind}' row in the {source} has no prompt to answer; "
-                           "judged evaluation needs prompt, preference or feedback rows")
+                           "judged evaluation needs prompt, preference, feedback or conversation rows")
     return example.messages
 
 
-def judge(model: Any, tokenizer: Any, judging: Judging, placement: "Placement | None",
-          outputs: ModelOutputs) -> ModelOutputs:
+def judge(model: Any, tokenizer: Any, judging: Judging, placement: "Placement | None", outputs: ModelOutputs,
+          answered: bool = False) -> ModelOutputs:
     """Fill `outputs`' judged fields: each row's greedy answer, its length, its rewards; and, for a model with an
-    adapter, the log-ratio to the reference of one sampled answer per prompt."""
+    adapter, the log-ratio to the reference of one sampled answer per prompt. `answered`: `outputs.predictions`
+    are already the greedy answers to these prompts (sft), judged as they are rather than written again."""
     from tunelab.data.templates import encode_prompt
     from tunelab.evaluate.answers import model_stops
     from tunelab.evaluate.generation import generate_texts
 
     stops = sorted(model_stops(model, tokenizer))
     prompt_ids = [encode_prompt(tokenizer, prompt) for prompt in judging.prompts]
-    generated = generate_texts(model, tokenizer, prompt_ids, judging.max_new_tokens, judging.batch_size, stops,
-                               placement=placement)
-    outputs.judged_answers, outputs.judged_tokens = generated.texts, generated.row_tokens
-    outputs.reward_parts = reward_parts(judging, generated.texts)
-    outputs.rewards = summed(outputs.reward_parts, len(generated.texts))
+    if answered:
+        outputs.judged_answers, outputs.judged_tokens = outputs.predictions, outputs.answer_tokens
+    else:
+        generated = generate_texts(model, tokenizer, prompt_ids, judging.max_new_tokens, judging.batch_size, stops,
+                                   placement=placement)
+        outputs.judged_answers, outputs.judged_tokens = generated.texts, generated.row_tokens
+    outputs.reward_parts = reward_parts(judging, outputs.judged_answers)
+    outputs.rewards = summed(outputs.reward_parts, len(outputs.judged_answers))
     outputs.log_ratios = log_ratios(model, tokenizer, judging, prompt_ids, stops, placement)
     return outputs
 

@@ -396,7 +396,7 @@ def primary_metric(names: list[str], objective_metric: str | None) -> str:
     """The one number a run is known by (`tunelab runs`): the objective's metric, else the task's headline."""
     if objective_metric is not None:
         return resolve_name(objective_metric)
-    for name in ("preference_accuracy", "win_rate", "f1", "json_match", "bleu", "exact_match", "loss"):
+    for name in ("preference_accuracy", "f1", "json_match", "bleu", "exact_match", "win_rate", "loss"):
         if name in names:
             return name
     return names[0]

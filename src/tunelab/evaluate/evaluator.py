@@ -96,7 +96,8 @@ def fingerprint(models: "RunModels", recipe: "Recipe", spec: "TaskEvaluation") -
     facts = {"where": spec.plan.where, "references": spec.plan.references, "prompts": spec.prompts,
              "decoding": spec.decoding, "forgetting": recipe.eval.forgetting.model_dump(mode="json"),
              "max_length": recipe.data.max_length, "placement": models.placement.describe(),
-             "base": str(models.base_path()), "state": models.record.task_state, "seed": recipe.train.seed}
+             "base": str(models.base_path()), "state": models.record.task_state, "seed": recipe.train.seed,
+             "rewards": [spec.model_dump(mode="json") for spec in recipe.rewards]}
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
@@ -127,17 +128,19 @@ def score(task: str, spec: "TaskEvaluation", outputs: dict[str, ModelOutputs], o
     from tunelab.evaluate.gate import check_objective
 
     plan = spec.plan
-    inputs = {label: row_inputs(plan, outputs[label]) for label in MODELS}
-    stats = {label: registry.row_statistics(plan.metrics, inputs[label]) for label in MODELS}
+    metrics, notes = computable(plan.metrics, outputs["tuned"])
+    # The opponent of both models is the base model: its rewards (win rate) and its margins (implicit reward).
+    inputs = {label: row_inputs(plan, outputs[label], opponent=outputs["base"]) for label in MODELS}
+    stats = {label: registry.row_statistics(metrics, inputs[label]) for label in MODELS}
     values = {label: registry.scores(stats[label]) for label in MODELS}
     intervals = None
     if options.bootstrap:
         weights = resample_weights(plan.rows, options.bootstrap, options.seed)
         per_metric = {name: paired_intervals(registry.METRICS[name].score, stats["base"][name], stats["tuned"][name],
-                                             weights, options.confidence) for name in plan.metrics}
+                                             weights, options.confidence) for name in metrics}
         intervals = Intervals(confidence=options.confidence, resamples=options.bootstrap,
                               method="paired percentile bootstrap",
-                              **{label: {name: per_metric[name][label] for name in plan.metrics}
+                              **{label: {name: per_metric[name][label] for name in metrics}
                                  for label in ("base", "tuned", "delta")})
     examples = example_rows(plan, spec.prompts, outputs, reference_tokens)
     flips = count_flips(examples, plan.correctness) if plan.correctness else None
@@ -146,31 +149,50 @@ def score(task: str, spec: "TaskEvaluation", outputs: dict[str, ModelOutputs], o
         forgotten = forgetting.summarize(probe, outputs["base"].probe, outputs["tuned"].probe,
                                          options.forgetting.threshold, options.bootstrap, options.confidence,
                                          options.seed)
-    delta = {name: values["tuned"][name] - values["base"][name] for name in plan.metrics}
+    delta = {name: values["tuned"][name] - values["base"][name] for name in metrics}
     evaluation = Evaluation(
-        task=task, rows=plan.rows, kind=plan.kind, metrics=plan.metrics, primary_metric=plan.primary,
-        units={name: registry.METRICS[name].unit for name in plan.metrics},
+        task=task, rows=plan.rows, kind=plan.kind, metrics=metrics, primary_metric=plan.primary,
+        units={name: registry.METRICS[name].unit for name in metrics},
         base=values["base"], tuned=values["tuned"], delta=delta, intervals=intervals,
         details={label: metric_details(plan, inputs[label]) for label in MODELS},
         speed={label: outputs[label].speed for label in MODELS}, decoding=spec.decoding,
         reference_points={name: reference_scores(plan, answers) for name, answers in spec.reference_points.items()},
         flips=flips, forgetting=forgotten,
         objective=check_objective(objective, values["base"], values["tuned"], intervals, forgotten),
-        evaluated_at=now())
+        notes=notes, evaluated_at=now())
     return evaluation, examples
 
 
+def computable(names: list[str], tuned: ModelOutputs) -> tuple[list[str], list[str]]:
+    """The planned metrics this evaluation can give, and a note for each left out: kl_to_reference needs a tuned
+    model whose adapter can be disabled (its reference); a fully fine-tuned one would need a second model."""
+    if "kl_to_reference" in names and tuned.judged_answers and not tuned.log_ratios:
+        return [name for name in names if name != "kl_to_reference"], [
+            "kl_to_reference left out: the tuned model has no adapter to disable (full fine-tuning), so its "
+            "reference would be a second copy of the base model"]
+    return names, []
+
+
 def row_inputs(plan: "EvalPlan", outputs: ModelOutputs | None, predictions: list[str] | None = None,
-               with_losses: bool = True) -> registry.RowInputs:
+               with_losses: bool = True, opponent: ModelOutputs | None = None) -> registry.RowInputs:
+    """What one model's metrics are computed from; `opponent`: the model it is compared with on the same rows."""
     answers = predictions if predictions is not None else outputs.predictions
     losses = outputs.losses if with_losses and outputs is not None else None
     margins = outputs.margins if outputs is not None and outputs.margins else None
-    return registry.RowInputs(answers, plan.references, losses, plan.labels, margins)
+    if outputs is None or not outputs.judged_answers:
+        return registry.RowInputs(answers, plan.references, losses, plan.labels, margins,
+                                  opponent_margins=opponent.margins if opponent and opponent.margins else None)
+    # No log-ratios: a model with no adapter, which here is the base model (its own reference, 0 by definition);
+    # a fully fine-tuned model's are left out before this (`computable`).
+    ratios = outputs.log_ratios or [0.0] * len(outputs.judged_answers)
+    return registry.RowInputs(answers, plan.references, losses, plan.labels, margins, outputs.rewards,
+                              outputs.judged_tokens, ratios, opponent.rewards if opponent else None,
+                              opponent.margins if opponent and opponent.margins else None)
 
 
 def reference_scores(plan: "EvalPlan", answers: list[str]) -> dict[str, float]:
     """A reference point's scores (the majority class answering every row): the metrics that need no loss."""
-    names = [name for name in plan.metrics if registry.METRICS[name].family != "loss"]
+    names = [name for name in plan.metrics if registry.METRICS[name].family not in ("loss", "judged", "implicit")]
     inputs = row_inputs(plan, None, predictions=answers, with_losses=False)
     return registry.scores(registry.row_statistics(names, inputs))
 
@@ -217,13 +239,30 @@ def example_rows(plan: "EvalPlan", prompts: list[str], outputs: dict[str, ModelO
             row[f"{label}_tokens"] = outputs[label].answer_tokens[index]
             if outputs[label].margins:
                 row[f"{label}_margin"] = outputs[label].margins[index]
+            if outputs[label].judged_answers:
+                row.update(judged_row(outputs[label], index, label))
             if plan.correctness:
                 row[f"{label}_correct"] = row_correct(plan.correctness, text, reference)
                 row[f"{label}_similarity"] = similarity(text, reference)
         if plan.correctness:
             row["flip"] = flip(row["base_correct"], row["tuned_correct"])
+        if "tuned_reward" in row:
+            row["win"] = {1.0: "tuned", 0.5: "tie", 0.0: "base"}[registry.outcome(row["tuned_reward"],
+                                                                               row["base_reward"])]
         rows.append(row)
     return rows
+
+
+def judged_row(outputs: ModelOutputs, index: int, label: str) -> dict[str, Any]:
+    """A row's judged answer (where it is not the row's answer already), its length, its rewards summed and each."""
+    row: dict[str, Any] = {f"{label}_reward": outputs.rewards[index],
+                           f"{label}_rewards": {name: values[index] for name, values in outputs.reward_parts.items()},
+                           f"{label}_answer_tokens": outputs.judged_tokens[index]}
+    if outputs.judged_answers != outputs.predictions:  # a pair task: its prediction is the pair answer it ranks first
+        row[f"{label}_answer"] = outputs.judged_answers[index]
+    if outputs.log_ratios:
+        row[f"{label}_log_ratio"] = outputs.log_ratios[index]
+    return row
 
 
 def flip(base_correct: bool, tuned_correct: bool) -> str:

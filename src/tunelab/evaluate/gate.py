@@ -30,6 +30,9 @@ def check_objective(objective: "ObjectiveSection | None", base: dict[str, float]
     metric = objective.metric
     if metric not in tuned:
         raise TunelabError(f"objective.metric: '{metric}' was not computed in this evaluation")
+    if not METRICS[metric].judged and (objective.min_gain_over_base is not None or objective.significant):
+        raise TunelabError(f"objective: {metric} is shown, not judged (neither more nor less is better); bound it "
+                           "with min or max, not min_gain_over_base or significant")
     higher = METRICS[metric].higher_is_better
     value, gain = tuned[metric], (tuned[metric] - base[metric]) if higher else (base[metric] - tuned[metric])
     checks = []

@@ -17,6 +17,7 @@ class Generated:
     new_tokens: int
     seconds: float
     row_tokens: list[int] = field(default_factory=list)  # tokens generated for each prompt, in prompt order
+    row_ids: list[list[int]] = field(default_factory=list)  # each prompt's generated ids, its stop token included
 
     @property
     def tokens_per_second(self) -> float:
@@ -37,13 +38,17 @@ def generate_texts(
     temperature: float = 0.0,
     placement: "Placement | None" = None,
     top_p: float | None = None,
+    whole_distribution: bool = False,
 ) -> Generated:
-    """Continue each prompt (token ids). Prompts are sorted by length so batches pad little; order is restored."""
+    """Continue each prompt (token ids). Prompts are sorted by length so batches pad little; order is restored.
+    `whole_distribution`: sample from the model's own distribution, no top-k or top-p cut from its generation
+    config (what a KL estimate needs)."""
     import torch
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     texts: list[str] = [""] * len(prompts)
     row_tokens = [0] * len(prompts)
+    row_ids: list[list[int]] = [[] for _ in prompts]
     new_tokens = 0
     started = time.perf_counter()
     device = next(model.parameters()).device
@@ -55,17 +60,21 @@ def generate_texts(
                    "eos_token_id": stop_ids or tokenizer.eos_token_id, "use_cache": True}
         if temperature > 0:
             options.update(do_sample=True, temperature=temperature, **({"top_p": top_p} if top_p else {}))
+            if whole_distribution:
+                options.update(top_k=0, top_p=1.0)
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         with torch.no_grad(), autocast(placement):
             output = model.generate(**batch, **options)
         continuations = output[:, batch["input_ids"].shape[1] :]
         for row, index in enumerate(chunk):
-            ids = trim_at_stop(continuations[row].tolist(), set(stop_ids or [tokenizer.eos_token_id]))
+            generated = continuations[row].tolist()
+            ids = trim_at_stop(generated, set(stop_ids or [tokenizer.eos_token_id]))
             new_tokens += len(ids)
             row_tokens[index] = len(ids)
+            row_ids[index] = generated[: len(ids) + 1]  # with the stop token, where it stopped
             texts[index] = tokenizer.decode(ids, skip_special_tokens=True)
-    return Generated(texts, new_tokens, time.perf_counter() - started, row_tokens)
+    return Generated(texts, new_tokens, time.perf_counter() - started, row_tokens, row_ids)
 
 
 def autocast(placement: "Placement | None") -> Any:

@@ -24,6 +24,14 @@ class ModelOutputs:
     prompt_answers: list[str] = field(default_factory=list)  # answers to the general prompts (forgetting probe)
     # per row of a preference pair: log p(chosen | prompt) - log p(rejected | prompt); empty for other rows
     margins: list[float] = field(default_factory=list)
+    # Answers judged by the recipe's rewards (evaluate/judged.py), per row; empty where the recipe has no rewards.
+    judged_answers: list[str] = field(default_factory=list)  # the greedy answer to the row's prompt
+    judged_tokens: list[int] = field(default_factory=list)  # its length in tokens
+    rewards: list[float] = field(default_factory=list)  # its rewards, summed
+    reward_parts: dict[str, list[float | None]] = field(default_factory=dict)  # each reward's, by name (None: n/a)
+    # log p(sampled answer) - log p_reference(sampled answer); empty where there is no adapter to disable (the base
+    # model, which is its own reference, or a fully fine-tuned model)
+    log_ratios: list[float] = field(default_factory=list)
     fingerprint: str = ""
 
     def to_json(self) -> dict[str, Any]:

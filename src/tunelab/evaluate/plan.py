@@ -22,8 +22,10 @@ LABEL_METRICS = ("accuracy", "precision", "recall", "f1", "mcc")
 
 @dataclass(frozen=True)
 class EvalPlan:
-    kind: str  # chat (answers to compare), label (classes), preference (pairs: margins) or text (loss only)
-    references: list[str]  # per row (a pair's: its chosen answer); empty strings for text rows, which have none
+    # chat (answers to compare), label (classes), preference (pairs: margins), text (loss only) or prompt (answers
+    # judged by the recipe's rewards only)
+    kind: str
+    references: list[str]  # per row (a pair's: its chosen answer); empty strings for text and prompt rows
     metrics: list[str]
     primary: str  # the run's headline metric
     correctness: str | None  # the metric whose per-row right/wrong defines flips; None: no per-row verdict
@@ -37,18 +39,19 @@ class EvalPlan:
 
 def plan_evaluation(kind: str, references: list[str], where: list[str], section: "EvalSection",
                     objective: "ObjectiveSection | None", labels: tuple[str, ...] = (),
-                    source: str = "test split") -> EvalPlan:
+                    source: str = "test split", provided: tuple[str, ...] = ()) -> EvalPlan:
+    """`provided`: metrics the task's evaluation adds besides the rows' own (judged answers, implicit rewards)."""
     if not where:
         raise TunelabError(f"{source}: no test rows to evaluate on (give data.test or data.split.test > 0)")
-    if kind != "text":
+    if kind not in ("text", "prompt"):
         empty = [place for place, reference in zip(where, references) if not reference.strip()]
         if empty:
             scope = "every test row has" if len(empty) == len(where) else f"{len(empty)} test row(s) have"
             raise TunelabError(f"{empty[0]}: {scope} an empty reference answer; evaluation compares answers "
                                "with references")
     metric = objective.metric if objective else None
-    metrics = plan_metrics(section.metrics, metric, kind, references)
+    metrics = plan_metrics(section.metrics, metric, kind, references, provided)
     if not labels and any(name in metrics for name in LABEL_METRICS):
         labels = class_labels(references)
-    correctness = correctness_metric(metrics) if kind != "text" else None
+    correctness = correctness_metric(metrics) if kind not in ("text", "prompt") else None
     return EvalPlan(kind, references, metrics, primary_metric(metrics, metric), correctness, labels, where)

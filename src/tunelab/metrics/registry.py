@@ -31,18 +31,28 @@ class RowInputs:
     losses: list[tuple[float, int]] | None = None  # teacher-forced (summed loss, answer tokens) per row
     labels: tuple[str, ...] = ()  # class order for label metrics
     margins: list[float] | None = None  # preference pairs: log p(chosen) - log p(rejected), per row
+    # Generated answers judged by the recipe's rewards (evaluate/judged.py), per row: the answer's summed reward,
+    # its length in tokens, and log p_model(answer) - log p_reference(answer) summed over its tokens.
+    rewards: list[float] | None = None
+    answer_tokens: list[int] | None = None
+    log_ratios: list[float] | None = None
+    # The opponent: the model compared with on the same rows (the evaluator passes the base model's, to both models).
+    opponent_rewards: list[float] | None = None
+    opponent_margins: list[float] | None = None
 
 
 @dataclass(frozen=True)
 class Metric:
     name: str
-    family: str  # loss | text | json | json_object | generation | label | preference: decides which rows it fits
+    # loss | text | json | json_object | generation | label | preference | judged | implicit: which rows it fits
+    family: str
     description: str
     unit: str  # rate (0-1, shown in %), score (as the library gives it), loss
     higher_is_better: bool
     row_stats: Callable[[RowInputs], Any]  # (rows, k) numpy array
     score: Callable[[Any], float]  # from the statistics summed over rows
     scale: float = 1.0  # the best score (100 for sacrebleu's BLEU and chrF): decides how many decimals are shown
+    judged: bool = True  # False: shown, never called better or worse (answer length); an objective may bound it only
 
 
 def as_array(rows: list[list[float]]) -> Any:
@@ -126,6 +136,40 @@ def margin_stats(hit: bool) -> Callable[[RowInputs], Any]:
         return as_array([[float(margin > 0) if hit else margin, 1.0] for margin in inputs.margins])
 
     return stats
+
+
+def outcome(mine: float, theirs: float) -> float:
+    """A row's result against the opponent: 1 a win, 0.5 a tie, 0 a loss."""
+    return 1.0 if mine > theirs else 0.5 if mine == theirs else 0.0
+
+
+def needs(values: list[Any] | None, what: str) -> list[Any]:
+    if values is None:
+        raise TunelabError(f"this metric needs {what}, and these rows have none")
+    return values
+
+
+def per_row_stats(values: Callable[[RowInputs], list[float]]) -> Callable[[RowInputs], Any]:
+    """(value, 1) per row: the metric is the mean over rows."""
+    return lambda inputs: as_array([[float(value), 1.0] for value in values(inputs)])
+
+
+def win_stats(inputs: RowInputs) -> Any:
+    """Per row (outcome of this model's reward against the opponent's, 1). Against itself every row ties: 0.5."""
+    mine = needs(inputs.rewards, "each answer's reward (the recipe's rewards)")
+    theirs = needs(inputs.opponent_rewards, "the opponent's rewards on the same rows")
+    return as_array([[outcome(a, b), 1.0] for a, b in zip(mine, theirs)])
+
+
+def implicit_stats(inputs: RowInputs) -> Any:
+    """Per pair (outcome of this model's log-probability margin against the reference's, 1): DPO's implicit reward
+    of an answer is beta * (log p_model - log p_reference), so the chosen answer's beats the rejected one's exactly
+    when the model's margin exceeds the reference's (beta > 0 cancels). The reference against itself has implicit
+    reward 0 for both answers: a tie on every pair, 0.5, chance; so the change, tuned - base, is the gain over
+    chance. (TRL's training log counts such a tie as wrong, so it starts at 0, not 0.5.)"""
+    mine = needs(inputs.margins, "each pair's log-probability margin")
+    theirs = needs(inputs.opponent_margins, "the reference model's margins on the same pairs")
+    return as_array([[outcome(a, b), 1.0] for a, b in zip(mine, theirs)])
 
 
 def label_of(prediction: str, labels: tuple[str, ...]) -> str:
@@ -230,6 +274,24 @@ METRICS: dict[str, Metric] = {
                margin_stats(True), ratio),
         Metric("mean_margin", "preference", "mean of chosen minus rejected: log p(answer | prompt) in nats, or the "
                "reward model's rewards", "score", True, margin_stats(False), ratio),
+        Metric("implicit_reward_accuracy", "implicit", "share of held-out pairs whose chosen answer gets the higher "
+               "DPO implicit reward, beta * log(p_model / p_reference): the model's margin beats the base model's "
+               "(the reference); a tie counts half, so the base model scores 0.5", "rate", True, implicit_stats,
+               ratio),
+        Metric("win_rate", "judged", "per prompt, this model's reward against the base model's on its own greedy "
+               "answer: 1 a win, 0.5 a tie, 0 a loss; the base model ties itself (0.5), so the change is the tuned "
+               "model's win rate over base minus 0.5", "rate", True, win_stats, ratio),
+        Metric("mean_reward", "judged", "mean over prompts of the recipe's rewards (summed) on the model's greedy "
+               "answer", "score", True, per_row_stats(lambda i: needs(i.rewards, "each answer's reward")), ratio),
+        Metric("mean_answer_tokens", "judged", "mean tokens per greedy answer; shown, not judged: preference "
+               "tuning often buys reward with length, so read a reward gain next to this", "tokens", False,
+               per_row_stats(lambda i: needs(i.answer_tokens, "each answer's length")), ratio, judged=False),
+        Metric("kl_to_reference", "judged", "mean over prompts of log p_model(answer) - log p_reference(answer), "
+               "summed over the tokens of one answer sampled from the model (temperature 1, fixed seed): a "
+               "Monte-Carlo estimate of KL(model || reference); the reference is the base model, so the base "
+               "scores 0", "score", False,
+               per_row_stats(lambda i: needs(i.log_ratios, "each answer's log-ratio to the reference")), ratio,
+               judged=False),
     )
 }
 
@@ -244,6 +306,14 @@ FAMILIES_BY_KIND = {
     "label": ("loss", "label"),
     "text": ("loss",),
     "preference": ("loss", "preference"),  # loss: on the chosen answer
+    "prompt": ("judged",),  # a prompt alone: only answers judged by the rewards
+}
+
+# Families an evaluation computes only where its task provides them (`plan_metrics(..., provided=...)`): why not.
+PROVIDED_FAMILIES = {
+    "judged": "judges generated answers with the recipe's rewards; give `rewards:` (a task whose model writes text)",
+    "implicit": "compares the tuned model's log-probability margins on preference pairs with the base model's; "
+                "it applies to a task that trains a language model on pairs (dpo, ...)",
 }
 
 
@@ -288,6 +358,8 @@ def suggestion(kind: str, references: list[str]) -> str:
 def check_fit(name: str, kind: str, references: list[str]) -> None:
     """Refuse a metric that does not fit the test rows (BLEU on labels, JSON metrics on prose), with a suggestion."""
     family = METRICS[name].family
+    if family in PROVIDED_FAMILIES and family not in FAMILIES_BY_KIND.get(kind, ()):
+        raise TunelabError(f"eval.metrics: '{name}' {PROVIDED_FAMILIES[family]}")
     if family not in FAMILIES_BY_KIND.get(kind, ()):
         what = {"label": "label rows (classification)", "text": "plain-text rows (no reference answers)"}
         raise TunelabError(f"eval.metrics: '{name}' does not fit {what.get(kind, kind + ' rows')}; "
@@ -302,18 +374,21 @@ def check_fit(name: str, kind: str, references: list[str]) -> None:
 
 
 def plan_metrics(requested: list[str] | None, objective_metric: str | None, kind: str,
-                 references: list[str]) -> list[str]:
+                 references: list[str], provided: tuple[str, ...] = ()) -> list[str]:
     """The metrics to compute: loss and perplexity always (every task scores each row's reference: an answer, a
-    class, or the text itself), then the recipe's `eval.metrics` or the defaults for these rows, then the
-    objective's metric if it is not among them."""
+    class, or the text itself; a prompt row has none), then the recipe's `eval.metrics` or the defaults for these
+    rows, then `provided` (what this task's evaluation adds: judged answers, implicit rewards), then the objective's
+    metric if it is not among them."""
     chosen = [resolve_name(name) for name in requested] if requested is not None else default_metrics(kind,
                                                                                                      references)
+    chosen += provided
     if objective_metric is not None:
         chosen.append(resolve_name(objective_metric))
-    chosen = ["loss", "perplexity", *chosen]
+    chosen = ([] if kind == "prompt" else ["loss", "perplexity"]) + chosen
     ordered = list(dict.fromkeys(chosen))
     for name in ordered:
-        check_fit(name, kind, references)
+        if name not in provided:
+            check_fit(name, kind, references)
     return ordered
 
 
@@ -321,7 +396,7 @@ def primary_metric(names: list[str], objective_metric: str | None) -> str:
     """The one number a run is known by (`tunelab runs`): the objective's metric, else the task's headline."""
     if objective_metric is not None:
         return resolve_name(objective_metric)
-    for name in ("preference_accuracy", "f1", "json_match", "bleu", "exact_match", "loss"):
+    for name in ("preference_accuracy", "f1", "json_match", "bleu", "exact_match", "win_rate", "loss"):
         if name in names:
             return name
     return names[0]

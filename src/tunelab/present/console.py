@@ -138,6 +138,8 @@ def print_evaluation(console: Console, evaluation: "Evaluation") -> None:
         flips = evaluation.flips
         console.print(f"flips by {flips.judged_by}: {flips.fixed} fixed, {flips.broken} broken, {flips.both_right} "
                       f"both right, {flips.both_wrong} both wrong")
+    for note in evaluation.notes:
+        console.print(f"[dim]{note}[/dim]")
 
 
 def comparison_table(evaluation: "Evaluation") -> Table:

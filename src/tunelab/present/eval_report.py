@@ -3,7 +3,9 @@
 Built from the run folder alone (run.json, train_log.jsonl, eval.json, eval/*.jsonl), so `tunelab report RUN`
 rebuilds it without loading a model. Parts: the objective's verdict; training and validation loss with the
 early-stopping point, learning rate; base vs tuned metrics with intervals; confusion matrices where labels apply;
-answer-length and closeness histograms; forgetting; flips; the worst regressions; side-by-side samples.
+answer-length and closeness histograms; answers judged by the recipe's rewards (win rate, reward and length
+before/after, prompts with both answers and their rewards); forgetting; flips; the worst regressions; side-by-side
+samples; notes on what was left out.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def build_report(run: RunDir) -> str:
     if evaluation:
         samples = (record.recipe.get("eval") or {}).get("samples", 8)
         sections += [metrics_section(evaluation), labels_section(evaluation), distributions_section(examples),
-                     forgetting_section(evaluation, answers), flips_section(evaluation, examples),
-                     samples_section(examples, samples)]
+                     judged_section(evaluation, examples, samples), forgetting_section(evaluation, answers),
+                     flips_section(evaluation, examples), samples_section(examples, samples)]
     sections.append(run_section(record))
     steps = record.training.steps if record.training else "?"
     subtitle = (f"task {record.task}: {record.base_model.name} + {record.method.name}, {steps} steps; "
@@ -171,7 +173,10 @@ def metrics_section(evaluation: Evaluation) -> Section:
                           [[key, format_value("json_field_accuracy", fields[0][key]),
                             format_value("json_field_accuracy", fields[1].get(key, 0))] for key in fields[0]]))
     speed = [speed_text(evaluation.speed.get(label, {})) for label in MODELS]
-    return section.add(paragraph(f"Speed: base {speed[0]}, tuned {speed[1]}."))
+    section.add(paragraph(f"Speed: base {speed[0]}, tuned {speed[1]}."))
+    for note in evaluation.notes:
+        section.add(paragraph(f"Note: {note}."))
+    return section
 
 
 def speed_text(speed: dict[str, float]) -> str:
@@ -250,6 +255,44 @@ def distributions_section(examples: list[dict[str, Any]]) -> Section | None:
     axes.set_ylabel("rows")
     axes.legend()
     return section.add(svg(figure, "Per-row closeness to the reference, base and tuned."))
+
+
+def judged_section(evaluation: Evaluation, examples: list[dict[str, Any]], count: int) -> Section | None:
+    """Answers judged by the recipe's rewards: reward and length before/after, and prompts with both answers."""
+    if not examples or "tuned_reward" not in examples[0]:
+        return None
+    section = Section("Answers judged by the rewards")
+    rewards = ", ".join(evaluation.decoding.get("judged", {}).get("rewards", [])) or "the recipe's rewards"
+    lengths = {label: [row[f"{label}_answer_tokens"] for row in examples] for label in MODELS}
+    means = {label: sum(values) / len(values) for label, values in lengths.items()}
+    wins = {outcome: sum(row["win"] == outcome for row in examples) for outcome in ("tuned", "tie", "base")}
+    section.add(paragraph(
+        f"Each model answered the {len(examples)} held-out prompts greedily; {rewards} judged each answer. "
+        f"Tuned beat base on {wins['tuned']} prompts, tied on {wins['tie']}, lost on {wins['base']}. Answer length: "
+        f"base {means['base']:.1f} tokens on average, tuned {means['tuned']:.1f}; preference tuning often buys "
+        "reward with length, so read a reward gain next to it."))
+    figure, axes_pair = new_figure(9, 3, columns=2)
+    top = max(max(values) for values in lengths.values()) + 1
+    for label, colour in (("base", BASE_COLOUR), ("tuned", TUNED_COLOUR)):
+        axes_pair[0].hist(lengths[label], bins=min(40, max(5, top)), range=(0, top), histtype="step", linewidth=2,
+                          color=colour, label=label)
+        axes_pair[1].hist([row[f"{label}_reward"] for row in examples], bins=20, histtype="step", linewidth=2,
+                          color=colour, label=label)
+    axes_pair[0].set_xlabel("answer length (tokens)")
+    axes_pair[1].set_xlabel("reward (summed)")
+    for axes in axes_pair:
+        axes.set_ylabel("prompts")
+        axes.legend()
+    figure.tight_layout()
+    section.add(svg(figure, "Answer lengths and rewards of base and tuned, per prompt."))
+    if count:
+        section.add(paragraph(f"The first {min(count, len(examples))} prompts, both answers and their rewards."))
+        section.add(table(["row", "prompt", "base", "tuned", "reward base / tuned", "winner"], [
+            [row["source"], pre(shortened(row["prompt"])), pre(row.get("base_answer", row["base"])),
+             pre(row.get("tuned_answer", row["tuned"])),
+             f"{format_number(row['base_reward'])} / {format_number(row['tuned_reward'])}", row["win"]]
+            for row in examples[:count]]))
+    return section
 
 
 def forgetting_section(evaluation: Evaluation, answers: list[dict[str, str]]) -> Section:

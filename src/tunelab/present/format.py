@@ -1,8 +1,8 @@
 """The one way tunelab writes a metric's value, change and interval: terminal tables, report.html, the model card
 and the gate's messages all call these, so a value reads the same everywhere.
 
-Rates (0-1) are shown in percent and their changes in points; 0-100 scores (BLEU, chrF) with two decimals; other
-scores and losses with four; a relative change (forgetting) as a signed percent.
+Rates (0-1) are shown in percent and their changes in points; 0-100 scores (BLEU, chrF) with two decimals; token
+counts with one; other scores and losses with four; a relative change (forgetting) as a signed percent.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ def format_value(metric: str, value: float | None, signed: bool = False) -> str:
     sign = "+" if signed else ""
     if known is not None and known.unit == "rate":
         return f"{100 * value:{sign}.1f}" + (" pts" if signed else "%")
+    if known is not None and known.unit == "tokens":
+        return f"{value:{sign}.1f}"
     digits = 2 if known is not None and known.scale == 100 else 4  # the same decimals for a value and its interval
     return f"{value:{sign}.{digits}f}"
 
@@ -53,7 +55,7 @@ def format_percent_interval(interval: list[float] | None) -> str:
 
 def better(metric: str, delta: float | None) -> bool | None:
     """Whether a change is an improvement (None: no change, or unknown)."""
-    if missing(delta) or not delta:
+    if missing(delta) or not delta or (metric in METRICS and not METRICS[metric].judged):
         return None
     higher = METRICS[metric].higher_is_better if metric in METRICS else False
     return delta > 0 if higher else delta < 0

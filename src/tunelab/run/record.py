@@ -223,7 +223,7 @@ class Evaluation(Part):
     format: int = EVAL_FORMAT
     task: str
     rows: int
-    kind: str  # chat | label | text: what the test rows are
+    kind: str  # chat | label | text | preference | prompt: what the test rows are
     metrics: list[str]
     primary_metric: str
     units: dict[str, str]
@@ -238,6 +238,7 @@ class Evaluation(Part):
     flips: Flips | None
     forgetting: Forgetting | None
     objective: Verdict | None
+    notes: list[str] = Field(default_factory=list)  # what was left out and why (e.g. a metric a model cannot give)
     evaluated_at: str
 
     def summary(self) -> EvaluationSummary:

@@ -91,7 +91,7 @@ def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], t
 
     return pair_evaluation(recipe, test, source, "reward_model", reward_outputs, "drift",
                            "the reward head's score of prompt + chosen against prompt + rejected "
-                           "(nothing is generated)")
+                           "(nothing is generated)", writes_text=False)
 
 
 def inference(models: "RunModels") -> Inference:

@@ -40,6 +40,7 @@ def evaluation(recipe: "Recipe", test: list[Any], state: dict[str, Any], tokeniz
                source: str = "test split") -> TaskEvaluation:
     from tunelab.data.templates import prompt_and_reference
     from tunelab.evaluate.answers import generated_answers, text_losses
+    from tunelab.evaluate.judged import JUDGED_METRICS, judge, prepare_judging
     from tunelab.evaluate.plan import plan_evaluation
 
     options, max_length = recipe.eval, recipe.data.max_length
@@ -53,20 +54,25 @@ def evaluation(recipe: "Recipe", test: list[Any], state: dict[str, Any], tokeniz
             decoding={"strategy": "teacher-forced loss on the whole text (no answer is generated)"})
     pairs = [prompt_and_reference(example.messages) for example in test]
     references = [reference for _, reference in pairs]
-    plan = plan_evaluation("chat", references, where, options, recipe.objective, source=source)
-    longest = max(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references)
+    longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
     # The same cap for both models: room for twice the longest reference, so a right answer is never cut off.
     max_new_tokens = min(options.max_new_tokens, 2 * longest + 16)
+    # With rewards, the answers are also judged by them (evaluate/judged.py), as they are written here.
+    judging = prepare_judging(recipe, test, source, references, max_new_tokens) if recipe.rewards else None
+    plan = plan_evaluation("chat", references, where, options, recipe.objective, source=source,
+                           provided=JUDGED_METRICS if judging else ())
     conversations, prompts = [example.messages for example in test], [prompt for prompt, _ in pairs]
 
     def answer(model: Any, tok: Any, placement: Any) -> Any:
-        return generated_answers(model, tok, conversations, prompts, max_new_tokens, options.batch_size, max_length,
-                                 placement)
+        outputs = generated_answers(model, tok, conversations, prompts, max_new_tokens, options.batch_size,
+                                    max_length, placement)
+        return judge(model, tok, judging, placement, outputs, answered=True) if judging else outputs
 
     return TaskEvaluation(plan=plan, answer=answer, prompts=[last_user_message(prompt) for prompt in prompts],
                           forgetting_measure="perplexity",
                           decoding={"strategy": "greedy", "max_new_tokens": max_new_tokens,
-                                    "batch_size": options.batch_size, "kv_cache": True, "padding": "left"})
+                                    "batch_size": options.batch_size, "kv_cache": True, "padding": "left",
+                                    **(judging.decoding() if judging else {})})
 
 
 TASK = Task(

@@ -67,7 +67,8 @@ def build_trainer(parts: TrainerParts) -> Any:
 
     state = parts.data.state
     settings = PPOSettings(**{field.name: state[field.name] for field in fields(PPOSettings)})
-    arguments = TrainingArguments(**parts.arguments)
+    # Answers are generated inside the trainer: there are no input_ids in a batch for the Trainer to count.
+    arguments = TrainingArguments(**{**parts.arguments, "include_num_input_tokens_seen": "no"})
     value_head = ValueHead(parts.model.config.hidden_size).to(arguments.device)
     trainer = PPOTrainer(model=parts.model, args=arguments, train_dataset=parts.data.train,
                          processing_class=parts.tokenizer, reward_funcs=saved_rewards(state), value_head=value_head,

@@ -12,6 +12,7 @@ if TYPE_CHECKING:
 
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
+    from tunelab.data.split import Splits
     from tunelab.run.models import RunModels
     from tunelab.tasks.base import TaskInputs, TrainerParts
 
@@ -95,7 +96,7 @@ def reward_columns(example: "Example") -> dict[str, Any]:
     return {**(example.extra or {}), "where": example.where}
 
 
-def check_recipe_rewards(recipe: "Recipe", splits: dict[str, list["Example"]], task: str) -> None:
+def check_recipe_rewards(recipe: "Recipe", splits: "Splits", task: str) -> None:
     """Before anything is written: the task has rewards, each grader reads fields every row has, and each reward
     function's file imports and takes TRL's arguments (reward_funcs loads them)."""
     from tunelab.rewards.build import check_rewards, reward_funcs
@@ -103,7 +104,7 @@ def check_recipe_rewards(recipe: "Recipe", splits: dict[str, list["Example"]], t
     if not recipe.rewards:
         raise TunelabError(f"rewards: task {task} learns from what its rewards say of its answers, and the recipe "
                            "names none; add a grader or a file.py:function under rewards:")
-    rows = [reward_columns(example) for examples in splits.values() for example in examples]
+    rows = [reward_columns(example) for _, examples in splits.items() for example in examples]
     check_rewards(recipe.rewards, rows)
     reward_funcs(recipe.rewards)
 
@@ -177,7 +178,8 @@ def trl_online_trainer(parts: "TrainerParts", trainer_class: Any, config_class: 
     dropped; with full fine-tuning TRL loads a frozen copy of the base checkpoint."""
     from transformers import PrinterCallback
 
-    arguments = config_class(**parts.arguments, **options)
+    # Answers are generated inside the trainer: there are no input_ids in a batch for the Trainer to count.
+    arguments = config_class(**{**parts.arguments, "include_num_input_tokens_seen": "no"}, **options)
     trainer = trainer_class(model=parts.model, reward_funcs=saved_rewards(parts.data.state), args=arguments,
                             train_dataset=parts.data.train, eval_dataset=parts.data.validation,
                             processing_class=parts.tokenizer, callbacks=parts.callbacks)

@@ -147,7 +147,8 @@ BAD_REWARD_FILE = "def letters(prompts, completions):\n    return [0.0 for _ in 
 @pytest.mark.parametrize("task, change, message", [
     ("grpo", {"rewards": []}, "rewards: task grpo learns from what its rewards say of its answers, and the recipe "
                               "names none"),
-    ("rloo", {"rewards": [{"type": "function", "function": "missing.py:letters"}]}, "missing.py: reward file not found"),
+    ("rloo", {"rewards": [{"type": "function", "function": "missing.py:letters"}]},
+     "missing.py: reward file not found"),
     ("ppo", {"rewards": [{"type": "function", "function": "{tmp}/bad.py:letters"}]},
      "a reward function takes (prompts, completions, **kwargs)"),
     ("grpo", {"rewards": [{"type": "string_check", "name": "exact", "input": "{{ sample.output_text }}",

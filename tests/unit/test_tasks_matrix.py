@@ -31,6 +31,15 @@ def preference_pairs(path):
                               for row in reverse_rows(60)])
 
 
+def prompts(path):
+    return write_jsonl(path, [{"prompt": row["prompt"], "reference": row["completion"]} for row in reverse_rows(60)])
+
+
+# What judges the online RL tasks' answers (their recipes need rewards).
+REWARDS = [{"type": "string_check", "name": "reversed", "input": "{{ sample.output_text }}",
+            "reference": "{{ item.reference }}", "operation": "eq"}]
+ONLINE = {"name": "grpo", "num_generations": 4, "max_completion_length": 8}
+
 # (task section, data writer, model fixture, headline metric, forgetting measure)
 ROWS = {
     "sft/prompt-completion": ({"name": "sft"}, prompt_completion, "tiny_checkpoint", "exact_match", "perplexity"),
@@ -41,6 +50,9 @@ ROWS = {
                                 "accuracy", "perplexity"),
     "dpo": ({"name": "dpo"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "perplexity"),
     "reward_model": ({"name": "reward_model"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "drift"),
+    "grpo": (ONLINE, prompts, "tiny_checkpoint", "mean_reward", "perplexity"),
+    "rloo": ({**ONLINE, "name": "rloo"}, prompts, "tiny_checkpoint", "mean_reward", "perplexity"),
+    "ppo": ({"name": "ppo", "max_new_tokens": 8}, prompts, "tiny_checkpoint", "mean_reward", "perplexity"),
 }
 
 
@@ -59,11 +71,18 @@ def test_every_task_and_style_has_a_row():
 @pytest.mark.parametrize("row", list(ROWS))
 def test_every_task_runs_the_one_lifecycle_and_is_evaluated_alike(row, request, tmp_path, home):
     task, write_data, model, headline, measure = ROWS[row]
+    if write_data is prompts:
+        from tunelab.tasks import shared
+
+        if not hasattr(shared, "prompt_evaluation"):  # written on another branch; the two merge together
+            pytest.skip("tasks.shared.prompt_evaluation (the evaluation of prompt rows) is not in this branch")
     recipe = tiny_recipe(tmp_path, request.getfixturevalue(model), write_data(tmp_path / "rows.jsonl"),
                          train={"max_steps": 4, "batch_size": 8, "save_every": 4, "eval_every": 4},
                          eval={"bootstrap": 200},
                          objective={"metric": headline, "max_forgetting": 10.0})
     recipe["task"] = task
+    if write_data is prompts:
+        recipe["rewards"] = REWARDS
     recipe["data"].update(split={"validation": 0.1, "test": 0.2, "seed": 1}, max_length=256)
     outcome = run_recipe(validate_recipe(recipe), home, Console(quiet=True), device="cpu")
 

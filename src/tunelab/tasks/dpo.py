@@ -17,7 +17,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, model_validator
 
 from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
-from tunelab.tasks.shared import causal_lm, check_pairs, language_model_inference, pair_evaluation
+from tunelab.tasks.shared import (
+    causal_lm,
+    check_pairs,
+    drop_reference_adapter,
+    language_model_inference,
+    pair_evaluation,
+)
 
 if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
@@ -106,18 +112,6 @@ def build_trainer(parts: TrainerParts) -> Any:
     drop_reference_adapter(trainer.model)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
     return trainer
-
-
-def drop_reference_adapter(model: Any) -> None:
-    """Given a model that already carries an adapter, TRL copies it into a second adapter named 'ref' and scores the
-    reference with that copy. The reference here is the base model (the same one evaluation compares with), which
-    a freshly initialised adapter equals anyway; without the copy TRL disables the adapter for the reference, and
-    the saved run and its checkpoints hold the one adapter that was trained."""
-    from accelerate.utils import is_peft_model
-
-    if is_peft_model(model) and "ref" in model.peft_config:
-        model.delete_adapter("ref")
-        model.set_adapter("default")
 
 
 def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,

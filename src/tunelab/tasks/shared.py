@@ -5,15 +5,16 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
-from tunelab.tasks.base import Inference, TaskEvaluation
+from tunelab.tasks.base import Inference, TaskData, TaskEvaluation
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
+    from tunelab.data.split import Splits
     from tunelab.run.models import RunModels
-    from tunelab.tasks.base import TrainerParts
+    from tunelab.tasks.base import TaskInputs, TrainerParts
 
 
 def causal_lm(checkpoint: "Path", *_: Any) -> Any:
@@ -99,3 +100,124 @@ def prompt_evaluation(recipe: "Recipe", test: list["Example"], source: str, task
                           decoding={"strategy": "greedy", "max_new_tokens": judging.max_new_tokens,
                                     "batch_size": judging.batch_size, "kv_cache": True, "padding": "left",
                                     **judging.decoding()})
+
+
+def drop_reference_adapter(model: Any) -> None:
+    """Given a model that already carries an adapter, TRL copies it into a second adapter named 'ref' and scores the
+    reference with that copy. The reference here is the base model (the same one evaluation compares with), which
+    a freshly initialised adapter equals anyway; without the copy TRL disables the adapter for the reference, and
+    the saved run and its checkpoints hold the one adapter that was trained."""
+    from accelerate.utils import is_peft_model
+
+    if is_peft_model(model) and "ref" in model.peft_config:
+        model.delete_adapter("ref")
+        model.set_adapter("default")
+
+
+# ---- online RL (grpo, rloo, ppo): prompt rows, judged by the recipe's rewards -------------------------------------
+
+
+def check_prompts(examples: list["Example"], source: str, task: str) -> None:
+    """An online RL task's splits hold prompt rows only (the doctor checks the training split's kinds)."""
+    for example in examples:
+        if example.kind != "prompt":
+            raise TunelabError(f"{example.where}: a '{example.kind}' row in the {source}; task {task} trains and is "
+                               "evaluated on prompt rows (a prompt and the fields its rewards read) only")
+
+
+def reward_columns(example: "Example") -> dict[str, Any]:
+    """A prompt row's fields as the rewards read them (`{{ item.x }}`, a function's columns), with `where`, which
+    names the row in a reward's error line."""
+    return {**(example.extra or {}), "where": example.where}
+
+
+def check_recipe_rewards(recipe: "Recipe", splits: "Splits", task: str) -> None:
+    """Before anything is written: the task has rewards, each grader reads fields every row has, and each reward
+    function's file imports and takes TRL's arguments (reward_funcs loads them)."""
+    from tunelab.rewards.build import check_rewards, reward_funcs
+
+    if not recipe.rewards:
+        raise TunelabError(f"rewards: task {task} learns from what its rewards say of its answers, and the recipe "
+                           "names none; add a grader or a file.py:function under rewards:")
+    rows = [reward_columns(example) for _, examples in splits.items() for example in examples]
+    check_rewards(recipe.rewards, rows)
+    reward_funcs(recipe.rewards)
+
+
+def saved_rewards(state: dict[str, Any]) -> list[Any]:
+    """The recipe's rewards as the task state keeps them (JSON), as TRL reward_funcs again."""
+    from pydantic import TypeAdapter
+
+    from tunelab.rewards.build import RewardSpec, reward_funcs
+
+    return reward_funcs(TypeAdapter(list[RewardSpec]).validate_python(state["rewards"]))
+
+
+def prompt_data(inputs: "TaskInputs", task: str, prompt_of: Any, answer_tokens: int,
+                state: dict[str, Any]) -> TaskData:
+    """Prompt rows as a dataset of `prompt` (what `prompt_of(messages, tokenizer)` makes of the row's messages) and
+    the row's fields; a prompt whose tokens leave fewer than `answer_tokens` of data.max_length is left out and
+    counted (its answer could not be generated). The task state keeps the rewards, so the trainer is built from it."""
+    from datasets import Dataset
+
+    from tunelab.run.record import SplitCounts
+
+    recipe, splits = inputs.recipe, inputs.prepared.splits()
+    for name, examples in splits.items():
+        check_prompts(examples, f"{name} split", task)
+    check_recipe_rewards(recipe, splits, task)
+    datasets, counts = {}, {}
+    for name, examples in splits.items():
+        kept, tokens = [], 0
+        for example in examples:
+            length = len(prompt_ids(inputs.tokenizer, example.messages))
+            if length + answer_tokens <= recipe.data.max_length:
+                kept.append({"prompt": prompt_of(example.messages, inputs.tokenizer), **reward_columns(example)})
+                tokens += length
+        datasets[name] = Dataset.from_list(kept) if kept else None
+        counts[name] = SplitCounts(rows=len(examples), kept=len(kept), dropped_overlong=len(examples) - len(kept),
+                                   tokens=tokens)
+    return TaskData(splits=splits, train=datasets["train"], validation=datasets["validation"], counts=counts,
+                    collator=None, padding_free=False,
+                    state={**state, "rewards": [spec.model_dump(mode="json") for spec in recipe.rewards]})
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict[str, str]]) -> list[int]:
+    """The prompt's tokens as the model sees them before it answers (chat template, generation prompt)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def check_generation_batches(recipe: "Recipe", num_generations: int, has_validation: bool, task: str) -> None:
+    """TRL samples num_generations answers per prompt and needs whole groups in each generation batch
+    (train.batch_size * train.grad_accum answers) and, with validation rows, in each evaluation batch."""
+    train = recipe.train
+    if (train.batch_size * train.grad_accum) % num_generations:
+        raise TunelabError(f"task.num_generations: {num_generations} answers per prompt do not divide a generation "
+                           f"batch of train.batch_size * train.grad_accum = {train.batch_size * train.grad_accum} "
+                           f"answers (task {task}); make the batch a multiple of {num_generations}")
+    if has_validation and train.batch_size % num_generations:
+        raise TunelabError(f"task.num_generations: {num_generations} answers per prompt do not divide an "
+                           f"evaluation batch of train.batch_size = {train.batch_size} (task {task} with validation "
+                           f"rows); make train.batch_size a multiple of {num_generations}")
+
+
+def conversational_prompt(messages: list[dict[str, str]], tokenizer: Any) -> list[dict[str, str]]:
+    """TRL's conversational prompt: the messages as they are (TRL renders them with the model's chat template)."""
+    return messages
+
+
+def trl_online_trainer(parts: "TrainerParts", trainer_class: Any, config_class: Any, options: dict[str, Any]) -> Any:
+    """TRL's GRPOTrainer or RLOOTrainer from the shared arguments, the task's options and the recipe's rewards.
+    The reference (beta > 0) is the policy with its adapter disabled, as for dpo: TRL's copy of the adapter is
+    dropped; with full fine-tuning TRL loads a frozen copy of the base checkpoint."""
+    from transformers import PrinterCallback
+
+    # Answers are generated inside the trainer: there are no input_ids in a batch for the Trainer to count.
+    arguments = config_class(**{**parts.arguments, "include_num_input_tokens_seen": "no"}, **options)
+    trainer = trainer_class(model=parts.model, reward_funcs=saved_rewards(parts.data.state), args=arguments,
+                            train_dataset=parts.data.train, eval_dataset=parts.data.validation,
+                            processing_class=parts.tokenizer, callbacks=parts.callbacks)
+    drop_reference_adapter(trainer.model)
+    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
+    return trainer

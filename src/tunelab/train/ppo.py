@@ -12,7 +12,9 @@ distributed engines. So this is the one trainer tunelab writes by hand, and only
   update    `ppo_epochs` optimizer steps on each rollout, each the clipped surrogate
             -min(r A, clip(r, 1 - eps, 1 + eps) A) plus value_coef times the clipped value loss
 Everything else (optimizer, schedule, accumulation, mixed precision, checkpoints, logging) is the Trainer's.
-The value head is saved in each checkpoint as value_head.safetensors and restored on --resume.
+The value head is saved in each checkpoint as value_head.safetensors, and the rollouts being trained on as
+rollouts.pt, and both are restored on --resume: a checkpoint between two rollouts (save_every not a multiple of
+ppo_epochs) goes on with the rollout it was saved with, so resume gives the run an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from torch import nn
 from transformers import Trainer, TrainerCallback
 
 VALUE_HEAD = "value_head.safetensors"
+ROLLOUTS = "rollouts.pt"
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class PPOTrainer(Trainer):
                  settings: PPOSettings, **kwargs: Any):
         kwargs.setdefault("data_collator", list)  # rows stay as they are: prompts are tokenized at rollout
         # First, so the value head is in the checkpoint before any later callback (tunelab's commit) runs.
-        kwargs["callbacks"] = [ValueHeadCheckpoint(value_head), *(kwargs.get("callbacks") or [])]
+        kwargs["callbacks"] = [PPOCheckpoint(self), *(kwargs.get("callbacks") or [])]
         super().__init__(*args, **kwargs)
         self.reward_funcs, self.value_head, self.settings = reward_funcs, value_head, settings
         self.rollouts: dict[int, Rollout] = {}  # by micro-batch index within a step, reused for ppo_epochs steps
@@ -116,6 +119,7 @@ class PPOTrainer(Trainer):
             from safetensors.torch import load_file
 
             self.value_head.load_state_dict(load_file(str(Path(resume_from_checkpoint) / VALUE_HEAD)))
+            self.rollouts = load_rollouts(Path(resume_from_checkpoint) / ROLLOUTS, self.args.device)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def compute_loss(self, model: Any, inputs: list[dict[str, Any]], return_outputs: bool = False,
@@ -125,8 +129,7 @@ class PPOTrainer(Trainer):
         if index == 0:  # a new optimizer step: the Trainer zeroes the model's gradients, not the value head's
             self.value_head.zero_grad(set_to_none=True)
         step = self.state.global_step
-        # A new rollout every ppo_epochs steps; a resumed run whose checkpoint falls between makes one at once
-        # (so resume is exact where save_every is a multiple of ppo_epochs).
+        # A new rollout every ppo_epochs steps; a resumed run goes on with the rollouts its checkpoint saved.
         if index not in self.rollouts or (step % self.settings.ppo_epochs == 0 and
                                           self.rollouts[index].stats["step"] != step):
             self.rollouts[index] = self.rollout(model, inputs)
@@ -227,17 +230,27 @@ class disabled_adapter:
         self.context.__exit__(*exc)
 
 
-class ValueHeadCheckpoint(TrainerCallback):
-    """Writes the value head into each checkpoint; runs before tunelab's commit callback, so the manifest
-    covers it."""
+class PPOCheckpoint(TrainerCallback):
+    """Writes the value head and the current rollouts into each checkpoint; runs before tunelab's commit callback,
+    so the manifest covers them."""
 
-    def __init__(self, value_head: ValueHead):
-        self.value_head = value_head
+    def __init__(self, trainer: PPOTrainer):
+        self.trainer = trainer
 
     def on_save(self, args, state, control, **kwargs):
         from safetensors.torch import save_file
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         if state.is_world_process_zero and folder.is_dir():
-            save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()},
-                      str(folder / VALUE_HEAD))
+            head = self.trainer.value_head.state_dict()
+            save_file({k: v.contiguous() for k, v in head.items()}, str(folder / VALUE_HEAD))
+            torch.save({index: vars(rollout) for index, rollout in self.trainer.rollouts.items()},
+                       folder / ROLLOUTS)
+
+
+def load_rollouts(path: Path, device: Any) -> dict[int, Rollout]:
+    """The rollouts a checkpoint saved (tensors and numbers only, so weights_only loading suffices)."""
+    if not path.is_file():
+        return {}
+    saved = torch.load(path, map_location=device, weights_only=True)
+    return {index: Rollout(**fields) for index, fields in saved.items()}

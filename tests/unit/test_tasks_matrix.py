@@ -71,11 +71,6 @@ def test_every_task_and_style_has_a_row():
 @pytest.mark.parametrize("row", list(ROWS))
 def test_every_task_runs_the_one_lifecycle_and_is_evaluated_alike(row, request, tmp_path, home):
     task, write_data, model, headline, measure = ROWS[row]
-    if write_data is prompts:
-        from tunelab.tasks import shared
-
-        if not hasattr(shared, "prompt_evaluation"):  # written on another branch; the two merge together
-            pytest.skip("tasks.shared.prompt_evaluation (the evaluation of prompt rows) is not in this branch")
     recipe = tiny_recipe(tmp_path, request.getfixturevalue(model), write_data(tmp_path / "rows.jsonl"),
                          train={"max_steps": 4, "batch_size": 8, "save_every": 4, "eval_every": 4},
                          eval={"bootstrap": 200},
@@ -99,6 +94,9 @@ def test_every_task_runs_the_one_lifecycle_and_is_evaluated_alike(row, request, 
     flips = evaluation.flips
     if evaluation.kind == "text":  # plain text has no per-row right or wrong: perplexity only, no flips
         assert flips is None and headline == "loss"
+    elif evaluation.kind == "prompt":  # answers judged by rewards: won, tied or lost against base, not right/wrong
+        assert flips is None and {"win_rate", "mean_reward", "mean_answer_tokens"} <= set(evaluation.metrics)
+        assert evaluation.base["win_rate"] == 0.5
     else:
         assert flips.fixed + flips.broken + flips.both_right + flips.both_wrong == evaluation.rows
     assert evaluation.forgetting.measure == measure and evaluation.forgetting.probes

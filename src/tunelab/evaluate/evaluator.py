@@ -46,7 +46,10 @@ def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], Non
     task = get_task(recipe.task.name)
     test = read_splits(models.run.data).test[: max_rows or recipe.eval.max_rows]
     tokenizer = models.tokenizer()
-    spec = task.evaluation(recipe, test, models.record.task_state, tokenizer, str(models.run.root))
+    from tunelab.rewards.build import RewardContext
+
+    spec = task.evaluation(recipe, test, models.record.task_state, tokenizer, str(models.run.root),
+                           RewardContext(models.home, models.placement))
     probe = forgetting.load_probe(recipe.eval.forgetting, spec.forgetting_measure)
     print_of = fingerprint(models, recipe, spec)
     say(f"eval {spec.plan.rows} test rows, {spec.decoding['strategy']}; metrics: {', '.join(spec.plan.metrics)}")

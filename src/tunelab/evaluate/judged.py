@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
     from tunelab.device import Placement
+    from tunelab.rewards.build import RewardContext
 
 JUDGED_METRICS = ("win_rate", "mean_reward", "mean_answer_tokens", "kl_to_reference")
 KL_TEMPERATURE = 1.0  # the model's own distribution: what KL(model || reference) is an expectation over
@@ -67,7 +68,8 @@ def row_columns(example: "Example") -> dict[str, Any]:
 
 
 def prepare_judging(recipe: "Recipe", rows: list["Example"], source: str,
-                    references: list[str] | None = None, max_new_tokens: int | None = None) -> Judging:
+                    references: list[str] | None = None, max_new_tokens: int | None = None,
+                    context: "RewardContext | None" = None) -> Judging:
     """The prompts of `rows` and the recipe's rewards, checked: a grader's templates and the fields it reads on
     every row, a reward function's file and signature. Conversation rows (sft) give the prompt before their last
     answer, and that answer (`references`) as the field `reference`."""
@@ -76,11 +78,11 @@ def prepare_judging(recipe: "Recipe", rows: list["Example"], source: str,
     fields = [row_columns(example) for example in rows]
     for row, reference in zip(fields, references or []):
         row["reference"] = reference
-    check_rewards(recipe.rewards, fields, where="rewards")
+    check_rewards(recipe.rewards, fields, where="rewards", context=context)
     names = list(dict.fromkeys(name for row in fields for name in row))
     columns = {name: [row.get(name) for row in fields] for name in names}
     prompts = [prompt_of(example, source) for example in rows]
-    return Judging(prompts, columns, reward_funcs(recipe.rewards), max_new_tokens or recipe.eval.max_new_tokens,
+    return Judging(prompts, columns, reward_funcs(recipe.rewards, context=context), max_new_tokens or recipe.eval.max_new_tokens,
                    recipe.eval.batch_size, recipe.eval.seed)
 
 

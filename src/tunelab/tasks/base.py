@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from tunelab.data.split import Splits
     from tunelab.evaluate.outputs import ModelOutputs
     from tunelab.evaluate.plan import EvalPlan
+    from tunelab.rewards.build import RewardContext
     from tunelab.run.models import RunModels
     from tunelab.run.record import SplitCounts
 
@@ -51,6 +52,8 @@ class TaskInputs:
     stop_ids: set[int]
     checkpoint: Path  # the base model's folder
     padding_free: bool  # the recipe asks for it and the method allows it
+    # What the recipe's model-backed rewards (score_model) need: the tunelab home and the training's placement
+    rewards_context: "RewardContext | None" = None
 
 
 @dataclass
@@ -75,6 +78,7 @@ class TrainerParts:
     data: TaskData
     arguments: dict[str, Any]  # transformers.TrainingArguments keyword arguments (TRL's configs extend them)
     callbacks: list[Any]
+    rewards_context: "RewardContext | None" = None  # as TaskInputs': the rewards' models run where training runs
 
 
 @dataclass
@@ -113,8 +117,8 @@ class Task:
     prepare: Callable[[TaskInputs], TaskData]
     load_model: Callable[[Path, TaskData, "Recipe", Any], Any]  # (checkpoint, data, recipe, tokenizer)
     build_trainer: Callable[[TrainerParts], Any]
-    # (recipe, test rows, task state, tokenizer, where) -> the evaluation; no model is loaded to make it, so a
-    # recipe whose evaluation cannot work is refused before training
+    # (recipe, test rows, task state, tokenizer, where, rewards context) -> the evaluation; no model is loaded to
+    # make it, so a recipe whose evaluation cannot work is refused before training
     evaluation: Callable[["Recipe", list[Any], dict[str, Any], Any, str], TaskEvaluation]
     inference: Callable[["RunModels"], Inference]
 

@@ -26,6 +26,8 @@ from tunelab.tasks.shared import causal_lm, language_model_inference, last_user_
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tunelab.rewards.build import RewardContext
+
     from tunelab.config.schema import Recipe
     from tunelab.run.models import RunModels
 
@@ -245,7 +247,7 @@ def load_model(checkpoint: "Path", data: TaskData, recipe: "Recipe", tokenizer: 
 
 
 def evaluation(recipe: "Recipe", test: list[Example], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split") -> TaskEvaluation:
+               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
     from tunelab.evaluate.plan import plan_evaluation
 
     style, labels = STYLES[state["style"]], state["labels"]

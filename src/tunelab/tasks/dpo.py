@@ -28,6 +28,7 @@ from tunelab.tasks.shared import (
 if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
+    from tunelab.rewards.build import RewardContext
 
 # The losses TRL 1.16's DPOConfig accepts (trl/trainer/dpo_trainer.py `_compute_loss`).
 LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -115,12 +116,12 @@ def build_trainer(parts: TrainerParts) -> Any:
 
 
 def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split") -> TaskEvaluation:
+               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
     from tunelab.evaluate.preference import preference_outputs
 
     return pair_evaluation(recipe, test, source, "dpo", preference_outputs, "perplexity",
                            "log-probabilities of the chosen and the rejected answer, summed over their tokens "
-                           "(nothing is generated)")
+                           "(nothing is generated)", context=context)
 
 
 TASK = Task(

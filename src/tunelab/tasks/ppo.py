@@ -22,6 +22,7 @@ from tunelab.tasks.shared import causal_lm, language_model_inference, prompt_dat
 if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
+    from tunelab.rewards.build import RewardContext
 
 
 class PpoConfig(TaskConfig):
@@ -71,17 +72,17 @@ def build_trainer(parts: TrainerParts) -> Any:
     arguments = TrainingArguments(**{**parts.arguments, "include_num_input_tokens_seen": "no"})
     value_head = ValueHead(parts.model.config.hidden_size).to(arguments.device)
     trainer = PPOTrainer(model=parts.model, args=arguments, train_dataset=parts.data.train,
-                         processing_class=parts.tokenizer, reward_funcs=saved_rewards(state), value_head=value_head,
+                         processing_class=parts.tokenizer, reward_funcs=saved_rewards(state, parts.rewards_context), value_head=value_head,
                          settings=settings, callbacks=parts.callbacks)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
     return trainer
 
 
 def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split") -> TaskEvaluation:
+               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
     from tunelab.tasks.shared import prompt_evaluation
 
-    return prompt_evaluation(recipe, test, source, "ppo")
+    return prompt_evaluation(recipe, test, source, "ppo", context)
 
 
 TASK = Task(

@@ -23,6 +23,8 @@ from tunelab.tasks.shared import check_pairs, pair_evaluation
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from tunelab.rewards.build import RewardContext
+
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
     from tunelab.run.models import RunModels
@@ -86,7 +88,7 @@ def build_trainer(parts: TrainerParts) -> Any:
 
 
 def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split") -> TaskEvaluation:
+               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
     from tunelab.evaluate.preference import reward_outputs
 
     return pair_evaluation(recipe, test, source, "reward_model", reward_outputs, "drift",

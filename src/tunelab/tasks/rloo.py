@@ -27,6 +27,7 @@ from tunelab.tasks.shared import (
 if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
+    from tunelab.rewards.build import RewardContext
 
 
 class RlooConfig(TaskConfig):
@@ -59,10 +60,10 @@ def build_trainer(parts: TrainerParts) -> Any:
 
 
 def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split") -> TaskEvaluation:
+               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
     from tunelab.tasks.shared import prompt_evaluation
 
-    return prompt_evaluation(recipe, test, source, "rloo")
+    return prompt_evaluation(recipe, test, source, "rloo", context)
 
 
 TASK = Task(

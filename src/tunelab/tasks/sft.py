@@ -16,6 +16,7 @@ from tunelab.tasks.shared import causal_lm, language_model_inference, last_user_
 
 if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
+    from tunelab.rewards.build import RewardContext
 
 
 class SftConfig(TaskConfig):
@@ -37,7 +38,7 @@ def test_kind(test: list[Any], source: str) -> str:
 
 
 def evaluation(recipe: "Recipe", test: list[Any], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split") -> TaskEvaluation:
+               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
     from tunelab.data.templates import prompt_and_reference
     from tunelab.evaluate.answers import generated_answers, text_losses
     from tunelab.evaluate.judged import JUDGED_METRICS, judge, prepare_judging
@@ -58,7 +59,7 @@ def evaluation(recipe: "Recipe", test: list[Any], state: dict[str, Any], tokeniz
     # The same cap for both models: room for twice the longest reference, so a right answer is never cut off.
     max_new_tokens = min(options.max_new_tokens, 2 * longest + 16)
     # With rewards, the answers are also judged by them (evaluate/judged.py), as they are written here.
-    judging = prepare_judging(recipe, test, source, references, max_new_tokens) if recipe.rewards else None
+    judging = prepare_judging(recipe, test, source, references, max_new_tokens, context) if recipe.rewards else None
     plan = plan_evaluation("chat", references, where, options, recipe.objective, source=source,
                            provided=JUDGED_METRICS if judging else ())
     conversations, prompts = [example.messages for example in test], [prompt for prompt, _ in pairs]

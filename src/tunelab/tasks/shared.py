@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
     from tunelab.data.split import Splits
+    from tunelab.rewards.build import RewardContext
     from tunelab.run.models import RunModels
     from tunelab.tasks.base import TaskInputs, TrainerParts
 
@@ -51,7 +52,8 @@ def check_pairs(examples: list["Example"], source: str, task: str) -> None:
 
 
 def pair_evaluation(recipe: "Recipe", test: list["Example"], source: str, task: str, scorer: Any,
-                    forgetting_measure: str, strategy: str, writes_text: bool = True) -> TaskEvaluation:
+                    forgetting_measure: str, strategy: str, writes_text: bool = True,
+                    context: "RewardContext | None" = None) -> TaskEvaluation:
     """How a task that learns from preference pairs is evaluated: each model's `scorer(model, tokenizer, rows,
     max_length, batch_size, placement)` margin of chosen over rejected on the held-out pairs. A model that writes
     text (`writes_text`) is also judged by DPO's implicit reward (its margin against the base model's) and, where
@@ -60,7 +62,7 @@ def pair_evaluation(recipe: "Recipe", test: list["Example"], source: str, task: 
     from tunelab.evaluate.plan import plan_evaluation
 
     check_pairs(test, source, task)
-    judging = prepare_judging(recipe, test, source) if writes_text and recipe.rewards else None
+    judging = prepare_judging(recipe, test, source, context=context) if writes_text and recipe.rewards else None
     provided = ("implicit_reward_accuracy",) if writes_text else ()
     plan = plan_evaluation("preference", [example.chosen for example in test], [example.where for example in test],
                            recipe.eval, recipe.objective, source=source,
@@ -77,7 +79,8 @@ def pair_evaluation(recipe: "Recipe", test: list["Example"], source: str, task: 
                                     **(judging.decoding() if judging else {})})
 
 
-def prompt_evaluation(recipe: "Recipe", test: list["Example"], source: str, task: str) -> TaskEvaluation:
+def prompt_evaluation(recipe: "Recipe", test: list["Example"], source: str, task: str,
+                      context: "RewardContext | None" = None) -> TaskEvaluation:
     """How a task that learns from prompts and rewards (grpo, rloo, ppo) is evaluated: each model answers the
     held-out prompts greedily and the recipe's rewards judge the answers: win rate against the base model (the
     headline), mean reward, answer length, KL to the reference (evaluate/judged.py). Preference and feedback rows'
@@ -88,7 +91,7 @@ def prompt_evaluation(recipe: "Recipe", test: list["Example"], source: str, task
     if not recipe.rewards:
         raise TunelabError(f"task {task} is evaluated by the recipe's rewards on its answers; give `rewards:` (a "
                            "grader or a file.py:function)")
-    judging = prepare_judging(recipe, test, source)
+    judging = prepare_judging(recipe, test, source, context=context)
     plan = plan_evaluation("prompt", [""] * len(test), [example.where for example in test], recipe.eval,
                            recipe.objective, source=source, provided=JUDGED_METRICS)
 
@@ -131,7 +134,8 @@ def reward_columns(example: "Example") -> dict[str, Any]:
     return {**(example.extra or {}), "where": example.where}
 
 
-def check_recipe_rewards(recipe: "Recipe", splits: "Splits", task: str) -> None:
+def check_recipe_rewards(recipe: "Recipe", splits: "Splits", task: str,
+                         context: "RewardContext | None" = None) -> None:
     """Before anything is written: the task has rewards, each grader reads fields every row has, and each reward
     function's file imports and takes TRL's arguments (reward_funcs loads them)."""
     from tunelab.rewards.build import check_rewards, reward_funcs
@@ -140,17 +144,17 @@ def check_recipe_rewards(recipe: "Recipe", splits: "Splits", task: str) -> None:
         raise TunelabError(f"rewards: task {task} learns from what its rewards say of its answers, and the recipe "
                            "names none; add a grader or a file.py:function under rewards:")
     rows = [reward_columns(example) for _, examples in splits.items() for example in examples]
-    check_rewards(recipe.rewards, rows)
-    reward_funcs(recipe.rewards)
+    check_rewards(recipe.rewards, rows, context=context)
+    reward_funcs(recipe.rewards, context=context)
 
 
-def saved_rewards(state: dict[str, Any]) -> list[Any]:
+def saved_rewards(state: dict[str, Any], context: "RewardContext | None" = None) -> list[Any]:
     """The recipe's rewards as the task state keeps them (JSON), as TRL reward_funcs again."""
     from pydantic import TypeAdapter
 
     from tunelab.rewards.build import RewardSpec, reward_funcs
 
-    return reward_funcs(TypeAdapter(list[RewardSpec]).validate_python(state["rewards"]))
+    return reward_funcs(TypeAdapter(list[RewardSpec]).validate_python(state["rewards"]), context=context)
 
 
 def prompt_data(inputs: "TaskInputs", task: str, prompt_of: Any, answer_tokens: int,
@@ -165,7 +169,7 @@ def prompt_data(inputs: "TaskInputs", task: str, prompt_of: Any, answer_tokens: 
     recipe, splits = inputs.recipe, inputs.prepared.splits()
     for name, examples in splits.items():
         check_prompts(examples, f"{name} split", task)
-    check_recipe_rewards(recipe, splits, task)
+    check_recipe_rewards(recipe, splits, task, inputs.rewards_context)
     datasets, counts = {}, {}
     for name, examples in splits.items():
         kept, tokens = [], 0
@@ -215,7 +219,7 @@ def trl_online_trainer(parts: "TrainerParts", trainer_class: Any, config_class: 
 
     # Answers are generated inside the trainer: there are no input_ids in a batch for the Trainer to count.
     arguments = config_class(**{**parts.arguments, "include_num_input_tokens_seen": "no"}, **options)
-    trainer = trainer_class(model=parts.model, reward_funcs=saved_rewards(parts.data.state), args=arguments,
+    trainer = trainer_class(model=parts.model, reward_funcs=saved_rewards(parts.data.state, parts.rewards_context), args=arguments,
                             train_dataset=parts.data.train, eval_dataset=parts.data.validation,
                             processing_class=parts.tokenizer, callbacks=parts.callbacks)
     drop_reference_adapter(trainer.model)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.errors import TunelabError
 from tunelab.methods.base import Method, check_merge_request, no_merge_note, wants_merge
 from tunelab.methods.registry import get_method
+from tunelab.rewards.build import RewardContext
 from tunelab.run.folder import RunDir, check_output_dir, prepare_run_dir
 from tunelab.run.record import (
     BaseModelInfo,
@@ -69,6 +70,7 @@ class Setup:
     overwrite: bool
     resume_from: "Choice | None" = None  # on --resume: the newest complete checkpoint, and the newer ones skipped
     started_from: "StartInfo | None" = None  # a chained run's start (model.from_run: run/chain.py)
+    rewards: "RewardContext | None" = None  # what the recipe's model-backed rewards need (home, placement)
 
 
 @dataclass
@@ -144,12 +146,14 @@ def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overw
     check_row_kinds(task, prepared.report["splits"]["train"]["kinds"], recipe.data.train or "data")
     if prior is not None:
         check_same_data(prior, prepared)
+    rewards = RewardContext(home, placement)
     data = task.prepare(TaskInputs(recipe, prepared, tokenizer, limits.stop_ids, ref.path,
-                                   padding_free=recipe.train.padding_free and method.padding_free))
+                                   padding_free=recipe.train.padding_free and method.padding_free,
+                                   rewards_context=rewards))
     check_trainable(recipe, data)
-    check_evaluation(task, recipe, data, tokenizer)
+    check_evaluation(task, recipe, data, tokenizer, rewards)
     return Setup(recipe, task, method, placement, ref, tokenizer, prepared, data, prior, overwrite, resume_from,
-                 started_from)
+                 started_from, rewards)
 
 
 def build_model(setup: Setup) -> Any:
@@ -230,7 +234,8 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
     try:
         arguments = training_arguments(recipe.train, run, setup.placement, setup.data.validation is not None)
         parts = TrainerParts(model, tokenizer, setup.data, arguments,
-                             training_callbacks(recipe.train, run, RichProgress(console), callbacks))
+                             training_callbacks(recipe.train, run, RichProgress(console), callbacks),
+                             setup.rewards)
         trainer = setup.task.build_trainer(parts)
         checkpoint = setup.resume_from.checkpoint if setup.resume_from else None
         record.training = train_or_restore(trainer, checkpoint)
@@ -429,14 +434,15 @@ def check_trainable(recipe: "Recipe", data: TaskData) -> None:
         raise TunelabError("train.early_stopping_patience needs validation rows (data.validation or data.split)")
 
 
-def check_evaluation(task: Task, recipe: "Recipe", data: TaskData, tokenizer: Any) -> None:
+def check_evaluation(task: Task, recipe: "Recipe", data: TaskData, tokenizer: Any,
+                     rewards: "RewardContext | None" = None) -> None:
     """What the evaluation after training would refuse (metrics that do not fit, a missing probe file, an
     objective without test rows) is refused now, before the training it would come after."""
     from tunelab.evaluate.forgetting import load_probe
 
     test, measure = data.splits.test, "perplexity"
     if test and (recipe.eval.after_train or recipe.objective is not None):
-        measure = task.evaluation(recipe, test, data.state, tokenizer, "test split").forgetting_measure
+        measure = task.evaluation(recipe, test, data.state, tokenizer, "test split", rewards).forgetting_measure
     elif recipe.objective is not None:
         raise TunelabError("objective: needs test rows to be checked on (data.test or data.split.test > 0)")
     load_probe(recipe.eval.forgetting, measure)

@@ -307,7 +307,10 @@ class Recipe(Section):
     train: TrainSection = Field(default_factory=TrainSection)
     eval: EvalSection = Field(default_factory=EvalSection)
     objective: ObjectiveSection | None = Field(None, description="Success criteria checked after evaluation.")
-    rewards: list[RewardSpec] = Field(default_factory=list, description="What judges a generated answer: OpenAI's graders (string_check, text_similarity, python, score_model, multi) or a Python function (file.py:function). Trains grpo, rloo and ppo; judges every text-writing task's answers in evaluation (win rate, mean reward).")
+    rewards: list[RewardSpec] = Field(
+        default_factory=list, description="What judges a generated answer: OpenAI's graders (string_check, "
+        "text_similarity, python, score_model, multi) or a Python function (file.py:function). Trains grpo, rloo and "
+        "ppo; judges every text-writing task's answers in evaluation (win rate, mean reward).")
     output: OutputSection = Field(default_factory=OutputSection)
 
     @model_validator(mode="after")

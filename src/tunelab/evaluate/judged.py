@@ -1,20 +1,19 @@
 """Did the preferences take? Each model answers the held-out prompts, and the recipe's rewards judge the answers.
 
 For every row that carries a prompt (`prompt` rows, the prompts of preference and feedback rows, a conversation's
-prompt before its last answer) each model writes one greedy answer (the same decoding for both, as SFT's evaluation does); the recipe's rewards
-(rewards/build.py, called as TRL's trainers call `reward_funcs`: conversational prompts and completions, and the
-row's fields as keyword columns) score it, and a row's reward is their sum, a reward that gives None (does not
-apply) counting 0 as in TRL's nansum. The metrics (metrics/registry.py, family "judged") come from these per-row
-numbers, so the paired bootstrap resamples them like any other: `win_rate` (the tuned model's reward against the
-base model's on the same prompt), `mean_reward`, `mean_answer_tokens` and `kl_to_reference`.
+prompt before its last answer) each model writes one greedy answer (the same decoding for both, as SFT's evaluation
+does); the recipe's rewards (rewards/build.py, called as TRL's trainers call `reward_funcs`: conversational prompts
+and completions, and the row's fields as keyword columns) score it, and a row's reward is their sum, a reward that
+gives None (does not apply) counting 0 as in TRL's nansum. The metrics (metrics/registry.py, family "judged") come
+from these per-row numbers, so the paired bootstrap resamples them like any other: `win_rate` (the tuned model's
+reward against the base model's on the same prompt), `mean_reward`, `mean_answer_tokens` and `kl_to_reference`.
 
-`kl_to_reference` is estimated on one answer *sampled* from the model (temperature 1, no top-k/top-p, a fixed
-seed), not on the greedy answer: KL(model || reference) is the mean of log p_model(y) - log p_reference(y) over y
-drawn from the model, and the greedy answer is the model's most likely one, whose log-ratio is biased upwards (it
-is where tuning concentrated the probability). The reference is the starting model: the tuned model with its
-adapter disabled (peft's `disable_adapter()`: no second copy of the weights). The base model is its own reference
-(0 by definition); a fully fine-tuned model has no adapter to disable, so there the metric is left out.
-"""
+`kl_to_reference` is estimated on one answer *sampled* from the model (temperature 1, no top-k/top-p, a fixed seed),
+not on the greedy answer: KL(model || reference) is the mean of log p_model(y) - log p_reference(y) over y drawn from
+the model, and the greedy answer is the model's most likely one, whose log-ratio is biased upwards (it is where
+tuning concentrated the probability). The reference is the starting model: the tuned model with its adapter disabled
+(peft's `disable_adapter()`: no second copy of the weights). The base model is its own reference (0 by definition); a
+fully fine-tuned model has no adapter to disable, so there the metric is left out."""
 
 from __future__ import annotations
 
@@ -82,7 +81,8 @@ def prepare_judging(recipe: "Recipe", rows: list["Example"], source: str,
     names = list(dict.fromkeys(name for row in fields for name in row))
     columns = {name: [row.get(name) for row in fields] for name in names}
     prompts = [prompt_of(example, source) for example in rows]
-    return Judging(prompts, columns, reward_funcs(recipe.rewards, context=context), max_new_tokens or recipe.eval.max_new_tokens,
+    rewards = reward_funcs(recipe.rewards, context=context)
+    return Judging(prompts, columns, rewards, max_new_tokens or recipe.eval.max_new_tokens,
                    recipe.eval.batch_size, recipe.eval.seed)
 
 

@@ -26,9 +26,8 @@ from tunelab.tasks.shared import causal_lm, language_model_inference, last_user_
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tunelab.rewards.build import RewardContext
-
     from tunelab.config.schema import Recipe
+    from tunelab.rewards.build import RewardContext
     from tunelab.run.models import RunModels
 
 

@@ -17,7 +17,7 @@ from pydantic import Field
 
 from tunelab.errors import TunelabError
 from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
-from tunelab.tasks.shared import causal_lm, language_model_inference, prompt_data
+from tunelab.tasks.shared import causal_lm, conversational_prompt, language_model_inference, prompt_data
 
 if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
@@ -42,11 +42,6 @@ class PpoConfig(TaskConfig):
                             "are not sampled).")
 
 
-def prompt_text(messages: list[dict[str, str]], tokenizer: Any) -> str:
-    """The prompt in the model's chat template, ready for the answer: the engine tokenizes it at each rollout."""
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
 def prepare(inputs: TaskInputs) -> TaskData:
     from tunelab.methods.registry import get_method
 
@@ -55,7 +50,8 @@ def prepare(inputs: TaskInputs) -> TaskData:
         raise TunelabError(f"method: task ppo's reference is the model with its adapter disabled, and method "
                            f"'{recipe.method.name}' trains no adapter; use lora (or another adapter method)")
     options = recipe.task
-    data = prompt_data(inputs, "ppo", prompt_text, options.max_new_tokens, options.model_dump(exclude={"name"}))
+    data = prompt_data(inputs, "ppo", conversational_prompt, options.max_new_tokens,
+                       options.model_dump(exclude={"name"}))
     data.validation = None  # a rollout is a training step: nothing to validate on between them
     return data
 
@@ -72,8 +68,8 @@ def build_trainer(parts: TrainerParts) -> Any:
     arguments = TrainingArguments(**{**parts.arguments, "include_num_input_tokens_seen": "no"})
     value_head = ValueHead(parts.model.config.hidden_size).to(arguments.device)
     trainer = PPOTrainer(model=parts.model, args=arguments, train_dataset=parts.data.train,
-                         processing_class=parts.tokenizer, reward_funcs=saved_rewards(state, parts.rewards_context), value_head=value_head,
-                         settings=settings, callbacks=parts.callbacks)
+                         processing_class=parts.tokenizer, reward_funcs=saved_rewards(state, parts.rewards_context),
+                         value_head=value_head, settings=settings, callbacks=parts.callbacks)
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
     return trainer
 

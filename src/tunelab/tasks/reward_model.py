@@ -23,10 +23,9 @@ from tunelab.tasks.shared import check_pairs, pair_evaluation
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from tunelab.rewards.build import RewardContext
-
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
+    from tunelab.rewards.build import RewardContext
     from tunelab.run.models import RunModels
 
 REWARD_LABEL = ["reward"]  # the head's one output

@@ -219,7 +219,8 @@ def trl_online_trainer(parts: "TrainerParts", trainer_class: Any, config_class: 
 
     # Answers are generated inside the trainer: there are no input_ids in a batch for the Trainer to count.
     arguments = config_class(**{**parts.arguments, "include_num_input_tokens_seen": "no"}, **options)
-    trainer = trainer_class(model=parts.model, reward_funcs=saved_rewards(parts.data.state, parts.rewards_context), args=arguments,
+    rewards = saved_rewards(parts.data.state, parts.rewards_context)
+    trainer = trainer_class(model=parts.model, reward_funcs=rewards, args=arguments,
                             train_dataset=parts.data.train, eval_dataset=parts.data.validation,
                             processing_class=parts.tokenizer, callbacks=parts.callbacks)
     drop_reference_adapter(trainer.model)

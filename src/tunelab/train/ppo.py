@@ -158,7 +158,7 @@ class PPOTrainer(Trainer):
     def rollout(self, model: Any, rows: list[dict[str, Any]]) -> Rollout:
         tokenizer = self.processing_class
         side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues every prompt's end
-        prompts = tokenizer([row["prompt"] for row in rows], return_tensors="pt", padding=True,
+        prompts = tokenizer([prompt_text(row["prompt"], tokenizer) for row in rows], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(self.args.device)
         tokenizer.padding_side = side
         was_training = model.training
@@ -200,12 +200,23 @@ class PPOTrainer(Trainer):
         return logprobs * rollout.mask, estimates
 
     def score(self, rows: list[dict[str, Any]], texts: list[str]) -> torch.Tensor:
+        """The rewards' sum for each answer, called as TRL calls reward_funcs: a conversational prompt (messages)
+        gets conversational completions (one assistant message), a text prompt text."""
         columns = {key: [row.get(key) for row in rows] for key in rows[0] if key != "prompt"}
+        conversational = isinstance(rows[0]["prompt"], list)
+        completions = [[{"role": "assistant", "content": text}] for text in texts] if conversational else texts
         total = torch.zeros(len(rows), device=self.args.device)
         for function in self.reward_funcs:
-            values = function(prompts=[row["prompt"] for row in rows], completions=texts, **columns)
+            values = function(prompts=[row["prompt"] for row in rows], completions=completions, **columns)
             total += torch.tensor([value or 0.0 for value in values], device=self.args.device)
         return total
+
+
+def prompt_text(prompt: str | list[dict[str, str]], tokenizer: Any) -> str:
+    """A row's prompt as the policy continues it: text as it is, messages in the chat template."""
+    if isinstance(prompt, str):
+        return prompt
+    return tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
 
 
 def completion_mask(completion: torch.Tensor, eos_id: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ or pairs it unpairs). Each task's loss falls and the tuned model ranks held-out 
 of an uninterrupted run; the model trained is the base plus one adapter; bad input stops in one line."""
 
 import json
+import random
 
 import pytest
 from rich.console import Console
@@ -131,3 +132,137 @@ def test_chat_rows_are_refused_in_one_line(name, tiny_checkpoint, reverse_data, 
         train_recipe(recipe, home)
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+# ---- kto -----------------------------------------------------------------------------------------------------------
+
+def planted_feedback(count, seed=0):
+    """Each planted pair as one feedback row: its chosen answer labelled desirable or its rejected one not, at
+    random (unpaired, as KTO's data is)."""
+    rng = random.Random(seed + 1)
+    rows = []
+    for pair in planted_pairs(count, seed):
+        desirable = rng.random() < 0.5
+        rows.append({"prompt": pair["prompt"], "completion": pair["chosen"] if desirable else pair["rejected"],
+                     "label": desirable})
+    return rows
+
+
+@pytest.fixture
+def feedback(tmp_path):
+    return write_jsonl(tmp_path / "feedback.jsonl", planted_feedback(80))
+
+
+KTO = {"name": "kto", "beta": 0.5}
+
+
+def test_kto_on_feedback_rows_raises_desirable_completions_and_lowers_the_others(tiny_checkpoint, feedback,
+                                                                                  tmp_path, home):
+    run_dir, evaluation = trained_and_evaluated(tmp_path, tiny_checkpoint, feedback, home, KTO, 2e-2)
+    record = run_record(run_dir)
+    assert record.task == "kto" and record.status == "completed"
+    state = record.task_state
+    assert state["desirable_rows"] + state["undesirable_rows"] == record.data.splits["train"].kept == 56
+    assert min(state["desirable_rows"], state["undesirable_rows"]) > 15
+    losses = logged_losses(run_dir)
+    assert losses[0] == pytest.approx(0.5, abs=0.02)  # 1 - sigmoid(0): the policy starts equal to its reference
+    assert sum(losses[-5:]) / 5 < 0.9 * losses[0]
+    assert evaluation.kind == "feedback" and evaluation.primary_metric == "feedback_margin"
+    assert evaluation.metrics == ["loss", "perplexity", "feedback_margin"] and evaluation.rows == 16
+    assert evaluation.tuned["feedback_margin"] > evaluation.base["feedback_margin"]
+    assert evaluation.intervals.delta["feedback_margin"][0] > 0  # the paired bootstrap's lower bound
+    assert evaluation.flips is None  # a feedback row has no right or wrong of its own
+    examples = [json.loads(line) for line in run_dir.eval_examples.read_text().splitlines()]
+    tuned = sum(row["tuned_margin"] for row in examples) / len(examples)
+    assert tuned == pytest.approx(evaluation.tuned["feedback_margin"])
+
+
+def test_kto_on_preference_rows_learns_to_rank_held_out_pairs(tiny_checkpoint, pairs, tmp_path, home):
+    run_dir, evaluation = trained_and_evaluated(tmp_path, tiny_checkpoint, pairs, home, KTO, 2e-2)
+    state = run_record(run_dir).task_state
+    assert state["desirable_rows"] == state["undesirable_rows"] == 56  # each pair unpaired into its two halves
+    assert evaluation.kind == "preference" and evaluation.primary_metric == "preference_accuracy"
+    assert evaluation.tuned["preference_accuracy"] > max(evaluation.base["preference_accuracy"], 0.5)
+    assert evaluation.tuned["mean_margin"] > evaluation.base["mean_margin"]
+
+
+def test_kto_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_checkpoint, feedback, tmp_path, home):
+    whole = train_recipe(task_recipe(tmp_path / "a", tiny_checkpoint, feedback, KTO), home)
+    recipe = task_recipe(tmp_path / "b", tiny_checkpoint, feedback, KTO)
+    part = train_recipe(recipe, home, callbacks=(StopAt(3),))
+    assert run_record(part).training.steps == 3
+    resumed = train_recipe(recipe, home, resume=True)
+    assert run_record(resumed).training.steps == 6
+    assert_same_weights(adapter_weights(whole), adapter_weights(resumed), atol=1e-6)
+
+
+def test_the_kto_reference_is_the_base_model_with_the_adapter_disabled(tiny_checkpoint, feedback, tmp_path, home):
+    """TRL's copy of the adapter into a 'ref' one is dropped: one adapter on the base weights, held once, and the
+    reference log-probabilities are the base model's."""
+    import torch
+
+    from tunelab.models.load import load_causal_lm
+
+    trainer = built_trainer(tmp_path, tiny_checkpoint, feedback, home, KTO)
+    base_model = load_causal_lm(tiny_checkpoint).eval()
+    base = sum(parameter.numel() for parameter in base_model.parameters())
+    adapter = sum(parameter.numel() for name, parameter in trainer.model.named_parameters() if "lora_" in name)
+    assert trainer.ref_model is None and list(trainer.model.peft_config) == ["default"]
+    assert sum(parameter.numel() for parameter in trainer.model.parameters()) == base + adapter
+    with torch.no_grad():  # move the adapter off zero, so the policy and the reference differ
+        for name, parameter in trainer.model.named_parameters():
+            if "lora_B" in name:
+                parameter.add_(0.5)
+    batch = trainer.data_collator([trainer.train_dataset[index] for index in range(4)])
+    reference, _ = trainer.compute_ref_log_probs(trainer.model, batch)
+    policy_model = trainer.model.eval()
+    expected, moved = [], []
+    for model, out in ((base_model, expected), (policy_model, moved)):
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps = torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, batch["input_ids"][:, 1:, None])[..., 0]
+        out.append((logps * batch["completion_mask"][:, 1:]).sum(-1))
+    assert torch.allclose(reference, expected[0], atol=1e-4)
+    assert not torch.allclose(reference, moved[0], atol=1e-2)  # the adapter is on outside the reference pass
+
+
+def test_kto_without_undesirable_rows_is_one_line_and_exit_2(capsys, tiny_checkpoint, tmp_path, home):
+    from tests.unit.test_cli import invoke, one_error_line, write_recipe
+
+    rows = [row for row in planted_feedback(80) if row["label"]]
+    recipe = task_recipe(tmp_path, tiny_checkpoint, write_jsonl(tmp_path / "good.jsonl", rows), KTO)
+    code, _, err = invoke(capsys, "train", str(write_recipe(tmp_path, recipe)))
+    assert code == 2
+    assert "all desirable and no undesirable one; task kto learns from both" in one_error_line(err)
+    assert not (tmp_path / "run").exists()
+
+
+def test_kto_with_one_row_per_batch_is_refused_before_training(tiny_checkpoint, feedback, tmp_path, home):
+    recipe = task_recipe(tmp_path, tiny_checkpoint, feedback, KTO, train={"batch_size": 1, "grad_accum": 8})
+    with pytest.raises(TunelabError, match=r"train.batch_size: 1; task kto needs 2 or more") as error:
+        train_recipe(recipe, home)
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_kto_refuses_a_test_split_of_both_kinds_in_one_line(tiny_checkpoint, feedback, pairs, tmp_path):
+    from tunelab.data.formats import Example
+    from tunelab.tasks.kto import evaluation
+
+    recipe = validate_recipe(task_recipe(tmp_path, tiny_checkpoint, feedback, KTO))
+    test = [Example("f.jsonl", 1, [{"role": "user", "content": "ab"}], completion="ba", desirable=True),
+            Example("p.jsonl", 1, [{"role": "user", "content": "ab"}], chosen="ba", rejected="xy")]
+    with pytest.raises(TunelabError, match=r"both feedback and preference rows; task kto evaluates one kind"):
+        evaluation(recipe, test, {}, None)
+
+
+def test_feedback_margin_by_hand_and_where_it_fits():
+    from tunelab.metrics import registry
+
+    inputs = registry.RowInputs(["a", "b", "c"], ["a", "b", "c"], margins=[-1.0, 0.5, -2.5])
+    assert registry.scores(registry.row_statistics(["feedback_margin"], inputs)) == {"feedback_margin": -1.0}
+    assert registry.default_metrics("feedback", ["a"]) == ["feedback_margin"]
+    with pytest.raises(TunelabError, match=r"'preference_accuracy' does not fit feedback rows; use feedback_margin"):
+        registry.check_fit("preference_accuracy", "feedback", ["a"])
+    with pytest.raises(TunelabError, match=r"'feedback_margin' does not fit"):
+        registry.check_fit("feedback_margin", "preference", ["a"])

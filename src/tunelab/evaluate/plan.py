@@ -22,7 +22,9 @@ LABEL_METRICS = ("accuracy", "precision", "recall", "f1", "mcc")
 
 @dataclass(frozen=True)
 class EvalPlan:
-    kind: str  # chat (answers to compare), label (classes), preference (pairs: margins) or text (loss only)
+    # chat (answers to compare), label (classes), preference (pairs: margins), feedback (completions judged
+    # desirable or not: signed log-probabilities) or text (loss only)
+    kind: str
     references: list[str]  # per row (a pair's: its chosen answer); empty strings for text rows, which have none
     metrics: list[str]
     primary: str  # the run's headline metric
@@ -50,5 +52,7 @@ def plan_evaluation(kind: str, references: list[str], where: list[str], section:
     metrics = plan_metrics(section.metrics, metric, kind, references)
     if not labels and any(name in metrics for name in LABEL_METRICS):
         labels = class_labels(references)
-    correctness = correctness_metric(metrics) if kind != "text" else None
+    # Plain text and feedback rows have no per-row right or wrong (a feedback row's signed log-probability has no
+    # threshold that would make one), so no flips are counted for them.
+    correctness = correctness_metric(metrics) if kind not in ("text", "feedback") else None
     return EvalPlan(kind, references, metrics, primary_metric(metrics, metric), correctness, labels, where)

@@ -128,6 +128,14 @@ def margin_stats(hit: bool) -> Callable[[RowInputs], Any]:
     return stats
 
 
+def feedback_stats(inputs: RowInputs) -> Any:
+    """Per feedback row (its signed mean log-probability per completion token, 1): see evaluate/preference.py
+    feedback_outputs, which puts the signed value where a pair's margin goes."""
+    if inputs.margins is None:
+        raise TunelabError("feedback metrics need each row's signed log-probability, and these rows have none")
+    return as_array([[margin, 1.0] for margin in inputs.margins])
+
+
 def label_of(prediction: str, labels: tuple[str, ...]) -> str:
     text = prediction.strip()
     return text if text in labels else OTHER_LABEL
@@ -230,6 +238,10 @@ METRICS: dict[str, Metric] = {
                margin_stats(True), ratio),
         Metric("mean_margin", "preference", "mean of chosen minus rejected: log p(answer | prompt) in nats, or the "
                "reward model's rewards", "score", True, margin_stats(False), ratio),
+        Metric("feedback_margin", "feedback", "mean over feedback rows of the completion's mean log-probability "
+               "per token given the prompt, counted + for a desirable completion and - for an undesirable one "
+               "(nats; higher: the model leans to the desirable answers and away from the others)", "score", True,
+               feedback_stats, ratio),
     )
 }
 
@@ -244,6 +256,7 @@ FAMILIES_BY_KIND = {
     "label": ("loss", "label"),
     "text": ("loss",),
     "preference": ("loss", "preference"),  # loss: on the chosen answer
+    "feedback": ("loss", "feedback"),  # loss: on the desirable completions
 }
 
 
@@ -270,6 +283,8 @@ def default_metrics(kind: str, references: list[str]) -> list[str]:
         return ["accuracy", "precision", "recall", "f1", "mcc"]
     if kind == "preference":
         return ["preference_accuracy", "mean_margin"]
+    if kind == "feedback":
+        return ["feedback_margin"]
     if kind != "chat":
         return []
     if row_metrics.references_are_json(references):
@@ -321,7 +336,7 @@ def primary_metric(names: list[str], objective_metric: str | None) -> str:
     """The one number a run is known by (`tunelab runs`): the objective's metric, else the task's headline."""
     if objective_metric is not None:
         return resolve_name(objective_metric)
-    for name in ("preference_accuracy", "f1", "json_match", "bleu", "exact_match", "loss"):
+    for name in ("preference_accuracy", "feedback_margin", "f1", "json_match", "bleu", "exact_match", "loss"):
         if name in names:
             return name
     return names[0]

@@ -7,7 +7,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from tunelab.errors import TunelabError
-from tunelab.tasks import classification, dpo, orpo, reward_model, sft, simpo
+from tunelab.tasks import classification, dpo, kto, orpo, reward_model, sft, simpo
 from tunelab.tasks.base import Task
 
 TASKS: dict[str, Task] = {
@@ -17,6 +17,7 @@ TASKS: dict[str, Task] = {
         classification.TASK,
         dpo.TASK,
         reward_model.TASK,
+        kto.TASK,
         orpo.TASK,
         simpo.TASK,
     )

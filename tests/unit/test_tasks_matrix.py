@@ -31,6 +31,11 @@ def preference_pairs(path):
                               for row in reverse_rows(60)])
 
 
+def feedback_rows(path):
+    return write_jsonl(path, [{"prompt": row["prompt"], "completion": row["completion"] if index % 2 else row["prompt"],
+                               "label": bool(index % 2)} for index, row in enumerate(reverse_rows(60))])
+
+
 # (task section, data writer, model fixture, headline metric, forgetting measure)
 ROWS = {
     "sft/prompt-completion": ({"name": "sft"}, prompt_completion, "tiny_checkpoint", "exact_match", "perplexity"),
@@ -41,6 +46,9 @@ ROWS = {
                                 "accuracy", "perplexity"),
     "dpo": ({"name": "dpo"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "perplexity"),
     "reward_model": ({"name": "reward_model"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "drift"),
+    "kto": ({"name": "kto"}, feedback_rows, "tiny_checkpoint", "feedback_margin", "perplexity"),
+    "orpo": ({"name": "orpo"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "perplexity"),
+    "simpo": ({"name": "simpo"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "perplexity"),
 }
 
 
@@ -78,8 +86,8 @@ def test_every_task_runs_the_one_lifecycle_and_is_evaluated_alike(row, request, 
         low, high = evaluation.intervals.delta[name]
         assert low <= evaluation.delta[name] <= high
     flips = evaluation.flips
-    if evaluation.kind == "text":  # plain text has no per-row right or wrong: perplexity only, no flips
-        assert flips is None and headline == "loss"
+    if evaluation.kind in ("text", "feedback"):  # no per-row right or wrong: no flips
+        assert flips is None and headline in ("loss", "feedback_margin")
     else:
         assert flips.fixed + flips.broken + flips.both_right + flips.both_wrong == evaluation.rows
     assert evaluation.forgetting.measure == measure and evaluation.forgetting.probes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
-from tunelab.tasks.base import Inference, TaskEvaluation
+from tunelab.tasks.base import Inference, TaskData, TaskEvaluation
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
     from tunelab.config.schema import Recipe
     from tunelab.data.formats import Example
     from tunelab.run.models import RunModels
-    from tunelab.tasks.base import TaskData, TaskInputs, TrainerParts
+    from tunelab.tasks.base import TaskInputs, TrainerParts
 
 
 def causal_lm(checkpoint: "Path", *_: Any) -> Any:
@@ -100,12 +100,10 @@ def encode_pairs(examples: list["Example"], tokenizer: Any, max_length: int, ove
     return (Dataset.from_list(kept) if kept else None), counts
 
 
-def prepare_pairs(inputs: "TaskInputs", task: str, options: dict[str, Any]) -> "TaskData":
+def prepare_pairs(inputs: "TaskInputs", task: str, options: dict[str, Any]) -> TaskData:
     """The training data of a task that learns from preference pairs through a TRL trainer (dpo, orpo, simpo):
     every split checked to hold pairs only, encoded as TRL's conversational pairs; the task's `options` and the
     data's max_length are what the run records it decided (task_state)."""
-    from tunelab.tasks.base import TaskData
-
     splits, data = inputs.prepared.splits(), inputs.recipe.data
     for name, examples in splits.items():
         check_pairs(examples, f"{name} split", task)
@@ -125,8 +123,8 @@ def pair_batch_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
 
 def drop_reference_adapter(model: Any) -> None:
     """Given a model that already carries an adapter, TRL's DPOTrainer and KTOTrainer copy it into a second adapter
-    named 'ref' and score the reference with that copy. The reference here is the base model (the same one evaluation compares with), which
-    a freshly initialised adapter equals anyway; without the copy TRL disables the adapter for the reference, and
+    named 'ref' and score the reference with that copy. The reference here is the base model (the same one
+    evaluation compares with), which a freshly initialised adapter equals anyway; without the copy TRL disables the adapter for the reference, and
     the saved run and its checkpoints hold the one adapter that was trained."""
     from accelerate.utils import is_peft_model
 

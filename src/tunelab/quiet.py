@@ -19,6 +19,9 @@ def quiet_libraries() -> None:
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     # Deprecation notices from inside the libraries are for tunelab's developers, not its users.
     warnings.filterwarnings("ignore", category=FutureWarning)
+    # The tasks built on TRL's experimental trainers (orpo, simpo) say so in their docstrings; the notice TRL prints
+    # at their import says nothing the user can act on.
+    warnings.filterwarnings("ignore", message="You are importing from 'trl.experimental'")
     import datasets
     import transformers
 

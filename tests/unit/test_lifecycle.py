@@ -115,7 +115,7 @@ def test_preference_rows_are_refused_in_one_line(tiny_checkpoint, tmp_path, home
     code, _, err = invoke(capsys, "train", str(path))
     line = one_error_line(err)
     assert code == 2 and f"{data}: 24 'preference' row(s), and task 'sft' trains on chat and text rows" in line
-    assert line.endswith("use task: dpo or reward_model") and not (tmp_path / "run").exists()
+    assert line.endswith("use task: dpo or reward_model or kto or orpo or simpo") and not (tmp_path / "run").exists()
 
 
 def test_device_placement_is_decided_in_one_place(monkeypatch):

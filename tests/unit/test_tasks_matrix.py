@@ -31,6 +31,11 @@ def preference_pairs(path):
                               for row in reverse_rows(60)])
 
 
+def feedback_rows(path):
+    return write_jsonl(path, [{"prompt": row["prompt"], "completion": row["completion"] if index % 2 else row["prompt"],
+                               "label": bool(index % 2)} for index, row in enumerate(reverse_rows(60))])
+
+
 def prompts(path):
     return write_jsonl(path, [{"prompt": row["prompt"], "reference": row["completion"]} for row in reverse_rows(60)])
 
@@ -53,6 +58,9 @@ ROWS = {
     "grpo": (ONLINE, prompts, "tiny_checkpoint", "mean_reward", "perplexity"),
     "rloo": ({**ONLINE, "name": "rloo"}, prompts, "tiny_checkpoint", "mean_reward", "perplexity"),
     "ppo": ({"name": "ppo", "max_new_tokens": 8}, prompts, "tiny_checkpoint", "mean_reward", "perplexity"),
+    "kto": ({"name": "kto"}, feedback_rows, "tiny_checkpoint", "feedback_margin", "perplexity"),
+    "orpo": ({"name": "orpo"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "perplexity"),
+    "simpo": ({"name": "simpo"}, preference_pairs, "tiny_checkpoint", "preference_accuracy", "perplexity"),
 }
 
 
@@ -92,8 +100,8 @@ def test_every_task_runs_the_one_lifecycle_and_is_evaluated_alike(row, request, 
         low, high = evaluation.intervals.delta[name]
         assert low <= evaluation.delta[name] <= high
     flips = evaluation.flips
-    if evaluation.kind == "text":  # plain text has no per-row right or wrong: perplexity only, no flips
-        assert flips is None and headline == "loss"
+    if evaluation.kind in ("text", "feedback"):  # no per-row right or wrong: no flips
+        assert flips is None and headline in ("loss", "feedback_margin")
     elif evaluation.kind == "prompt":  # answers judged by rewards: won, tied or lost against base, not right/wrong
         assert flips is None and {"win_rate", "mean_reward", "mean_answer_tokens"} <= set(evaluation.metrics)
         assert evaluation.base["win_rate"] == 0.5

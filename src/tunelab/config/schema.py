@@ -41,9 +41,10 @@ class ModelSection(Section):
 
 
 class GenerateSection(Section):
-    task: Literal["notes-to-json"] = Field(
-        "notes-to-json", description="A data set tunelab generates itself (used by the quick start)."
-    )
+    task: Literal["notes-to-json", "notes-to-json-pairs", "notes-to-json-feedback", "notes-to-json-prompts"] = Field(
+        "notes-to-json", description="A data set tunelab generates itself: order notes to JSON (the quick start's), "
+        "or the same notes as preference pairs, as feedback rows (KTO) or as prompts with their reference JSON "
+        "(online RL); see data/synthetic.py.")
     rows: int = Field(400, ge=10)
     seed: int = 0
 

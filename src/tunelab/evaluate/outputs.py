@@ -22,7 +22,8 @@ class ModelOutputs:
     speed: dict[str, float]  # tokens_per_second (generated), rows_per_second
     probe: dict[str, Any] = field(default_factory=dict)  # forgetting probe rows, per probe (forgetting.py)
     prompt_answers: list[str] = field(default_factory=list)  # answers to the general prompts (forgetting probe)
-    # per row of a preference pair: log p(chosen | prompt) - log p(rejected | prompt); empty for other rows
+    # per row of a preference pair: log p(chosen | prompt) - log p(rejected | prompt); of a feedback row: its
+    # signed mean log-probability per token (evaluate/preference.py); empty for other rows
     margins: list[float] = field(default_factory=list)
     # Answers judged by the recipe's rewards (evaluate/judged.py), per row; empty where the recipe has no rewards.
     judged_answers: list[str] = field(default_factory=list)  # the greedy answer to the row's prompt

@@ -22,8 +22,9 @@ LABEL_METRICS = ("accuracy", "precision", "recall", "f1", "mcc")
 
 @dataclass(frozen=True)
 class EvalPlan:
-    # chat (answers to compare), label (classes), preference (pairs: margins), text (loss only) or prompt (answers
-    # judged by the recipe's rewards only)
+    # chat (answers to compare), label (classes), preference (pairs: margins), feedback (completions judged
+    # desirable or not: signed log-probabilities), text (loss only) or prompt (answers judged by the recipe's rewards
+    # only)
     kind: str
     references: list[str]  # per row (a pair's: its chosen answer); empty strings for text and prompt rows
     metrics: list[str]
@@ -53,5 +54,8 @@ def plan_evaluation(kind: str, references: list[str], where: list[str], section:
     metrics = plan_metrics(section.metrics, metric, kind, references, provided)
     if not labels and any(name in metrics for name in LABEL_METRICS):
         labels = class_labels(references)
-    correctness = correctness_metric(metrics) if kind not in ("text", "prompt") else None
+    # Plain text, feedback and prompt rows have no per-row right or wrong (a feedback row's signed log-probability
+    # has no threshold that would make one; a prompt's answer is judged against the base model's: win_rate), so no
+    # flips are counted for them.
+    correctness = correctness_metric(metrics) if kind not in ("text", "feedback", "prompt") else None
     return EvalPlan(kind, references, metrics, primary_metric(metrics, metric), correctness, labels, where)

@@ -7,6 +7,10 @@ minus the base model's (the reference) is, up to beta, the implicit reward margi
 DPOTrainer tokenizes them (the prompt with the generation prompt, then prompt and answer rendered together, the
 answer starting where the two diverge), so evaluation scores the tokens training moved.
 
+A feedback row (task kto: a prompt and one completion judged desirable or not) has no second answer to rank it
+against; a model's lean on it is the completion's mean log-probability per token, counted + when the completion is
+desirable and - when not (`feedback_outputs`). Averaged per token so that long and short completions weigh alike.
+
 A reward model (task reward_model) ranks a pair by its reward margin, score(prompt + chosen) - score(prompt +
 rejected), its scalar head read on each whole conversation as TRL's RewardTrainer reads it; its loss is the
 trainer's, -log sigmoid(margin), per pair.
@@ -71,6 +75,23 @@ def ranked(pairs: list["Example"], margins: list[float], losses: list[tuple[floa
     seconds = time.perf_counter() - started
     return ModelOutputs(preferred, losses, [0] * len(pairs),
                         {"rows_per_second": len(pairs) / seconds if seconds else 0.0}, margins=margins)
+
+
+def feedback_outputs(model: Any, tokenizer: Any, rows: list["Example"], max_length: int, batch_size: int,
+                     placement: "Placement | None") -> ModelOutputs:
+    """Per feedback row: its signed mean log-probability (in `margins`), the completion as the row's 'prediction'
+    (nothing is generated), and the loss on the desirable completions only (undesirable rows count no tokens), as a
+    pair's loss is the loss on its chosen answer."""
+    started = time.perf_counter()
+    encoded = [answer_encodings(tokenizer, example.messages, [example.completion], max_length)[0][0]
+               for example in rows]
+    losses = row_losses(model, encoded, tokenizer.pad_token_id, batch_size, placement)
+    signed = [(1.0 if example.desirable else -1.0) * (-total / count if count else 0.0)
+              for example, (total, count) in zip(rows, losses)]
+    desirable_losses = [loss if example.desirable else (0.0, 0) for example, loss in zip(rows, losses)]
+    seconds = time.perf_counter() - started
+    return ModelOutputs([example.completion for example in rows], desirable_losses, [0] * len(rows),
+                        {"rows_per_second": len(rows) / seconds if seconds else 0.0}, margins=signed)
 
 
 def conversation_ids(tokenizer: Any, example: "Example", answer: str) -> list[int]:

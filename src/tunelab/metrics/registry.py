@@ -172,6 +172,14 @@ def implicit_stats(inputs: RowInputs) -> Any:
     return as_array([[outcome(a, b), 1.0] for a, b in zip(mine, theirs)])
 
 
+def feedback_stats(inputs: RowInputs) -> Any:
+    """Per feedback row (its signed mean log-probability per completion token, 1): see evaluate/preference.py
+    feedback_outputs, which puts the signed value where a pair's margin goes."""
+    if inputs.margins is None:
+        raise TunelabError("feedback metrics need each row's signed log-probability, and these rows have none")
+    return as_array([[margin, 1.0] for margin in inputs.margins])
+
+
 def label_of(prediction: str, labels: tuple[str, ...]) -> str:
     text = prediction.strip()
     return text if text in labels else OTHER_LABEL
@@ -292,6 +300,10 @@ METRICS: dict[str, Metric] = {
                "scores 0", "score", False,
                per_row_stats(lambda i: needs(i.log_ratios, "each answer's log-ratio to the reference")), ratio,
                judged=False),
+        Metric("feedback_margin", "feedback", "mean over feedback rows of the completion's mean log-probability "
+               "per token given the prompt, counted + for a desirable completion and - for an undesirable one "
+               "(nats; higher: the model leans to the desirable answers and away from the others)", "score", True,
+               feedback_stats, ratio),
     )
 }
 
@@ -307,6 +319,7 @@ FAMILIES_BY_KIND = {
     "text": ("loss",),
     "preference": ("loss", "preference"),  # loss: on the chosen answer
     "prompt": ("judged",),  # a prompt alone: only answers judged by the rewards
+    "feedback": ("loss", "feedback"),  # loss: on the desirable completions
 }
 
 # Families an evaluation computes only where its task provides them (`plan_metrics(..., provided=...)`): why not.
@@ -340,6 +353,8 @@ def default_metrics(kind: str, references: list[str]) -> list[str]:
         return ["accuracy", "precision", "recall", "f1", "mcc"]
     if kind == "preference":
         return ["preference_accuracy", "mean_margin"]
+    if kind == "feedback":
+        return ["feedback_margin"]
     if kind != "chat":
         return []
     if row_metrics.references_are_json(references):
@@ -396,7 +411,8 @@ def primary_metric(names: list[str], objective_metric: str | None) -> str:
     """The one number a run is known by (`tunelab runs`): the objective's metric, else the task's headline."""
     if objective_metric is not None:
         return resolve_name(objective_metric)
-    for name in ("preference_accuracy", "f1", "json_match", "bleu", "exact_match", "win_rate", "loss"):
+    for name in ("preference_accuracy", "feedback_margin", "f1", "json_match", "bleu", "exact_match", "win_rate",
+                 "loss"):
         if name in names:
             return name
     return names[0]

@@ -19,10 +19,10 @@ from pydantic import Field, model_validator
 from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
 from tunelab.tasks.shared import (
     causal_lm,
-    check_pairs,
     drop_reference_adapter,
     language_model_inference,
     pair_evaluation,
+    prepare_pairs,
 )
 
 if TYPE_CHECKING:
@@ -51,50 +51,10 @@ class DpoConfig(TaskConfig):
         return self
 
 
-def conversational(example: "Example") -> dict[str, Any]:
-    """A preference row as TRL's conversational preference example."""
-    return {"prompt": example.messages, "chosen": [{"role": "assistant", "content": example.chosen}],
-            "rejected": [{"role": "assistant", "content": example.rejected}]}
-
-
-def encode_split(examples: list["Example"], tokenizer: Any, max_length: int, overlong: str) -> tuple[Any, Any]:
-    """The pairs as a dataset for TRL, and their counts. A pair longer than max_length is cut from its end (as TRL's
-    collator cuts it) or, with data.overlong: drop, left out; a pair whose prompt alone fills max_length is left out
-    either way (no answer token would remain)."""
-    from datasets import Dataset
-
-    from tunelab.evaluate.preference import answer_encodings
-    from tunelab.run.record import SplitCounts
-
-    kept, dropped, truncated, tokens, answer_tokens = [], 0, 0, 0, 0
-    for example in examples:
-        full, prompt_length = answer_encodings(tokenizer, example.messages, [example.chosen, example.rejected],
-                                               max_length=10**9)
-        longest = max(len(encoded.input_ids) for encoded in full)
-        if prompt_length >= max_length or (longest > max_length and overlong == "drop"):
-            dropped += 1
-            continue
-        truncated += longest > max_length
-        kept.append(conversational(example))
-        tokens += sum(min(len(encoded.input_ids), max_length) for encoded in full)
-        answer_tokens += sum(max(0, min(len(encoded.input_ids), max_length) - prompt_length) for encoded in full)
-    counts = SplitCounts(rows=len(examples), kept=len(kept), dropped_overlong=dropped, truncated=truncated,
-                         tokens=tokens, label_tokens=answer_tokens)
-    return (Dataset.from_list(kept) if kept else None), counts
-
-
 def prepare(inputs: TaskInputs) -> TaskData:
-    splits, data = inputs.prepared.splits(), inputs.recipe.data
-    for name, examples in splits.items():
-        check_pairs(examples, f"{name} split", "dpo")
-    encoded = {name: encode_split(examples, inputs.tokenizer, data.max_length, data.overlong)
-               for name, examples in splits.items()}
     options = inputs.recipe.task
-    return TaskData(splits=splits, train=encoded["train"][0], validation=encoded["validation"][0],
-                    counts={name: counts for name, (_, counts) in encoded.items()}, collator=None,
-                    padding_free=False,
-                    state={"beta": options.beta, "loss_type": options.loss_type,
-                           "label_smoothing": options.label_smoothing, "max_length": data.max_length})
+    return prepare_pairs(inputs, "dpo", {"beta": options.beta, "loss_type": options.loss_type,
+                                         "label_smoothing": options.label_smoothing})
 
 
 def build_trainer(parts: TrainerParts) -> Any:

@@ -7,7 +7,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from tunelab.errors import TunelabError
-from tunelab.tasks import classification, dpo, grpo, ppo, reward_model, rloo, sft
+from tunelab.tasks import classification, dpo, grpo, kto, orpo, ppo, reward_model, rloo, sft, simpo
 from tunelab.tasks.base import Task
 
 TASKS: dict[str, Task] = {
@@ -17,6 +17,9 @@ TASKS: dict[str, Task] = {
         classification.TASK,
         dpo.TASK,
         reward_model.TASK,
+        kto.TASK,
+        orpo.TASK,
+        simpo.TASK,
         grpo.TASK,
         rloo.TASK,
         ppo.TASK,

@@ -105,10 +105,64 @@ def prompt_evaluation(recipe: "Recipe", test: list["Example"], source: str, task
                                     **judging.decoding()})
 
 
+def conversational(example: "Example") -> dict[str, Any]:
+    """A preference row as TRL's conversational preference example."""
+    return {"prompt": example.messages, "chosen": [{"role": "assistant", "content": example.chosen}],
+            "rejected": [{"role": "assistant", "content": example.rejected}]}
+
+
+def encode_pairs(examples: list["Example"], tokenizer: Any, max_length: int, overlong: str) -> tuple[Any, Any]:
+    """The pairs as a dataset for TRL, and their counts. A pair longer than max_length is cut from its end (as TRL's
+    collator cuts it) or, with data.overlong: drop, left out; a pair whose prompt alone fills max_length is left out
+    either way (no answer token would remain)."""
+    from datasets import Dataset
+
+    from tunelab.evaluate.preference import answer_encodings
+    from tunelab.run.record import SplitCounts
+
+    kept, dropped, truncated, tokens, answer_tokens = [], 0, 0, 0, 0
+    for example in examples:
+        full, prompt_length = answer_encodings(tokenizer, example.messages, [example.chosen, example.rejected],
+                                               max_length=10**9)
+        longest = max(len(encoded.input_ids) for encoded in full)
+        if prompt_length >= max_length or (longest > max_length and overlong == "drop"):
+            dropped += 1
+            continue
+        truncated += longest > max_length
+        kept.append(conversational(example))
+        tokens += sum(min(len(encoded.input_ids), max_length) for encoded in full)
+        answer_tokens += sum(max(0, min(len(encoded.input_ids), max_length) - prompt_length) for encoded in full)
+    counts = SplitCounts(rows=len(examples), kept=len(kept), dropped_overlong=dropped, truncated=truncated,
+                         tokens=tokens, label_tokens=answer_tokens)
+    return (Dataset.from_list(kept) if kept else None), counts
+
+
+def prepare_pairs(inputs: "TaskInputs", task: str, options: dict[str, Any]) -> TaskData:
+    """The training data of a task that learns from preference pairs through a TRL trainer (dpo, orpo, simpo):
+    every split checked to hold pairs only, encoded as TRL's conversational pairs; the task's `options` and the
+    data's max_length are what the run records it decided (task_state)."""
+    splits, data = inputs.prepared.splits(), inputs.recipe.data
+    for name, examples in splits.items():
+        check_pairs(examples, f"{name} split", task)
+    encoded = {name: encode_pairs(examples, inputs.tokenizer, data.max_length, data.overlong)
+               for name, examples in splits.items()}
+    return TaskData(splits=splits, train=encoded["train"][0], validation=encoded["validation"][0],
+                    counts={name: counts for name, (_, counts) in encoded.items()}, collator=None,
+                    padding_free=False, state={**options, "max_length": data.max_length})
+
+
+def pair_batch_arguments(arguments: dict[str, Any]) -> dict[str, Any]:
+    """The shared training arguments for TRL's older pair trainers (ORPO, CPO), whose batches hold chosen_input_ids
+    and rejected_input_ids and no input_ids: transformers cannot count the tokens seen in them (it warns at every
+    step and counts none), so the count is not asked for and the run records none."""
+    return {**arguments, "include_num_input_tokens_seen": "no"}
+
+
 def drop_reference_adapter(model: Any) -> None:
-    """Given a model that already carries an adapter, TRL copies it into a second adapter named 'ref' and scores the
-    reference with that copy. The reference here is the base model (the same one evaluation compares with), which
-    a freshly initialised adapter equals anyway; without the copy TRL disables the adapter for the reference, and
+    """Given a model that already carries an adapter, TRL's DPOTrainer and KTOTrainer copy it into a second adapter
+    named 'ref' and score the reference with that copy. The reference here is the base model (the same one
+    evaluation compares with), which a freshly initialised adapter equals anyway; without the copy TRL disables the
+    adapter for the reference, and
     the saved run and its checkpoints hold the one adapter that was trained."""
     from accelerate.utils import is_peft_model
 

@@ -43,6 +43,11 @@ class DpoConfig(TaskConfig):
                                 "the DPO paper's; ipo, hinge, robust, exo_pair, bco_pair, ... their papers'.")
     label_smoothing: float = Field(0.0, ge=0, lt=0.5, description="robust: the probability that a pair's label is "
                                    "flipped; exo_pair: its epsilon (needs > 0, e.g. 1e-3).")
+    sft_weight: float = Field(0.0, ge=0, description="Weight of a supervised term (the chosen answer's negative "
+                              "log-likelihood) added to the preference loss: RPO (Pang et al., 2024), TRL's "
+                              "loss_type [..., sft] with loss_weights. A preference loss alone can widen the margin "
+                              "by lowering both answers' likelihood, and the model's own answers then get worse; "
+                              "1.0 is the paper's.")
 
     @model_validator(mode="after")
     def exo_needs_smoothing(self) -> "DpoConfig":
@@ -54,7 +59,8 @@ class DpoConfig(TaskConfig):
 def prepare(inputs: TaskInputs) -> TaskData:
     options = inputs.recipe.task
     return prepare_pairs(inputs, "dpo", {"beta": options.beta, "loss_type": options.loss_type,
-                                         "label_smoothing": options.label_smoothing})
+                                         "label_smoothing": options.label_smoothing,
+                                         "sft_weight": options.sft_weight})
 
 
 def build_trainer(parts: TrainerParts) -> Any:
@@ -64,9 +70,12 @@ def build_trainer(parts: TrainerParts) -> Any:
     from trl import DPOConfig, DPOTrainer
 
     state = parts.data.state
-    arguments = DPOConfig(**parts.arguments, beta=state["beta"], loss_type=[state["loss_type"]],
-                          label_smoothing=state["label_smoothing"], max_length=state["max_length"],
-                          truncation_mode="keep_start")
+    # .get: runs recorded before sft_weight existed resume and evaluate as they were trained (no supervised term)
+    supervised = state.get("sft_weight", 0.0)
+    losses = {"loss_type": [state["loss_type"], "sft"], "loss_weights": [1.0, supervised]} if supervised else \
+        {"loss_type": [state["loss_type"]]}
+    arguments = DPOConfig(**parts.arguments, beta=state["beta"], **losses, label_smoothing=state["label_smoothing"],
+                          max_length=state["max_length"], truncation_mode="keep_start")
     trainer = DPOTrainer(model=parts.model, ref_model=None, args=arguments, train_dataset=parts.data.train,
                          eval_dataset=parts.data.validation, processing_class=parts.tokenizer,
                          callbacks=parts.callbacks)

@@ -105,8 +105,8 @@ def main() -> int:
 
     import torch
     from rich.console import Console
-
     from tests.tiny import save_tiny_checkpoint
+
     from tunelab.config.load import validate_recipe
     from tunelab.train.lifecycle import run_recipe
 

@@ -160,8 +160,8 @@ def test_sft_weight_adds_the_chosen_answers_likelihood_to_the_preference_loss(ti
 
 
 def test_sft_weight_reaches_trl_as_a_weighted_second_loss(tiny_checkpoint, pairs, tmp_path, home):
-    from tunelab.tasks.dpo import build_trainer
     from tunelab.tasks.base import TrainerParts
+    from tunelab.tasks.dpo import build_trainer
     from tunelab.train.lifecycle import build_model, set_up
 
     recipe = validate_recipe(dpo_recipe(tmp_path, tiny_checkpoint, pairs, task={"sft_weight": 0.5}))

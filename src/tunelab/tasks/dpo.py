@@ -16,19 +16,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
-from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
-from tunelab.tasks.shared import (
-    causal_lm,
-    drop_reference_adapter,
-    language_model_inference,
-    pair_evaluation,
-    prepare_pairs,
-)
+from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskInputs, TrainerParts
+from tunelab.tasks.shared import causal_lm, language_model_inference, pair_task_evaluation, prepare_pairs, trl_trainer
 
 if TYPE_CHECKING:
-    from tunelab.config.schema import Recipe
-    from tunelab.data.formats import Example
-    from tunelab.rewards.build import RewardContext
+    pass
 
 # The losses TRL 1.16's DPOConfig accepts (trl/trainer/dpo_trainer.py `_compute_loss`).
 LossType = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
@@ -66,7 +58,6 @@ def prepare(inputs: TaskInputs) -> TaskData:
 def build_trainer(parts: TrainerParts) -> Any:
     """TRL's DPOTrainer from the shared arguments and callbacks. ref_model=None: with a peft model TRL computes the
     reference log-probabilities with the adapter disabled; for full fine-tuning it loads a frozen copy."""
-    from transformers import PrinterCallback
     from trl import DPOConfig, DPOTrainer
 
     state = parts.data.state
@@ -76,21 +67,7 @@ def build_trainer(parts: TrainerParts) -> Any:
         {"loss_type": [state["loss_type"]]}
     arguments = DPOConfig(**parts.arguments, beta=state["beta"], **losses, label_smoothing=state["label_smoothing"],
                           max_length=state["max_length"], truncation_mode="keep_start")
-    trainer = DPOTrainer(model=parts.model, ref_model=None, args=arguments, train_dataset=parts.data.train,
-                         eval_dataset=parts.data.validation, processing_class=parts.tokenizer,
-                         callbacks=parts.callbacks)
-    drop_reference_adapter(trainer.model)
-    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
-    return trainer
-
-
-def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
-    from tunelab.evaluate.preference import preference_outputs
-
-    return pair_evaluation(recipe, test, source, "dpo", preference_outputs, "perplexity",
-                           "log-probabilities of the chosen and the rejected answer, summed over their tokens "
-                           "(nothing is generated)", context=context)
+    return trl_trainer(parts, DPOTrainer, arguments, ref_model=None)
 
 
 TASK = Task(
@@ -102,6 +79,6 @@ TASK = Task(
     prepare=prepare,
     load_model=causal_lm,
     build_trainer=build_trainer,
-    evaluation=evaluation,
+    evaluation=pair_task_evaluation("dpo"),
     inference=language_model_inference,
 )

@@ -26,11 +26,12 @@ from pydantic import Field
 from tunelab.errors import TunelabError
 from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
 from tunelab.tasks.shared import (
+    PAIR_SCORING,
     causal_lm,
-    drop_reference_adapter,
     language_model_inference,
     last_user_message,
     pair_evaluation,
+    trl_trainer,
 )
 
 if TYPE_CHECKING:
@@ -127,18 +128,12 @@ def prepare(inputs: TaskInputs) -> TaskData:
 
 def build_trainer(parts: TrainerParts) -> Any:
     """TRL's KTOTrainer from the shared arguments and callbacks; ref_model=None as for dpo (tasks/dpo.py)."""
-    from transformers import PrinterCallback
     from trl import KTOConfig, KTOTrainer
 
     state = parts.data.state
     arguments = KTOConfig(**parts.arguments, beta=state["beta"], desirable_weight=state["desirable_weight"],
                           undesirable_weight=state["undesirable_weight"], max_length=state["max_length"])
-    trainer = KTOTrainer(model=parts.model, ref_model=None, args=arguments, train_dataset=parts.data.train,
-                         eval_dataset=parts.data.validation, processing_class=parts.tokenizer,
-                         callbacks=parts.callbacks)
-    drop_reference_adapter(trainer.model)
-    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
-    return trainer
+    return trl_trainer(parts, KTOTrainer, arguments, ref_model=None)
 
 
 def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
@@ -148,9 +143,8 @@ def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], t
     check_rows(test, source)
     kinds = {example.kind for example in test}
     if kinds == {"preference"}:
-        return pair_evaluation(recipe, test, source, "kto", preference_outputs, "perplexity",
-                               "log-probabilities of the chosen and the rejected answer, summed over their tokens "
-                               "(nothing is generated)", context=context)
+        return pair_evaluation(recipe, test, source, "kto", preference_outputs, "perplexity", PAIR_SCORING,
+                               context=context)
     if kinds == {"feedback", "preference"}:
         raise TunelabError(f"{source}: both feedback and preference rows; task kto evaluates one kind at a time "
                            "(give data.test with one kind)")

@@ -16,19 +16,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
+from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskInputs, TrainerParts
 from tunelab.tasks.shared import (
     causal_lm,
     language_model_inference,
     pair_batch_arguments,
-    pair_evaluation,
+    pair_task_evaluation,
     prepare_pairs,
+    trl_trainer,
 )
 
 if TYPE_CHECKING:
-    from tunelab.config.schema import Recipe
-    from tunelab.data.formats import Example
-    from tunelab.rewards.build import RewardContext
+    pass
 
 
 class OrpoConfig(TaskConfig):
@@ -42,26 +41,12 @@ def prepare(inputs: TaskInputs) -> TaskData:
 
 
 def build_trainer(parts: TrainerParts) -> Any:
-    from transformers import PrinterCallback
     from trl.experimental.orpo import ORPOConfig, ORPOTrainer
 
     state = parts.data.state
     arguments = ORPOConfig(**pair_batch_arguments(parts.arguments), beta=state["beta"],
                            max_length=state["max_length"])
-    trainer = ORPOTrainer(model=parts.model, args=arguments, train_dataset=parts.data.train,
-                          eval_dataset=parts.data.validation, processing_class=parts.tokenizer,
-                          callbacks=parts.callbacks)
-    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
-    return trainer
-
-
-def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
-    from tunelab.evaluate.preference import preference_outputs
-
-    return pair_evaluation(recipe, test, source, "orpo", preference_outputs, "perplexity",
-                           "log-probabilities of the chosen and the rejected answer, summed over their tokens "
-                           "(nothing is generated)", context=context)
+    return trl_trainer(parts, ORPOTrainer, arguments)
 
 
 TASK = Task(
@@ -73,6 +58,6 @@ TASK = Task(
     prepare=prepare,
     load_model=causal_lm,
     build_trainer=build_trainer,
-    evaluation=evaluation,
+    evaluation=pair_task_evaluation("orpo"),
     inference=language_model_inference,
 )

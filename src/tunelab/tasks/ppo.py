@@ -16,13 +16,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from tunelab.errors import TunelabError
-from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
-from tunelab.tasks.shared import causal_lm, conversational_prompt, language_model_inference, prompt_data
+from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskInputs, TrainerParts
+from tunelab.tasks.shared import (
+    causal_lm,
+    conversational_prompt,
+    language_model_inference,
+    prompt_data,
+    prompt_task_evaluation,
+)
 
 if TYPE_CHECKING:
-    from tunelab.config.schema import Recipe
-    from tunelab.data.formats import Example
-    from tunelab.rewards.build import RewardContext
+    pass
 
 
 class PpoConfig(TaskConfig):
@@ -74,13 +78,6 @@ def build_trainer(parts: TrainerParts) -> Any:
     return trainer
 
 
-def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
-    from tunelab.tasks.shared import prompt_evaluation
-
-    return prompt_evaluation(recipe, test, source, "ppo", context)
-
-
 TASK = Task(
     name="ppo",
     config_class=PpoConfig,
@@ -90,6 +87,6 @@ TASK = Task(
     prepare=prepare,
     load_model=causal_lm,
     build_trainer=build_trainer,
-    evaluation=evaluation,
+    evaluation=prompt_task_evaluation("ppo"),
     inference=language_model_inference,
 )

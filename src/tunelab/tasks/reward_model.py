@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field
 
 from tunelab.tasks.base import Inference, Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
-from tunelab.tasks.shared import check_pairs, pair_evaluation
+from tunelab.tasks.shared import check_pairs, pair_evaluation, trl_trainer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -73,17 +73,12 @@ def load_model(checkpoint: "Path", data: TaskData, recipe: "Recipe", tokenizer: 
 
 
 def build_trainer(parts: TrainerParts) -> Any:
-    from transformers import PrinterCallback
     from trl import RewardConfig, RewardTrainer
 
     state = parts.data.state
     arguments = RewardConfig(**parts.arguments, max_length=state["max_length"],
                              center_rewards_coefficient=state["center_rewards"])
-    trainer = RewardTrainer(model=parts.model, args=arguments, train_dataset=parts.data.train,
-                            eval_dataset=parts.data.validation, processing_class=parts.tokenizer,
-                            callbacks=parts.callbacks)
-    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
-    return trainer
+    return trl_trainer(parts, RewardTrainer, arguments)
 
 
 def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,

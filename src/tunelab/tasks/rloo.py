@@ -14,20 +14,17 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
+from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskInputs, TrainerParts
 from tunelab.tasks.shared import (
     causal_lm,
-    check_generation_batches,
-    conversational_prompt,
     language_model_inference,
-    prompt_data,
+    online_prepare,
+    prompt_task_evaluation,
     trl_online_trainer,
 )
 
 if TYPE_CHECKING:
-    from tunelab.config.schema import Recipe
-    from tunelab.data.formats import Example
-    from tunelab.rewards.build import RewardContext
+    pass
 
 
 class RlooConfig(TaskConfig):
@@ -45,25 +42,13 @@ class RlooConfig(TaskConfig):
 
 
 def prepare(inputs: TaskInputs) -> TaskData:
-    options = inputs.recipe.task
-    data = prompt_data(inputs, "rloo", conversational_prompt, options.max_completion_length,
-                       options.model_dump(exclude={"name"}))
-    check_generation_batches(inputs.recipe, options.num_generations, data.validation is not None, "rloo")
-    return data
+    return online_prepare(inputs, "rloo")
 
 
 def build_trainer(parts: TrainerParts) -> Any:
     from trl import RLOOConfig, RLOOTrainer
 
-    options = {key: value for key, value in parts.data.state.items() if key != "rewards"}
-    return trl_online_trainer(parts, RLOOTrainer, RLOOConfig, options)
-
-
-def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
-    from tunelab.tasks.shared import prompt_evaluation
-
-    return prompt_evaluation(recipe, test, source, "rloo", context)
+    return trl_online_trainer(parts, RLOOTrainer, RLOOConfig)
 
 
 TASK = Task(
@@ -75,6 +60,6 @@ TASK = Task(
     prepare=prepare,
     load_model=causal_lm,
     build_trainer=build_trainer,
-    evaluation=evaluation,
+    evaluation=prompt_task_evaluation("rloo"),
     inference=language_model_inference,
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from tunelab.errors import TunelabError
 from tunelab.tasks.base import Inference, TaskData, TaskEvaluation
@@ -103,6 +103,49 @@ def prompt_evaluation(recipe: "Recipe", test: list["Example"], source: str, task
                           decoding={"strategy": "greedy", "max_new_tokens": judging.max_new_tokens,
                                     "batch_size": judging.batch_size, "kv_cache": True, "padding": "left",
                                     **judging.decoding()})
+
+
+# How a language model ranks a held-out pair, as the evaluation's decoding records it.
+PAIR_SCORING = ("log-probabilities of the chosen and the rejected answer, summed over their tokens (nothing is "
+                "generated)")
+
+
+def pair_task_evaluation(task: str) -> Callable[..., TaskEvaluation]:
+    """The `evaluation` of a task that trains a language model on pairs (dpo, orpo, simpo): pair_evaluation by
+    the log-probability margin, forgetting as perplexity."""
+
+    def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
+                   source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
+        from tunelab.evaluate.preference import preference_outputs
+
+        return pair_evaluation(recipe, test, source, task, preference_outputs, "perplexity", PAIR_SCORING,
+                               context=context)
+
+    return evaluation
+
+
+def prompt_task_evaluation(task: str) -> Callable[..., TaskEvaluation]:
+    """The `evaluation` of a task that learns from prompts and rewards (grpo, rloo, ppo): prompt_evaluation."""
+
+    def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
+                   source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
+        return prompt_evaluation(recipe, test, source, task, context)
+
+    return evaluation
+
+
+def trl_trainer(parts: "TrainerParts", trainer_class: Any, arguments: Any, **extra: Any) -> Any:
+    """One of TRL's offline trainers (DPO, KTO, ORPO, CPO, Reward) on the task's data with the shared callbacks. A
+    reference adapter TRL copied is dropped (drop_reference_adapter); TRL's printer is removed: it prints raw log
+    dicts, and the progress callback shows them instead."""
+    from transformers import PrinterCallback
+
+    trainer = trainer_class(model=parts.model, args=arguments, train_dataset=parts.data.train,
+                            eval_dataset=parts.data.validation, processing_class=parts.tokenizer,
+                            callbacks=parts.callbacks, **extra)
+    drop_reference_adapter(trainer.model)
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def conversational(example: "Example") -> dict[str, Any]:
@@ -265,12 +308,23 @@ def conversational_prompt(messages: list[dict[str, str]], tokenizer: Any) -> lis
     return messages
 
 
-def trl_online_trainer(parts: "TrainerParts", trainer_class: Any, config_class: Any, options: dict[str, Any]) -> Any:
+def online_prepare(inputs: "TaskInputs", task: str) -> TaskData:
+    """The training data of a TRL online trainer's task (grpo, rloo): conversational prompts, whole groups of
+    num_generations answers in each batch."""
+    options = inputs.recipe.task
+    data = prompt_data(inputs, task, conversational_prompt, options.max_completion_length,
+                       options.model_dump(exclude={"name"}))
+    check_generation_batches(inputs.recipe, options.num_generations, data.validation is not None, task)
+    return data
+
+
+def trl_online_trainer(parts: "TrainerParts", trainer_class: Any, config_class: Any) -> Any:
     """TRL's GRPOTrainer or RLOOTrainer from the shared arguments, the task's options and the recipe's rewards.
     The reference (beta > 0) is the policy with its adapter disabled, as for dpo: TRL's copy of the adapter is
     dropped; with full fine-tuning TRL loads a frozen copy of the base checkpoint."""
     from transformers import PrinterCallback
 
+    options = {key: value for key, value in parts.data.state.items() if key != "rewards"}
     # Answers are generated inside the trainer: there are no input_ids in a batch for the Trainer to count.
     arguments = config_class(**{**parts.arguments, "include_num_input_tokens_seen": "no"}, **options)
     rewards = saved_rewards(parts.data.state, parts.rewards_context)

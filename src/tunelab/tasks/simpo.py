@@ -16,19 +16,18 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskEvaluation, TaskInputs, TrainerParts
+from tunelab.tasks.base import Task, TaskConfig, TaskData, TaskInputs, TrainerParts
 from tunelab.tasks.shared import (
     causal_lm,
     language_model_inference,
     pair_batch_arguments,
-    pair_evaluation,
+    pair_task_evaluation,
     prepare_pairs,
+    trl_trainer,
 )
 
 if TYPE_CHECKING:
-    from tunelab.config.schema import Recipe
-    from tunelab.data.formats import Example
-    from tunelab.rewards.build import RewardContext
+    pass
 
 
 class SimpoConfig(TaskConfig):
@@ -48,27 +47,13 @@ def prepare(inputs: TaskInputs) -> TaskData:
 
 
 def build_trainer(parts: TrainerParts) -> Any:
-    from transformers import PrinterCallback
     from trl.experimental.cpo import CPOConfig, CPOTrainer
 
     state = parts.data.state
     arguments = CPOConfig(**pair_batch_arguments(parts.arguments), loss_type="simpo", beta=state["beta"],
                           simpo_gamma=state["simpo_gamma"], cpo_alpha=state["cpo_alpha"],
                           max_length=state["max_length"])
-    trainer = CPOTrainer(model=parts.model, args=arguments, train_dataset=parts.data.train,
-                         eval_dataset=parts.data.validation, processing_class=parts.tokenizer,
-                         callbacks=parts.callbacks)
-    trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
-    return trainer
-
-
-def evaluation(recipe: "Recipe", test: list["Example"], state: dict[str, Any], tokenizer: Any,
-               source: str = "test split", context: "RewardContext | None" = None) -> TaskEvaluation:
-    from tunelab.evaluate.preference import preference_outputs
-
-    return pair_evaluation(recipe, test, source, "simpo", preference_outputs, "perplexity",
-                           "log-probabilities of the chosen and the rejected answer, summed over their tokens "
-                           "(nothing is generated)", context=context)
+    return trl_trainer(parts, CPOTrainer, arguments)
 
 
 TASK = Task(
@@ -80,6 +65,6 @@ TASK = Task(
     prepare=prepare,
     load_model=causal_lm,
     build_trainer=build_trainer,
-    evaluation=evaluation,
+    evaluation=pair_task_evaluation("simpo"),
     inference=language_model_inference,
 )

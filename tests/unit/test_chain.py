@@ -310,3 +310,24 @@ def test_resume_goes_on_from_the_same_start_or_is_refused(chain):
     resumed = train_recipe(recipe, chain["home"], resume=True)
     record = run_record(resumed)
     assert record.training.steps == 2 and record.started_from.checkpoint == str(weights.parent)
+
+
+def test_a_chained_run_is_also_judged_against_the_chains_root_base(chain, tmp_path):
+    """With rewards, a chained run's evaluation compares its answers with its start (the base side) and, in
+    details.over_root_base, with the root base model's: the root answers the same prompts, the same rewards judge it,
+    and the win rate is the tuned model's per-row rewards against those."""
+    from tunelab.evaluate.outputs import load_outputs
+    from tunelab.train.lifecycle import evaluate_and_record
+
+    recipe = chained_recipe(chain, "judged")
+    recipe["rewards"] = [{"type": "text_similarity", "name": "close", "input": "{{ sample.output_text }}",
+                          "reference": "{{ item.chosen }}", "evaluation_metric": "fuzzy_match"}]
+    run = train_recipe(recipe, chain["home"])
+    evaluation = evaluate_and_record(run.root, chain["home"], QUIET, "cpu")
+    root = evaluation.details["over_root_base"]
+    tuned = load_outputs(run.model_outputs("tuned")).rewards
+    wins = [1.0 if mine > theirs else 0.5 if mine == theirs else 0.0 for mine, theirs in zip(tuned, root["rewards"])]
+    assert root["model"] == str(chain["checkpoint"]) and len(root["rewards"]) == evaluation.rows
+    assert root["win_rate"] == pytest.approx(sum(wins) / len(wins))
+    assert root["interval"][0] <= root["win_rate"] <= root["interval"][1]
+    assert "over_root_base" not in evaluate_and_record(chain["sft"].root, chain["home"], QUIET, "cpu").details

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from tunelab.data.dataset import read_splits
 from tunelab.evaluate import forgetting
+from tunelab.evaluate.judged import over_root_base
 from tunelab.evaluate.outputs import ModelOutputs, load_outputs, save_outputs
 from tunelab.evaluate.steps import Progress, Steps
 from tunelab.files import write_jsonl
@@ -69,6 +70,10 @@ def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], Non
     steps.begin("scoring")
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in spec.plan.references]
     evaluation, examples = score(task.name, spec, outputs, recipe.eval, recipe.objective, probe, lengths)
+    if spec.judging is not None and models.record.started_from is not None:
+        steps.begin("the chain's root base model")
+        evaluation.details["over_root_base"] = over_root_base(models, spec.judging, outputs["tuned"], recipe.eval,
+                                                              say)
     steps.begin(None)
     models.run.eval_dir.mkdir(parents=True, exist_ok=True)
     for label in MODELS:

@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from tunelab.evaluate.outputs import ModelOutputs
 
 if TYPE_CHECKING:
-    from tunelab.config.schema import Recipe
+    from tunelab.config.schema import EvalSection, Recipe
     from tunelab.data.formats import Example
     from tunelab.device import Placement
     from tunelab.rewards.build import RewardContext
+    from tunelab.run.models import RunModels
 
 JUDGED_METRICS = ("win_rate", "mean_reward", "mean_answer_tokens", "kl_to_reference")
 KL_TEMPERATURE = 1.0  # the model's own distribution: what KL(model || reference) is an expectation over
@@ -170,3 +171,33 @@ def log_ratios(model: Any, tokenizer: Any, judging: Judging, prompt_ids: list[li
     with model.disable_adapter():
         reference = row_losses(model, rows, tokenizer.pad_token_id, judging.batch_size, placement)
     return [theirs - mine for (mine, _), (theirs, _) in zip(own, reference)]
+
+
+def over_root_base(models: "RunModels", judging: Judging, tuned: ModelOutputs, options: "EvalSection",
+                   say: Callable[[str], None]) -> dict[str, Any] | None:
+    """A chained run (model.from_run) is evaluated against its start; this is its tuned model against the chain's
+    root, the base model the first run started from: that model answers the same prompts the same way, the same
+    rewards judge it, and the tuned model's win rate over it gets a bootstrap interval (the rows resampled as for
+    every other metric). None for a run that is not chained."""
+    from tunelab.evaluate.bootstrap import percentile_interval, resample_weights, resampled_scores
+    from tunelab.metrics.registry import as_array, outcome, ratio
+    from tunelab.models.load import load_causal_lm, resolve_model
+
+    start = models.record.started_from
+    if start is None:
+        return None
+    root = models.placement.place(load_causal_lm(resolve_model(start.base_model, models.home).path)).eval()
+    answered = judged_outputs(root, models.tokenizer(), judging, models.placement)
+    del root
+    stats = as_array([[outcome(mine, theirs), 1.0] for mine, theirs in zip(tuned.rewards, answered.rewards)])
+    found: dict[str, Any] = {"model": start.base_model, "win_rate": ratio(stats.sum(axis=0)),
+                             "mean_reward": math.fsum(answered.rewards) / len(answered.rewards),
+                             "mean_answer_tokens": math.fsum(answered.judged_tokens) / len(answered.judged_tokens),
+                             "rewards": answered.rewards}
+    if options.bootstrap:
+        weights = resample_weights(len(answered.rewards), options.bootstrap, options.seed)
+        found["interval"] = percentile_interval(resampled_scores(ratio, stats, weights), options.confidence)
+    say(f"  tuned over the chain's root base {start.base_model}: win rate {100 * found['win_rate']:.1f}%"
+        + (" [{:.1f}%, {:.1f}%]".format(*(100 * value for value in found["interval"])) if "interval" in found
+           else ""))
+    return found

@@ -106,6 +106,7 @@ class TaskEvaluation:
     forgetting_measure: str  # perplexity (a causal LM) or drift (a model with a head: hidden-state drift)
     decoding: dict[str, Any]
     reference_points: dict[str, list[str]] = field(default_factory=dict)  # e.g. the majority class's answers
+    judging: Any = None  # evaluate/judged.py Judging: how answers are judged by the recipe's rewards, where they are
 
 
 @dataclass(frozen=True)

@@ -173,7 +173,8 @@ def feedback_evaluation(recipe: "Recipe", test: list["Example"], source: str,
                           forgetting_measure="perplexity",
                           decoding={"strategy": "log-probability of each completion per token, + desirable, "
                                                 "- undesirable", "batch_size": batch_size,
-                                    **(judging.decoding() if judging else {})})
+                                    **(judging.decoding() if judging else {})},
+                          judging=judging)
 
 
 TASK = Task(

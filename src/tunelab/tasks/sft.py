@@ -73,7 +73,8 @@ def evaluation(recipe: "Recipe", test: list[Any], state: dict[str, Any], tokeniz
                           forgetting_measure="perplexity",
                           decoding={"strategy": "greedy", "max_new_tokens": max_new_tokens,
                                     "batch_size": options.batch_size, "kv_cache": True, "padding": "left",
-                                    **(judging.decoding() if judging else {})})
+                                    **(judging.decoding() if judging else {})},
+                          judging=judging)
 
 
 TASK = Task(

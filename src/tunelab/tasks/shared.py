@@ -76,7 +76,7 @@ def pair_evaluation(recipe: "Recipe", test: list["Example"], source: str, task: 
     return TaskEvaluation(plan=plan, answer=answer, prompts=[last_user_message(example.messages) for example in test],
                           forgetting_measure=forgetting_measure,
                           decoding={"strategy": strategy, "batch_size": batch_size,
-                                    **(judging.decoding() if judging else {})})
+                                    **(judging.decoding() if judging else {})}, judging=judging)
 
 
 def prompt_evaluation(recipe: "Recipe", test: list["Example"], source: str, task: str,
@@ -102,7 +102,7 @@ def prompt_evaluation(recipe: "Recipe", test: list["Example"], source: str, task
                           forgetting_measure="perplexity",
                           decoding={"strategy": "greedy", "max_new_tokens": judging.max_new_tokens,
                                     "batch_size": judging.batch_size, "kv_cache": True, "padding": "left",
-                                    **judging.decoding()})
+                                    **judging.decoding()}, judging=judging)
 
 
 # How a language model ranks a held-out pair, as the evaluation's decoding records it.

@@ -47,6 +47,12 @@ def test_gain_whose_interval_includes_zero_is_not_significant():
     result = check_objective(ObjectiveSection(metric="f1", significant=True), BASE, TUNED,
                              intervals({"f1": [-0.02, 0.3]}), FORGETTING)
     assert failed(result) == ["significant"] and "includes zero" in result.summary
+    worse = check_objective(ObjectiveSection(metric="f1", significant=True), BASE, TUNED,
+                            intervals({"f1": [-0.3, -0.1]}), FORGETTING)
+    assert failed(worse) == ["significant"] and "lies below zero: significantly worse" in worse.summary
+    falling = check_objective(ObjectiveSection(metric="loss", significant=True), BASE, TUNED,
+                              intervals({"loss": [0.1, 0.3]}), FORGETTING)  # loss up: worse, for a lower-is-better
+    assert "lies below zero: significantly worse" in falling.summary
     without = check_objective(ObjectiveSection(metric="f1", significant=True), BASE, TUNED, None, None)
     assert failed(without) == ["significant"] and "no interval (eval.bootstrap: 0)" in without.summary
 

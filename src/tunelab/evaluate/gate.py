@@ -66,8 +66,9 @@ def significance_check(metric: str, higher: bool, intervals: Intervals | None) -
     low, high = interval
     bound = low if higher else -high  # the gain's lower bound, in "bigger is better" terms
     ok = bound > 0
-    text = f"{metric} gain interval {format_interval(metric, interval, signed=True)} " \
-           f"{'excludes' if ok else 'includes'} zero"
+    worse = (high if higher else -low) < 0  # the whole interval on the losing side: significantly worse
+    verdict = "excludes zero" if ok else "lies below zero: significantly worse" if worse else "includes zero"
+    text = f"{metric} gain interval {format_interval(metric, interval, signed=True)} {verdict}"
     return check("significant", ok, text, 0.0, bound)
 
 

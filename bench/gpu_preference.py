@@ -7,7 +7,9 @@ reward model, then ppo whose reward is that reward model (score_model) on the sa
     python bench/gpu_preference.py                 # on a machine with a CUDA GPU
     python bench/gpu_preference.py --device cpu --steps 4   # the same script, shortened, on a CPU
 
-Prints one line per run: device, precision, seconds per step, the headline metric base -> tuned with its interval.
+Needs tunelab's dependencies in that Python (`make install`, or on a machine with no registry the wheels of trl,
+datasets, peft, transformers, pydantic, rapidfuzz, datasketch, nltk and gguf at the versions pyproject.toml pins,
+installed with pip --no-index, and PYTHONPATH=src). Prints one line per run: device, precision, seconds per step, the headline metric base -> tuned with its interval.
 Exits 1 if any run failed or did not train on the asked device.
 """
 

@@ -9,7 +9,8 @@ reward model, then ppo whose reward is that reward model (score_model) on the sa
 
 Needs tunelab's dependencies in that Python (`make install`, or on a machine with no registry the wheels of trl,
 datasets, peft, transformers, pydantic, rapidfuzz, datasketch, nltk and gguf at the versions pyproject.toml pins,
-installed with pip --no-index, and PYTHONPATH=src). Prints one line per run: device, precision, seconds per step, the headline metric base -> tuned with its interval.
+installed with pip --no-index, and PYTHONPATH=src). Prints one line per run: device, precision, seconds per step,
+the headline metric base -> tuned with its interval.
 Exits 1 if any run failed or did not train on the asked device.
 """
 

@@ -180,7 +180,7 @@ def over_root_base(models: "RunModels", judging: Judging, tuned: ModelOutputs, o
     rewards judge it, and the tuned model's win rate over it gets a bootstrap interval (the rows resampled as for
     every other metric). None for a run that is not chained."""
     from tunelab.evaluate.bootstrap import percentile_interval, resample_weights, resampled_scores
-    from tunelab.metrics.registry import as_array, outcome, ratio
+    from tunelab.metrics.registry import RowInputs, ratio, win_stats
     from tunelab.models.load import load_causal_lm, resolve_model
 
     start = models.record.started_from
@@ -189,7 +189,8 @@ def over_root_base(models: "RunModels", judging: Judging, tuned: ModelOutputs, o
     root = models.placement.place(load_causal_lm(resolve_model(start.base_model, models.home).path)).eval()
     answered = judged_outputs(root, models.tokenizer(), judging, models.placement)
     del root
-    stats = as_array([[outcome(mine, theirs), 1.0] for mine, theirs in zip(tuned.rewards, answered.rewards)])
+    # win_rate's own per-row statistics, the root's rewards as the opponent
+    stats = win_stats(RowInputs([], [], rewards=tuned.rewards, opponent_rewards=answered.rewards))
     found: dict[str, Any] = {"model": start.base_model, "win_rate": ratio(stats.sum(axis=0)),
                              "mean_reward": math.fsum(answered.rewards) / len(answered.rewards),
                              "mean_answer_tokens": math.fsum(answered.judged_tokens) / len(answered.judged_tokens),

@@ -259,3 +259,63 @@ def test_a_checkpoint_with_a_one_output_head_is_read_as_a_reward_model(tiny_chec
     assert got == pytest.approx(rewards(head, sequences, tokenizer.pad_token_id, 2, None), abs=1e-5)
     with pytest.raises(TunelabError, match=r"is a classifier over 2 labels; a reward model has one output"):
         check_rewards([spec(model=str(tmp_path / "2"))], [{}], context=RewardContext(tmp_path))
+
+
+@pytest.fixture
+def served_judge(tiny_checkpoint, tmp_path, home):
+    """`tunelab serve`'s app on a loopback port serving the tiny checkpoint, with an API key."""
+    from tests.unit.test_serve import LiveServer
+    from tunelab.serve.server import build_service
+    from tunelab.serve.settings import ServeSettings
+
+    settings = ServeSettings(serve_dir=tmp_path / "serve", api_keys=frozenset({"judge-key"}), max_tokens=64)
+    server = LiveServer(build_service([], str(tiny_checkpoint), settings, home, say=lambda _: None))
+    yield server, server.service.registry.base.id
+    server.stop()
+
+
+def test_a_judge_served_over_http_replies_as_the_same_model_in_process(served_judge, tiny_checkpoint, tmp_path,
+                                                                       monkeypatch):
+    """A score_model with base_url sends the rendered messages to the server's chat completions; greedy, the
+    server's replies are the in-process judge's, so the scores are too."""
+    server, model_id = served_judge
+    monkeypatch.setenv("JUDGE_KEY", "judge-key")
+    fields = {"name": "judge", "input": JUDGE_INPUT, "range": [0, 10], "sampling_params": {"max_completions_tokens": 8}}
+    local_replies = []
+    (local,) = reward_funcs([spec(model=str(tiny_checkpoint), **fields)], context=RewardContext(tmp_path),
+                            generate=lambda *arguments: local_replies.append(generate_replies(*arguments))
+                            or local_replies[-1])
+    (remote,) = reward_funcs([spec(model=model_id, base_url=f"http://127.0.0.1:{server.port}/v1",
+                                   api_key_env="JUDGE_KEY", **fields)], context=RewardContext(tmp_path))
+    batch = {"prompts": ["q"] * 4, "completions": ["dcba", "abcd", "a", ""], "word": ["abcd", "abcd", "ab", "xy"]}
+    served_replies = [remote.scorer.served.reply(remote.scorer.messages(p, c, {"word": w}), {"max_tokens": 8,
+                                                                                            "temperature": 0.0})
+                      for p, c, w in zip(batch["prompts"], batch["completions"], batch["word"])]
+    assert remote(**batch) == local(**batch)
+    assert served_replies == local_replies[0] and all(served_replies)
+    assert remote.scorer.judged == 4 and remote.scorer.loaded is None  # nothing was loaded in this process
+
+
+def test_a_served_judge_that_is_down_unknown_or_locked_is_one_line(served_judge, tmp_path, monkeypatch):
+    from tunelab.serve.server import bind
+
+    server, model_id = served_judge
+    url = f"http://127.0.0.1:{server.port}/v1"
+
+    def refused(message, **fields):
+        with pytest.raises(TunelabError, match=message):
+            check_rewards([spec(**{"input": JUDGE_INPUT, **fields})], [{"word": "abcd"}],
+                          context=RewardContext(tmp_path))
+
+    monkeypatch.setenv("JUDGE_KEY", "judge-key")
+    refused(r"rewards\[0\] \(score_model 'rm'\): .* serves no model 'nope' \(it serves: " + model_id,
+            model="nope", base_url=url, api_key_env="JUDGE_KEY")
+    refused(r"rewards\[0\] \(score_model 'rm'\): GET .*/v1/models answered 401: ", model=model_id, base_url=url)
+    refused(r"api_key_env names UNSET_JUDGE_KEY, which is not set", model=model_id, base_url=url,
+            api_key_env="UNSET_JUDGE_KEY")
+    closed = bind("127.0.0.1", 0)
+    port = closed.getsockname()[1]
+    closed.close()
+    refused(rf"GET http://127.0.0.1:{port}/v1/models failed: ", model=model_id, base_url=f"http://127.0.0.1:{port}/v1")
+    refused(r"is a judge \(it writes text\): give input", model=model_id, base_url=url, api_key_env="JUDGE_KEY",
+            input=[])

@@ -130,7 +130,7 @@ def checked(spec: Any, base: Path | None, index: int, context: RewardContext | N
             before = scorer.no_number
             scores = scorer(prompts, completions, rows)
             log_metric = columns.get("log_metric")
-            if scorer.source.kind == "judge" and callable(log_metric):  # TRL logs it next to rewards/NAME/mean
+            if scorer.judges and callable(log_metric):  # TRL logs it next to rewards/NAME/mean
                 log_metric(f"rewards/{name}/no_number", (scorer.no_number - before) / len(completions))
         else:
             scores = [call(lambda i=i: grade(spec, rows[i], {"output_text": answer_text(completions[i])},

@@ -100,14 +100,18 @@ class ScoreModelGrader(GraderBase):
     """A model scores the answer. `model` is, locally, a tunelab run of task reward_model (its head's raw score is
     the reward; `range` does not apply; `input` is optional: by default the head reads the row's prompt and the
     answer as one conversation, as it did in training), or a model that writes text (a built-in name, a checkpoint
-    folder, a tunelab run of a text task), used as a judge: `input` is rendered and sent, the first number in its
-    answer, clamped to `range`, is the score (range[0] where it gives none)."""
+    folder, a tunelab run of a text task, or a model served at `base_url`), used as a judge: `input` is rendered and
+    sent, the first number in its answer, clamped to `range`, is the score (range[0] where it gives none)."""
 
     type: Literal["score_model"]
     input: list[ScoreModelMessage] = Field(default_factory=list)
     model: str
     range: tuple[float, float] = (0.0, 1.0)
     sampling_params: SamplingParams | None = None
+    # tunelab's: `model` is served at this OpenAI-compatible base URL (a running `tunelab serve`, up to /v1) and
+    # judges over HTTP; the key, where the server needs one, is read from the environment variable api_key_env.
+    base_url: str | None = None
+    api_key_env: str | None = None
 
     @model_validator(mode="after")
     def ordered_range(self) -> "ScoreModelGrader":

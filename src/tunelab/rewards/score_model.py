@@ -9,6 +9,8 @@
   checkpoint folder (a causal LM)      otherwise), and the first number in it, clamped to `range`, is the score
   a checkpoint folder with a one-      read like a reward model run (a ready-made reward model)
   output classification head
+  an id a server lists, with base_url  a judge over OpenAI's chat completions API (served.py): a running
+                                       `tunelab serve`, checked to answer and to serve the model when built
 
 What `model` is gets decided when the reward is built (and by check_rewards, before training), without loading
 weights: a wrong name, a run with no saved model, or a run that neither scores nor writes text is one line naming the
@@ -27,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from tunelab.errors import TunelabError
 from tunelab.rewards.graders import SamplingParams, ScoreModelGrader
+from tunelab.rewards.served import served_judge
 from tunelab.rewards.template import render
 
 if TYPE_CHECKING:
@@ -168,19 +171,30 @@ class ScoreModel:
     def __init__(self, grader: ScoreModelGrader, where: str, base: Path | None, home: Path,
                  placement: "Placement", generate: Generate = generate_replies):
         self.grader, self.where, self.home, self.placement, self.generate = grader, where, home, placement, generate
-        self.source = model_source(grader, where, base, home)
-        if self.source.kind == "judge" and not grader.input:
+        self.served = None if grader.base_url is None else served_judge(
+            grader.base_url, grader.model, grader.api_key_env, f"{where} (score_model '{grader.name}')")
+        self.source = None if self.served else model_source(grader, where, base, home)
+        if self.judges and not grader.input:
             raise TunelabError(f"{where} (score_model '{grader.name}'): model {grader.model} is a judge (it writes "
                                "text): give input, the messages that ask it for a score")
+        if self.served:
+            self.served.check()
         self.loaded: Loaded | None = None
         self.judged = 0  # the judge's replies so far
         self.no_number = 0  # ... of which held no number (scored range[0]: a judge may ramble, it is not an error)
 
+    @property
+    def judges(self) -> bool:
+        """The model writes a reply that holds the score (rather than a reward model's head giving it)."""
+        return self.served is not None or self.source.kind == "judge"
+
     def __call__(self, prompts: list[Any], completions: list[Any], rows: list[dict[str, Any]]) -> list[float]:
+        conversations = [self.messages(prompts[i], completions[i], rows[i]) for i in range(len(rows))]
+        if self.served:
+            return self.scores(self.served.replies(conversations, served_sampling(self.grader.sampling_params)))
         if self.loaded is None:
             with own_random_state(self.placement):
                 self.loaded = load(self.source, self.home, self.placement)
-        conversations = [self.messages(prompts[i], completions[i], rows[i]) for i in range(len(rows))]
         if self.source.kind == "reward_model":
             return self.head_scores(conversations)
         return self.judge_scores(conversations)
@@ -211,11 +225,24 @@ class ScoreModel:
         prompts = [encode_prompt(tokenizer, messages) for messages in conversations]
         replies = self.generate(self.loaded.model, tokenizer, prompts, self.grader.sampling_params or SamplingParams(),
                                 self.placement)
+        return self.scores(replies)
+
+    def scores(self, replies: list[str]) -> list[float]:
+        """A judge's replies as scores: the first number, clamped to range; range[0] (and counted) where none."""
         low, high = self.grader.range
         numbers = [first_number(reply) for reply in replies]
         self.judged += len(numbers)
         self.no_number += numbers.count(None)
         return [low if number is None else min(max(number, low), high) for number in numbers]
+
+
+def served_sampling(params: SamplingParams | None) -> dict[str, Any]:
+    """The grader's sampling_params as chat completions fields: greedy and JUDGE_MAX_TOKENS unless given, as the
+    in-process judge."""
+    params = params or SamplingParams()
+    fields = {"max_tokens": params.max_completions_tokens or JUDGE_MAX_TOKENS, "temperature": params.temperature or 0.0,
+              "seed": params.seed, "top_p": params.top_p}
+    return {key: value for key, value in fields.items() if value is not None}
 
 
 def as_messages(value: Any, role: str) -> list[dict[str, str]]:

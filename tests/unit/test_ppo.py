@@ -36,7 +36,7 @@ def test_the_completion_mask_ends_at_the_first_eos():
     assert completion_mask(completion, eos_id=2).tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]]
 
 
-def ppo_trainer(tiny_checkpoint, tmp_path, steps, callbacks=(), save_steps=None):
+def ppo_trainer(tiny_checkpoint, tmp_path, steps, callbacks=(), save_steps=None, settings=None, reward=None):
     from datasets import Dataset
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments, set_seed
@@ -53,9 +53,9 @@ def ppo_trainer(tiny_checkpoint, tmp_path, steps, callbacks=(), save_steps=None)
                              save_strategy="steps" if save_steps else "no", save_steps=save_steps,
                              remove_unused_columns=False, disable_tqdm=True, seed=0, data_seed=0)
     return PPOTrainer(model=model, args=args, train_dataset=Dataset.from_list([{"prompt": p} for p in prompts]),
-                      processing_class=tokenizer, reward_funcs=[letters],
+                      processing_class=tokenizer, reward_funcs=[reward or letters],
                       value_head=ValueHead(model.config.hidden_size),
-                      settings=PPOSettings(max_new_tokens=8, ppo_epochs=2), callbacks=list(callbacks))
+                      settings=settings or PPOSettings(max_new_tokens=8, ppo_epochs=2), callbacks=list(callbacks))
 
 
 def test_ppo_raises_a_toy_rule_reward(tiny_checkpoint, tmp_path):
@@ -66,6 +66,25 @@ def test_ppo_raises_a_toy_rule_reward(tiny_checkpoint, tmp_path):
     assert last > 2 * first and last > 0.25, (first, last)
     kls = [entry["kl"] for entry in trainer.state.log_history if "kl" in entry]
     assert sum(kls[-10:]) / 10 > sum(kls[:10]) / 10  # it moved away from the reference to get there
+
+
+def test_a_rollout_cut_at_max_new_tokens_pays_the_missing_eos_penalty(tiny_checkpoint, tmp_path):
+    """With no KL, lam 1 and a zero value head, the return at a completion's first token is its score: 0 from the
+    reward, minus the penalty where the completion holds no EOS; the logged reward is the reward's, unpenalised."""
+    import torch
+
+    from tunelab.train.ppo import PPOSettings
+
+    settings = PPOSettings(max_new_tokens=3, kl_coef=0.0, lam=1.0, missing_eos_penalty=1.5)
+    trainer = ppo_trainer(tiny_checkpoint, tmp_path, steps=1, settings=settings,
+                          reward=lambda prompts, completions, **_: [0.0] * len(completions))
+    eos = trainer.processing_class.eos_token_id
+    rollout = trainer.rollout(trainer.model, [trainer.train_dataset[i] for i in range(8)])
+    width = rollout.mask.shape[1]
+    ended = (rollout.sequences[:, -width:] == eos).any(dim=1)
+    assert torch.allclose(rollout.returns[:, 0], -1.5 * (~ended).float())
+    assert rollout.stats["reward"] == 0.0 and rollout.stats["ended"] == ended.float().mean().item()
+    assert not ended.all()  # a random tiny model rarely says EOS within 3 tokens: the penalty was paid
 
 
 def test_the_reference_is_the_policy_with_its_adapter_off(tiny_checkpoint, tmp_path):

@@ -44,6 +44,8 @@ class PpoConfig(TaskConfig):
     value_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
     ppo_epochs: int = Field(2, ge=1, description="Optimizer steps on each rollout (the prompts of the steps between "
                             "are not sampled).")
+    missing_eos_penalty: float | None = Field(None, ge=0, description="Subtracted from the rewards' score of a "
+                                              "rollout cut at max_new_tokens (no EOS); none by default.")
 
 
 def prepare(inputs: TaskInputs) -> TaskData:

@@ -42,6 +42,10 @@ class PPOSettings:
     clip_range_value: float = 0.2
     value_coef: float = 0.1
     ppo_epochs: int = 2  # optimizer steps on each rollout (the prompts of the steps between are not used)
+    # Subtracted from the score of a completion cut at max_new_tokens (no EOS), as TRL's old PPOConfig and its
+    # OnlineDPOConfig do: a reward model scores what it is shown, so without it a policy whose answers are all cut
+    # off never learns that ending is better. None: no penalty.
+    missing_eos_penalty: float | None = None
 
 
 class ValueHead(nn.Module):
@@ -175,14 +179,17 @@ class PPOTrainer(Trainer):
         old_logprobs, old_values = self.score_sequences(model, partial, with_grad=False)
         with disabled_adapter(model):
             reference, _ = self.score_sequences(model, partial, with_grad=False, values=False)
-        scores = self.score(rows, texts)
+        rewarded = self.score(rows, texts)
+        ended = (completion == tokenizer.eos_token_id).any(dim=1)
+        scores = rewarded - (self.settings.missing_eos_penalty or 0.0) * (~ended).float()
         kl = (old_logprobs - reference) * mask
         rewards = -self.settings.kl_coef * kl
         last = (mask.sum(dim=1).long() - 1).clamp(min=0)
         rewards[torch.arange(len(rows)), last] += scores
         advantages, returns = gae(rewards, old_values * mask, mask, self.settings.gamma, self.settings.lam)
-        stats = {"step": self.state.global_step, "reward": scores.mean().item(),
-                 "kl": (kl.sum(dim=1)).mean().item(), "completion_length": mask.sum(dim=1).mean().item()}
+        stats = {"step": self.state.global_step, "reward": rewarded.mean().item(),
+                 "kl": (kl.sum(dim=1)).mean().item(), "completion_length": mask.sum(dim=1).mean().item(),
+                 "ended": ended.float().mean().item()}
         return Rollout(sequences, attention, mask, old_logprobs, old_values * mask, whiten(advantages, mask),
                        returns, stats)
 

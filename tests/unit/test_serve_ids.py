@@ -34,9 +34,9 @@ def server(tmp_path_factory, tiny_checkpoint):
 
 
 def test_the_id_rule():
-    for good in ("rev-a", "run_2.1", "A", "x" * 64, "SmolLM2-135M"):
+    for good in ("rev-a", "run_2.1", "A", "x" * 160, "SmolLM2-135M", "ft:tiny-llama:rev:ftjob-abc123"):
         assert is_valid_id(good) and check_id(good, "name") == good
-    for bad in BAD_IDS + ["x" * 65]:
+    for bad in BAD_IDS + ["x" * 161]:
         assert not is_valid_id(bad)
         with pytest.raises(TunelabError, match=r"^name: .* is not a valid model id"):
             check_id(bad, "name")

@@ -49,9 +49,16 @@ def serve(
         None, help="fp32, bf16 (autocast; on a CPU only where it has bf16 natively), fp16 (a GPU) or auto (bf16 "
                    "where native). Default: fp32 on a CPU, where bf16 autocast measured slower for small-batch "
                    "generation (see README), auto on a GPU."),
+    jobs: bool = typer.Option(False, "--jobs", help="Also run the fine-tuning jobs clients create (POST "
+                              "/v1/fine_tuning/jobs) in a worker process (`tunelab worker`) on the same device."),
+    max_waiting_jobs: int = typer.Option(16, min=1, help="Fine-tuning jobs waiting to run; beyond: 429."),
+    allow_python_graders: bool = typer.Option(
+        False, "--allow-python-graders", help="Let reinforcement jobs use python graders (they run the client's "
+                                              "code in the worker)."),
     device: str = device_option(),
 ) -> None:
-    """Serve a base model and run adapters over OpenAI's API (/v1/chat/completions, /v1/completions, ...)."""
+    """Serve a base model and run adapters over OpenAI's API (/v1/chat/completions, /v1/completions, ...), and
+    fine-tune it through OpenAI's files and fine-tuning API (/v1/files, /v1/fine_tuning/jobs)."""
     from tunelab.device import resolve_placement
     from tunelab.serve.server import bind, build_service, run_server
     from tunelab.serve.settings import ServeSettings, read_keys_file
@@ -74,7 +81,7 @@ def serve(
         runs_roots=roots, max_batch_rows=max_batch,
         batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
         max_body_bytes=max_body_kb * 1024, request_timeout=timeout, log_content=log_content,
-        placement=placement,
+        placement=placement, max_waiting_jobs=max_waiting_jobs, allow_python_graders=allow_python_graders,
     )
     say = lambda text: console.print(f"[dim]{text}[/dim]")  # noqa: E731
     try:
@@ -88,7 +95,18 @@ def serve(
     console.print(f"[bold green]serving[/bold green] {', '.join(service.registry.ids())} on "
                   f"http://{bound_host}:{bound_port}/v1 (keys: {'required' if keys else 'none'}; admin: "
                   f"{admin_line(admin_key, roots)}; {placement.describe()}); request log {service.request_log.path}")
-    run_server(create_app(service), sock)
+    worker = None
+    if jobs:
+        from tunelab.serve.worker_process import WorkerProcess
+
+        worker = WorkerProcess(serve_dir.resolve(), placement.device, home, say=say).start()
+    console.print(f"fine-tuning: jobs queue in {service.jobs.serve_dir / 'jobs.sqlite'}; "
+                  f"{'a worker runs them on ' + placement.device if jobs else 'run `tunelab worker` to run them'}")
+    try:
+        run_server(create_app(service), sock)
+    finally:
+        if worker is not None:
+            worker.close()
 
 
 def runs_roots(given: Optional[list[Path]], home: Path) -> tuple[Path, ...]:

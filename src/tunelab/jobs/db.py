@@ -46,6 +46,7 @@ TABLES = {
         "suffix": "TEXT",
         "seed": "INTEGER NOT NULL",
         "request": "TEXT NOT NULL",  # the create request as validated, JSON (method, hyperparameters, metadata)
+        "recipe": "TEXT NOT NULL",  # JSON: the recipe the worker runs (jobs/recipe.py)
         "hyperparameters": "TEXT NOT NULL",  # JSON: what the job resolved ("auto" -> numbers)
         "status": "TEXT NOT NULL",  # validating_files queued running paused succeeded failed cancelled
         "requested": "TEXT",  # cancel | pause: asked by the server, acted on by the worker

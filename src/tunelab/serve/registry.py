@@ -19,8 +19,9 @@ from tunelab.errors import TunelabError
 from tunelab.models.load import ModelRef
 
 # A model id travels in URLs (DELETE /v1/adapters/{id}), Prometheus labels and log lines: no '/', bounded length.
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-ID_RULE = "1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+# ':' is there for a fine-tuning job's model, ft:<base>:<suffix>:<job id> as OpenAI names it (up to 160 long).
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,159}")
+ID_RULE = "1 to 160 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
 
 
 def is_valid_id(text: object) -> bool:

@@ -69,10 +69,22 @@ def build_service(runs: list[str], base: str | None, settings: ServeSettings, ho
             engine.load_adapter(served.adapter, served.folder, served.mixable).result()
             registry.add(served)
             say(f"adapter {served.id} <- {path}")
+        if settings.fine_tuning:
+            start_fine_tuning(service, base_name, settings, say)
     except BaseException:
         service.close()
         raise
     return service
+
+
+def start_fine_tuning(service: Any, base_name: str, settings: ServeSettings, say: Callable[[str], None]) -> None:
+    """The fine-tuning API's settings, and the thread that serves each succeeded job's model as it finishes."""
+    from tunelab.jobs.queue import JobsConfig
+    from tunelab.serve.finished_jobs import FinishedJobs
+
+    service.jobs = JobsConfig(Path(settings.serve_dir).resolve(), service.registry.base.id, base_name,
+                              settings.max_waiting_jobs, settings.allow_python_graders)
+    service.finished_jobs = FinishedJobs(service, say).start()
 
 
 def bind(host: str, port: int) -> socket.socket:

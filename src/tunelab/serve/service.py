@@ -19,7 +19,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Awaitable, Callable
 
 from tunelab.errors import TunelabError
 from tunelab.models.load import ModelRef
@@ -32,6 +32,9 @@ from tunelab.serve.metrics import Metrics
 from tunelab.serve.registry import Registry, ServedModel, check_id
 from tunelab.serve.rows import Row, TokenLogprob
 from tunelab.serve.settings import ServeSettings
+
+if TYPE_CHECKING:
+    from tunelab.jobs.queue import JobsConfig
 
 MAX_STOP_STRINGS = 4
 DISCONNECT_POLL = 0.1  # seconds between checks that a waiting client is still there
@@ -97,8 +100,12 @@ class Service:
         self.context_length = context_length
         self._swap = threading.Lock()  # a request's lookup+submit and an adapter's removal never interleave
         self._admin = asyncio.Lock()
+        self.jobs: JobsConfig | None = None  # the fine-tuning API's settings (jobs/queue.py); None: it is off
+        self.finished_jobs: Any = None  # serve/finished_jobs.py: serves succeeded jobs' models as they finish
 
     def close(self) -> None:
+        if self.finished_jobs is not None:
+            self.finished_jobs.close()
         self.engine.stop()
         self.request_log.close()
 

@@ -24,6 +24,9 @@ class ServeSettings:
     request_timeout: float = 120.0  # seconds from arrival to the last token; past this: 504
     log_content: bool = False  # also keep prompts and outputs in the request log
     placement: Placement = Placement("cpu", "fp32")  # where the model runs, in what compute precision
+    fine_tuning: bool = True  # the fine-tuning API (/v1/fine_tuning/jobs); a worker runs the jobs (serve --jobs)
+    max_waiting_jobs: int = 16  # jobs validating or queued; past it: 429
+    allow_python_graders: bool = False  # python graders in reinforcement jobs run the caller's code in the worker
 
 
 def read_keys_file(path: Path) -> frozenset[str]:

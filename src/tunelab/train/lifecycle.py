@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tunelab.errors import TunelabError
+from tunelab.errors import StopRequested, TunelabError
 from tunelab.methods.base import Method, check_merge_request, no_merge_note, wants_merge
 from tunelab.methods.registry import get_method
 from tunelab.rewards.build import RewardContext
@@ -252,7 +252,7 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
             console.print(f"[dim]{note}[/dim]")
             record.merge_note = note
     except BaseException as error:
-        record.status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        record.status = "interrupted" if isinstance(error, (KeyboardInterrupt, StopRequested)) else "failed"
         removed, written = record_failure(run, record, error, writing[1])
         if is_write_failure(error, run):
             raise TunelabError(write_failure_line(error, writing, removed, written)) from error

@@ -1,0 +1,82 @@
+"""OpenAI's fine-tuning API: /v1/fine_tuning/jobs (create, list, retrieve, cancel, pause, resume, events,
+checkpoints). Thin: the work is in tunelab.jobs (queue.py for these, worker.py for running them). The routes are
+plain functions, so FastAPI runs them on its thread pool; each opens its own connection to the jobs database."""
+
+from __future__ import annotations
+
+from contextlib import closing
+from typing import Any, Callable
+
+from fastapi import APIRouter, Query, Request
+
+from tunelab.jobs import queue
+from tunelab.jobs.db import connect
+from tunelab.jobs.objects import checkpoint_object, event_object, job_object, page_object
+from tunelab.jobs.request import CreateJob
+from tunelab.serve.errors import APIError
+from tunelab.serve.routes.common import service_of
+
+router = APIRouter()
+PREFIX = "/v1/fine_tuning/jobs"
+
+
+def with_jobs(request: Request, work: Callable[..., Any]) -> Any:
+    service = service_of(request)
+    if service.jobs is None:
+        raise APIError(404, "fine-tuning is off on this server", code="fine_tuning_off")
+    with closing(connect(service.jobs.serve_dir)) as connection:
+        return work(connection, service.jobs)
+
+
+@router.post(PREFIX)
+def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
+    return with_jobs(request, lambda connection, config: job_object(queue.create_job(connection, body, config)))
+
+
+@router.get(PREFIX)
+def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
+    def listed(connection, config):
+        rows, more = queue.list_jobs(connection, after, limit)
+        return page_object([job_object(row) for row in rows], more)
+
+    return with_jobs(request, listed)
+
+
+@router.get(PREFIX + "/{job_id}")
+def retrieve_job(job_id: str, request: Request) -> dict[str, Any]:
+    return with_jobs(request, lambda connection, config: job_object(queue.get_job(connection, job_id)))
+
+
+@router.post(PREFIX + "/{job_id}/cancel")
+def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+    return with_jobs(request, lambda connection, config: job_object(queue.cancel_job(connection, job_id)))
+
+
+@router.post(PREFIX + "/{job_id}/pause")
+def pause_job(job_id: str, request: Request) -> dict[str, Any]:
+    return with_jobs(request, lambda connection, config: job_object(queue.pause_job(connection, job_id)))
+
+
+@router.post(PREFIX + "/{job_id}/resume")
+def resume_job(job_id: str, request: Request) -> dict[str, Any]:
+    return with_jobs(request, lambda connection, config: job_object(queue.resume_job(connection, job_id)))
+
+
+@router.get(PREFIX + "/{job_id}/events")
+def list_events(job_id: str, request: Request, after: str | None = None,
+                limit: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
+    def listed(connection, config):
+        rows, more = queue.list_events(connection, job_id, after, limit)
+        return page_object([event_object(row) for row in rows], more)
+
+    return with_jobs(request, listed)
+
+
+@router.get(PREFIX + "/{job_id}/checkpoints")
+def list_checkpoints(job_id: str, request: Request, after: str | None = None,
+                     limit: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
+    def listed(connection, config):
+        rows, more = queue.list_checkpoints(connection, job_id, after, limit)
+        return page_object([checkpoint_object(row) for row in rows], more)
+
+    return with_jobs(request, listed)

@@ -10,7 +10,8 @@ from tunelab.data.readers import read_records, scan_records
 from tunelab.errors import TunelabError
 
 PREFERENCE = {
-    "input": {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France?"}],
+    "input": {"messages": [{"role": "system", "content": "Be brief."},
+                           {"role": "user", "content": "Capital of France?"}],
               "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}],
               "parallel_tool_calls": False},
     "preferred_output": [{"role": "assistant", "content": "Paris."}],

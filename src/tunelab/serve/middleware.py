@@ -1,8 +1,9 @@
 """ASGI middleware, outermost first: accounting (request log + metrics), API keys, body size limit.
 
 Keys and the body limit are checked before the request reaches FastAPI, so an unauthenticated or oversized
-request is refused before its body is parsed or validated (an upload to /v1/files as it arrives: see BodyLimit). With API keys, /health is the only route open without
-one: /v1/*, /metrics, /openapi.json and any unknown path need a key (/metrics also takes --metrics-key).
+request is refused before its body is parsed or validated (an upload to /v1/files as it arrives: see
+BodyLimit). With API keys, /health is the only route open without one: /v1/*, /metrics, /openapi.json and any
+unknown path need a key (/metrics also takes --metrics-key).
 """
 
 from __future__ import annotations

@@ -40,6 +40,7 @@ def serve(
     max_queue: int = typer.Option(64, min=1, help="Requests waiting past the running batch; beyond: 429."),
     max_tokens: int = typer.Option(512, min=1, help="Most new tokens a request may ask for (and the default)."),
     max_body_kb: int = typer.Option(1024, min=1, help="Largest request body; beyond: 413."),
+    max_file_mb: int = typer.Option(512, min=1, help="Largest file uploaded to /v1/files; beyond: 413."),
     timeout: float = typer.Option(120.0, min=0.1, help="Seconds a request may take from arrival; beyond: 504."),
     log_content: bool = typer.Option(False, "--log-content", help="Keep prompts and outputs in the request log."),
     threads: Optional[int] = typer.Option(
@@ -80,8 +81,9 @@ def serve(
         serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, metrics_key=metrics_key,
         runs_roots=roots, max_batch_rows=max_batch,
         batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
-        max_body_bytes=max_body_kb * 1024, request_timeout=timeout, log_content=log_content,
-        placement=placement, max_waiting_jobs=max_waiting_jobs, allow_python_graders=allow_python_graders,
+        max_body_bytes=max_body_kb * 1024, max_file_bytes=max_file_mb << 20, request_timeout=timeout,
+        log_content=log_content, placement=placement, max_waiting_jobs=max_waiting_jobs,
+        allow_python_graders=allow_python_graders,
     )
     say = lambda text: console.print(f"[dim]{text}[/dim]")  # noqa: E731
     try:

@@ -133,7 +133,8 @@ class DataSection(Section):
     columns: list[str] | None = Field(
         None, description="Column names of a CSV/TSV file without a header row, e.g. [label, text]."
     )
-    format: Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "label", "preference"] = (
+    format: Literal["auto", "messages", "sharegpt", "prompt_completion", "alpaca", "text", "label", "preference",
+                    "openai_preference", "feedback", "prompt"] = (
         Field("auto", description="Row format; auto picks it from the first row's fields.")
     )
     fields: dict[str, str | list[str]] = Field(

@@ -6,6 +6,10 @@ Conversations (`messages`, `sharegpt`, `prompt_completion`, `alpaca`) become a l
 completion labelled desirable (true) or not (false), and `prompt` rows (online RL: GRPO, RLOO, PPO) a prompt alone
 with every other field of the row kept for the rewards to read (a reference answer, say). Field names in the file
 can differ from these: `data.fields` maps tunelab's name to the file's column.
+
+OpenAI's fine-tuning files read as they are: its chat format is `messages` (a message's `weight` and the row's
+`tools` are not read), its preference (DPO) format is `openai_preference`, and its reinforcement format is `prompt`
+with `data.fields: {prompt: messages}` (every other field of the row stays for the graders).
 """
 
 from __future__ import annotations
@@ -164,6 +168,31 @@ def from_preference(record: Record, fields: dict[str, str]) -> dict[str, Any]:
             "rejected": text_field(record, "rejected", fields, "preference")}
 
 
+def from_openai_preference(record: Record, fields: dict[str, str]) -> dict[str, Any]:
+    """OpenAI's preference (DPO) rows: {"input": {"messages": [...], "tools": ..., "parallel_tool_calls": ...},
+    "preferred_output": [assistant message], "non_preferred_output": [assistant message]}; the prompt is
+    input.messages (its tools are not used), each answer the last assistant message of its list."""
+    column = fields.get("input", "input")
+    given = field(record, "input", fields, "openai_preference")
+    if not isinstance(given, dict) or "messages" not in given:
+        raise TunelabError(f"{record.where}: '{column}' must be an object with 'messages'")
+    roles = {role: role for role in ROLES}
+    prompt = message_list(record, given["messages"], f"{column}.messages", "role", "content", roles)
+    return {"messages": prompt, "chosen": last_assistant(record, fields, "preferred_output"),
+            "rejected": last_assistant(record, fields, "non_preferred_output")}
+
+
+def last_assistant(record: Record, fields: dict[str, str], name: str) -> str:
+    column = fields.get(name, name)
+    value = field(record, name, fields, "openai_preference")
+    roles = {role: role for role in ROLES}
+    messages = message_list(record, value, column, "role", "content", roles)
+    answers = [message["content"] for message in messages if message["role"] == "assistant"]
+    if not answers:
+        raise TunelabError(f"{record.where}: '{column}' holds no assistant message")
+    return answers[-1]
+
+
 DESIRABLE = {"true": True, "false": False, "1": True, "0": False, "yes": True, "no": False}
 
 
@@ -195,12 +224,14 @@ FORMATS: dict[str, Callable[[Record, dict[str, str]], dict[str, Any]]] = {
     "text": from_text,
     "label": from_label,
     "preference": from_preference,
+    "openai_preference": from_openai_preference,
     "feedback": from_feedback,
     "prompt": from_prompt,
 }
 
 # The fields whose presence identifies each format, in the order auto-detection tries them.
 SIGNATURES = {
+    "openai_preference": ("input", "preferred_output", "non_preferred_output"),
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "preference": ("prompt", "chosen", "rejected"),

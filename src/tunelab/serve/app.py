@@ -13,7 +13,7 @@ from starlette.exceptions import HTTPException
 from tunelab import __version__
 from tunelab.serve.errors import APIError, error_body
 from tunelab.serve.middleware import Accounting, ApiKeys, BodyLimit
-from tunelab.serve.routes import adapters, chat, completions, fine_tuning, health, models, tokenize
+from tunelab.serve.routes import adapters, chat, completions, files, fine_tuning, health, models, tokenize
 from tunelab.serve.service import Service
 
 
@@ -27,11 +27,11 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="tunelab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
-    for module in (models, chat, completions, tokenize, adapters, health, fine_tuning):
+    for module in (models, chat, completions, tokenize, adapters, files, fine_tuning, health):
         app.include_router(module.router)
     settings = service.settings
     # add_middleware wraps: the last added runs first (Accounting sees every request, even refused ones)
-    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_file_bytes)
     app.add_middleware(ApiKeys, api_keys=settings.api_keys, admin_key=settings.admin_key,
                        metrics_key=settings.metrics_key)
     app.add_middleware(Accounting, record=lambda entry: record(service, entry))

@@ -1,8 +1,9 @@
 """ASGI middleware, outermost first: accounting (request log + metrics), API keys, body size limit.
 
 Keys and the body limit are checked before the request reaches FastAPI, so an unauthenticated or oversized
-request is refused before its body is parsed or validated. With API keys, /health is the only route open without
-one: /v1/*, /metrics, /openapi.json and any unknown path need a key (/metrics also takes --metrics-key).
+request is refused before its body is parsed or validated (an upload to /v1/files as it arrives: see
+BodyLimit). With API keys, /health is the only route open without one: /v1/*, /metrics, /openapi.json and any
+unknown path need a key (/metrics also takes --metrics-key).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hmac
 import time
 from typing import Any, Callable
 
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse
 
@@ -20,6 +22,8 @@ ADMIN_PREFIX = "/v1/adapters"
 OPEN = "/health"  # liveness for load balancers and orchestrators: holds nothing a key protects
 METRICS = "/metrics"
 UNLOGGED = (OPEN, METRICS)
+UPLOADS = "/v1/files"  # POST: a file upload, under its own limit
+UPLOAD_FRAMING = 64 * 1024  # what multipart adds around an upload's file (boundaries, headers, the purpose field)
 
 
 def refuse(scope: dict, status: int, message: str) -> JSONResponse:
@@ -130,22 +134,34 @@ def bearer_token(scope: dict) -> str | None:
 
 
 class BodyLimit:
-    """Refuse bodies over `limit` bytes with 413, by Content-Length or by counting what arrives."""
+    """Refuse bodies over `limit` bytes with 413, by Content-Length or by counting what arrives.
 
-    def __init__(self, app: Any, limit: int):
+    An upload (POST /v1/files) has its own limit, `upload_limit` (the file's, plus the multipart framing), and its
+    body is passed on as it arrives, counted but not held here: at hundreds of MiB, holding it would cost that much
+    memory, where the route spools it to disk. jobs/files.py checks the file's own size against the file limit."""
+
+    def __init__(self, app: Any, limit: int, upload_limit: int | None = None):
         self.app = app
         self.limit = limit
+        self.upload_limit = limit if upload_limit is None else upload_limit + UPLOAD_FRAMING
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        upload = scope["path"] == UPLOADS and scope["method"] == "POST"
+        limit = self.upload_limit if upload else self.limit
+        message = f"The request body is over this server's limit of {limit} bytes"
+
         def too_big() -> JSONResponse:
-            return refuse(scope, 413, f"The request body is over this server's limit of {self.limit} bytes")
+            return refuse(scope, 413, message)
 
         declared = dict(scope.get("headers", [])).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        if declared is not None and declared.isdigit() and int(declared) > limit:
             await too_big()(scope, receive, send)
+            return
+        if upload:
+            await self.app(scope, counted(receive, limit, message), send)
             return
         body, more = b"", True
         while more:
@@ -167,3 +183,20 @@ class BodyLimit:
             return await receive()  # after the body: wait for the disconnect, as the server would send it
 
         await self.app(scope, replay, send)
+
+
+def counted(receive: Callable, limit: int, message: str) -> Callable:
+    """`receive` that raises a 413 once more than `limit` bytes have arrived (a body without Content-Length).
+    FastAPI passes an HTTPException raised while it reads the form on to the app's handler, which answers it in
+    OpenAI's shape."""
+    arrived = 0
+
+    async def receiving() -> dict:
+        nonlocal arrived
+        message_in = await receive()
+        arrived += len(message_in.get("body", b""))
+        if arrived > limit:
+            raise HTTPException(413, message)
+        return message_in
+
+    return receiving

@@ -265,3 +265,33 @@ class TokenizerInfo(BaseModel):
     chat_template: str | None
     model_max_length: int
     vocab_size: int
+
+
+# ---- files (/v1/files) ---------------------------------------------------------------------------------------
+class FileObject(BaseModel):
+    """OpenAI's File object; `status` and `status_details` are deprecated there and constant here (an upload that
+    fails the checks is refused, never kept with status `error`)."""
+
+    id: str
+    bytes: int
+    created_at: int
+    filename: str
+    object: Literal["file"] = "file"
+    purpose: str
+    status: Literal["processed"] = "processed"
+    status_details: str | None = None
+    expires_at: int | None = None
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+    first_id: str | None
+    last_id: str | None
+    has_more: bool
+
+
+class FileDeleted(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    deleted: bool = True

@@ -21,6 +21,7 @@ class ServeSettings:
     max_queue: int = 64  # requests waiting for the engine; past this: 429
     max_tokens: int = 512  # new tokens a request may ask for (and the default when it asks for none)
     max_body_bytes: int = 1 << 20  # request body; past this: 413
+    max_file_bytes: int = 512 << 20  # an uploaded file (POST /v1/files, whose body has no other limit); past: 413
     request_timeout: float = 120.0  # seconds from arrival to the last token; past this: 504
     log_content: bool = False  # also keep prompts and outputs in the request log
     placement: Placement = Placement("cpu", "fp32")  # where the model runs, in what compute precision

@@ -7,7 +7,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import openai
@@ -15,7 +17,6 @@ import pytest
 
 from tests.conftest import reverse_rows
 from tests.unit.test_serve import LiveServer
-from tunelab.jobs.db import connect, new_id
 from tunelab.serve.settings import ServeSettings
 
 KEY = "ft-key"
@@ -31,17 +32,9 @@ def chat_rows(count: int, seed: int = 0) -> list[dict]:
                           {"role": "assistant", "content": row["completion"]}]} for row in reverse_rows(count, seed)]
 
 
-def store_file(serve_dir: Path, rows: list[dict], fmt: str = "messages") -> str:
-    """An upload as the files API stores it."""
-    file_id = new_id("file-")
+def upload(api: openai.OpenAI, rows: list[dict], name: str = "train.jsonl") -> str:
     data = "".join(json.dumps(row) + "\n" for row in rows).encode()
-    (serve_dir / "files").mkdir(parents=True, exist_ok=True)
-    (serve_dir / "files" / f"{file_id}.jsonl").write_bytes(data)
-    with connect(serve_dir) as connection:
-        connection.execute("INSERT INTO files (id, created_at, filename, purpose, bytes, path, format, rows) VALUES "
-                           "(?, ?, 'train.jsonl', 'fine-tune', ?, ?, ?, ?)",
-                           (file_id, int(time.time()), len(data), f"files/{file_id}.jsonl", fmt, len(rows)))
-    return file_id
+    return api.files.create(file=(name, data), purpose="fine-tune").id
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +70,7 @@ def test_a_supervised_job_trains_reports_and_is_served(served):
     server, tmp = served
     api = client(server)
     base = server.service.registry.base.id
-    training = store_file(tmp / "serve", chat_rows(60))
+    training = upload(api, chat_rows(60))
     job = api.fine_tuning.jobs.create(model=base, training_file=training, suffix="rev", seed=3,
                                       hyperparameters={"batch_size": 4}, extra_body={"tunelab": TINY})
     assert job.status == "validating_files" and job.fine_tuned_model is None
@@ -96,11 +89,116 @@ def test_a_supervised_job_trains_reports_and_is_served(served):
     checkpoints = list(api.fine_tuning.jobs.checkpoints.list(job.id))
     assert [c.step_number for c in checkpoints] == [6, 4, 2]
     assert checkpoints[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-6"
-    with connect(tmp / "serve") as connection:
-        (path,) = connection.execute("SELECT path FROM files WHERE id = ?", job.result_files).fetchone()
-    table = list(csv.DictReader(io.StringIO((tmp / "serve" / path).read_text())))
+    (result,) = job.result_files
+    assert api.files.retrieve(result).purpose == "fine-tune-results"
+    table = list(csv.DictReader(io.StringIO(api.files.content(result).text)))
     assert [int(row["step"]) for row in table if row["train_loss"]] == list(range(1, 7))
     wait_for(lambda: job.fine_tuned_model in [model.id for model in api.models.list()])
     answer = api.chat.completions.create(model=job.fine_tuned_model, max_tokens=8, temperature=0,
                                          messages=[{"role": "user", "content": "abcd"}])
     assert answer.model == job.fine_tuned_model and answer.choices[0].message.content is not None
+
+
+def openai_pairs(count: int) -> list[dict]:
+    """OpenAI's preference format: the word reversed preferred over the word itself."""
+    return [{"input": {"messages": [{"role": "user", "content": row["prompt"]}]},
+             "preferred_output": [{"role": "assistant", "content": row["completion"]}],
+             "non_preferred_output": [{"role": "assistant", "content": row["prompt"]}]}
+            for row in reverse_rows(count, seed=5)]
+
+
+def test_a_dpo_job_learns_from_openai_preference_rows(served):
+    server, tmp = served
+    api = client(server)
+    training = upload(api, openai_pairs(60), "pairs.jsonl")
+    job = api.fine_tuning.jobs.create(model=server.service.registry.base.id, training_file=training,
+                                      method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}},
+                                      extra_body={"tunelab": TINY})
+    assert job.method.type == "dpo" and job.method.dpo.hyperparameters.beta == 0.2
+    work(tmp)
+    job = api.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    from tunelab.run.folder import RunDir
+    from tunelab.run.record import read_record
+
+    record = read_record(RunDir(tmp / "serve" / "jobs" / job.id / "run"))
+    assert record.task == "dpo" and record.status == "completed"
+    events = [event.message for event in api.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert any(message.startswith("Evaluation on ") and "preference_accuracy" in message or "reward" in message
+               for message in events), events
+
+
+def refused(call, status: int, pattern: str):
+    with pytest.raises(openai.APIStatusError) as caught:
+        call()
+    assert caught.value.status_code == status, caught.value
+    assert re.search(pattern, caught.value.body["message"]), caught.value.body
+    return caught.value
+
+
+def test_bad_jobs_are_refused_in_openai_shape_and_nothing_is_queued(served):
+    server, tmp = served
+    api = client(server)
+    base = server.service.registry.base.id
+    chats, pairs = upload(api, chat_rows(20)), upload(api, openai_pairs(20), "pairs.jsonl")
+    other = api.files.create(file=("notes.txt", b"hello"), purpose="user_data").id
+    before = len(list(api.fine_tuning.jobs.list(limit=100)))
+    create = api.fine_tuning.jobs.create
+    refused(lambda: create(model=base, training_file="file-nope"), 400, r"invalid training_file: .*file-nope")
+    refused(lambda: create(model=base, training_file=other), 400, r"invalid training_file: .*not fine-tune")
+    refused(lambda: create(model="gpt-4o", training_file=chats), 400, rf"this server tunes its base model '{base}'")
+    refused(lambda: create(model=base, training_file=pairs), 400,
+            r"method supervised cannot learn from training_file .* preference pairs")
+    refused(lambda: create(model=base, training_file=chats, method={"type": "dpo"}), 400,
+            r"method dpo cannot learn .* conversations")
+    refused(lambda: create(model=base, training_file=chats, hyperparameters={"n_epochs": 0}), 400,
+            r"hyperparameters.n_epochs")
+    refused(lambda: create(model=base, training_file=chats, hyperparameters={"learning_rate_multiplier": 50}), 400,
+            r"learning_rate_multiplier")
+    refused(lambda: create(model=base, training_file=chats, suffix="a/b"), 400, r"suffix")
+    refused(lambda: create(model=base, training_file=chats, extra_body={"tunelab": {"output": {"dir": "/tmp"}}}),
+            400, r"tunelab.output: a job may set only")
+    refused(lambda: create(model=base, training_file=chats, extra_body={"tunelab": {"data": {"train": "/etc"}}}),
+            400, r"tunelab.data.train")
+    refused(lambda: create(model=base, training_file=chats, extra_body={"tunelab": {"method": {"name": "nope"}}}),
+            400, r"method")
+    prompts = upload(api, [{"messages": [{"role": "user", "content": row["prompt"]}], "reference": row["completion"]}
+                           for row in reverse_rows(20)], "prompts.jsonl")
+    grader = {"type": "python", "name": "p", "source": "def grade(sample, item):\n    return 1.0\n"}
+    refused(lambda: create(model=base, training_file=prompts,
+                           method={"type": "reinforcement", "reinforcement": {"grader": grader}}),
+            400, r"python graders run the caller's code")
+    refused(lambda: api.fine_tuning.jobs.retrieve("ftjob-nope"), 404, r"No fine-tuning job 'ftjob-nope'")
+    refused(lambda: api.fine_tuning.jobs.cancel("ftjob-nope"), 404, r"No fine-tuning job")
+    assert len(list(api.fine_tuning.jobs.list(limit=100))) == before
+
+
+def test_cancel_pause_and_resume_of_jobs_that_wait(served):
+    server, tmp = served
+    api = client(server)
+    chats = upload(api, chat_rows(20))
+    base = server.service.registry.base.id
+    first = api.fine_tuning.jobs.create(model=base, training_file=chats, extra_body={"tunelab": TINY})
+    second = api.fine_tuning.jobs.create(model=base, training_file=chats, extra_body={"tunelab": TINY})
+    assert api.fine_tuning.jobs.cancel(first.id).status == "cancelled"
+    refused(lambda: api.fine_tuning.jobs.cancel(first.id), 400, r"has already cancelled")
+    assert api.fine_tuning.jobs.pause(second.id).status == "paused"
+    refused(lambda: api.fine_tuning.jobs.resume(first.id), 400, r"only a paused job can be resumed")
+    page = api.fine_tuning.jobs.list(limit=1)
+    assert [job.id for job in page.data] == [second.id] and page.has_more
+    assert [job.id for job in api.fine_tuning.jobs.list(limit=1, after=second.id).data] == [first.id]
+    assert api.fine_tuning.jobs.resume(second.id).status == "queued"
+    api.fine_tuning.jobs.cancel(second.id)
+    work(tmp)  # nothing left to run
+    assert api.fine_tuning.jobs.retrieve(second.id).status == "cancelled"
+    events = [event.message for event in api.fine_tuning.jobs.list_events(second.id)]
+    assert events[:3] == ["Job cancelled", "Job resumed; queued to go on from its last checkpoint", "Job paused"]
+
+
+def test_a_full_queue_answers_429(served, monkeypatch):
+    server, tmp = served
+    api = client(server)
+    chats = upload(api, chat_rows(20))
+    monkeypatch.setattr(server.service, "jobs", replace(server.service.jobs, max_waiting=0))
+    refused(lambda: api.fine_tuning.jobs.create(model=server.service.registry.base.id, training_file=chats), 429,
+            r"jobs are waiting")

@@ -19,8 +19,10 @@ WAITING = ("validating_files", "queued")
 FINISHED = ("succeeded", "failed", "cancelled")
 # What each method reads (the data doctor's format names, as the upload was read)
 FITS = {"supervised": {"messages", "sharegpt", "prompt_completion", "alpaca", "text"},
-        "dpo": {"preference"},
-        "reinforcement": {"messages", "prompt_completion", "alpaca", "sharegpt", "prompt"}}
+        "dpo": {"preference", "openai_preference"},
+        "reinforcement": {"prompt"}}
+ROWS = {"preference": "preference pairs", "openai_preference": "preference pairs", "prompt": "prompt-only rows",
+        "feedback": "feedback rows"}
 
 
 @dataclass(frozen=True)
@@ -47,21 +49,23 @@ def add_event(connection: sqlite3.Connection, job_id: str, message: str, level: 
                         None if data is None else json.dumps(data)))
 
 
-def stored_file(connection: sqlite3.Connection, serve_dir: Path, file_id: str, param: str) -> sqlite3.Row:
-    row = connection.execute("SELECT * FROM files WHERE id = ? AND deleted = 0", (file_id,)).fetchone()
-    if row is None:
-        raise APIError(400, f"invalid {param}: no file '{file_id}'", param=param, code="invalid_file")
-    if row["purpose"] != "fine-tune":
-        raise APIError(400, f"invalid {param}: file '{file_id}' has purpose '{row['purpose']}', not 'fine-tune'",
-                       param=param, code="invalid_file")
-    return row
+def stored_file(serve_dir: Path, file_id: str, param: str) -> dict[str, Any]:
+    """The upload's recipe data options (path, format, fields), or a 400 naming the parameter."""
+    from tunelab.jobs.files import data_options
+
+    try:
+        return data_options(serve_dir, file_id)
+    except APIError as error:
+        raise APIError(400, f"invalid {param}: {error.message}", param=param, code="invalid_file") from None
 
 
-def check_fit(body: CreateJob, training: sqlite3.Row, config: JobsConfig) -> None:
+def check_fit(body: CreateJob, training: dict[str, Any], config: JobsConfig) -> None:
     method = body.method_type()
     if training["format"] not in FITS[method]:
-        raise APIError(400, f"method {method} cannot learn from training_file '{training['id']}': its rows are "
-                            f"{training['format']} rows; {method} reads {', '.join(sorted(FITS[method]))}",
+        kind = ROWS.get(training["format"], "conversations")
+        wanted = {"supervised": "conversations", "dpo": "preference pairs", "reinforcement": "prompt-only rows"}
+        raise APIError(400, f"method {method} cannot learn from training_file '{body.training_file}': it holds "
+                            f"{kind} ({training['format']} format), and {method} learns from {wanted[method]}",
                        param="training_file", code="invalid_file_format")
     if method == "reinforcement":
         check_grader(body.method.reinforcement.grader, config, "method.reinforcement.grader")
@@ -88,15 +92,14 @@ def create_job(connection: sqlite3.Connection, body: CreateJob, config: JobsConf
     if body.model not in (config.base_id, config.base_source):
         raise APIError(400, f"model '{body.model}' cannot be fine-tuned here: this server tunes its base model "
                             f"'{config.base_id}'", param="model", code="model_not_available")
-    training = stored_file(connection, config.serve_dir, body.training_file, "training_file")
-    validation = (stored_file(connection, config.serve_dir, body.validation_file, "validation_file")
-                  if body.validation_file else None)
+    training = stored_file(config.serve_dir, body.training_file, "training_file")
+    validation = stored_file(config.serve_dir, body.validation_file, "validation_file") \
+        if body.validation_file else None
     check_fit(body, training, config)
     job_id, seed = new_id("ftjob-"), body.seed if body.seed is not None else 42
     try:
-        built = job_recipe(body, config.base_source, config.serve_dir / training["path"],
-                           config.serve_dir / validation["path"] if validation else None,
-                           (config.serve_dir / "jobs" / job_id / "run").resolve(), seed)
+        built = job_recipe(body, config.base_source, training, validation["train"] if validation else None,
+                           config.serve_dir / "jobs" / job_id / "run", seed)
         validate_recipe(built.recipe, source="the job")
     except (ValueError, TunelabError) as error:
         raise APIError(400, str(error), param="tunelab") from None

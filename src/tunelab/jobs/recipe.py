@@ -28,10 +28,11 @@ class JobRecipe:
     hyperparameters: dict[str, Any]  # OpenAI's names, resolved: what the job says it used
 
 
-def job_recipe(request: CreateJob, base: str, training: Path, validation: Path | None, run_dir: Path,
+def job_recipe(request: CreateJob, base: str, training: dict[str, Any], validation: str | None, run_dir: Path,
                seed: int) -> JobRecipe:
-    """The recipe of a job: `base` is the served base model's source (name or folder), the files are the stored
-    uploads, `run_dir` the job's run folder under the serve folder."""
+    """The recipe of a job: `base` is the served base model's source (name or folder), `training` the training
+    upload's data options (files.data_options: its path, format and fields), `validation` the validation upload's
+    path, `run_dir` the job's run folder under the serve folder."""
     from tunelab.config.schema import TrainSection
 
     extras = request.extras()
@@ -42,11 +43,11 @@ def job_recipe(request: CreateJob, base: str, training: Path, validation: Path |
     batch = given_or(given.batch_size, train.get("batch_size", train_defaults.batch_size))
     multiplier = float(given_or(given.learning_rate_multiplier, 1.0))
     train.update(epochs=epochs, batch_size=batch, lr=train.get("lr", train_defaults.lr) * multiplier, seed=seed)
-    data = {**(extras.get("data") or {}), "train": str(training)}
+    data = {**(extras.get("data") or {}), **training}
     split = {"validation": 0.0 if validation else VALIDATION_SPLIT, "seed": seed, **(data.get("split") or {})}
     data["split"] = split
     if validation:
-        data["validation"] = str(validation)
+        data["validation"] = validation
     task = {**(extras.get("task") or {}), "name": TASKS[request.method_type()]}
     resolved = {"n_epochs": epochs, "batch_size": batch, "learning_rate_multiplier": multiplier}
     if request.method_type() == "dpo":

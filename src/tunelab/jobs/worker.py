@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.errors import StopRequested, TunelabError
-from tunelab.jobs.db import connect, new_id, transaction
+from tunelab.jobs.db import connect, transaction
 from tunelab.jobs.queue import add_event, now
 
 POLL_S = 1.0
@@ -150,7 +150,7 @@ def run_job(connection: sqlite3.Connection, worker: Worker, job: sqlite3.Row) ->
 
 def succeed(connection: sqlite3.Connection, worker: Worker, job: sqlite3.Row, name: str, outcome: Any) -> str:
     evaluation, training = outcome.evaluation, outcome.record.training
-    results = write_results(connection, worker.serve_dir, job["id"], outcome.run.train_log)
+    results = write_results(worker.serve_dir, outcome.run.train_log)
     verdict = evaluation.objective.model_dump(mode="json") if evaluation and evaluation.objective else None
     with transaction(connection):
         add_event(connection, job["id"], f"New fine-tuned model created: {name}")
@@ -194,8 +194,9 @@ def fail(connection: sqlite3.Connection, job_id: str, code: str, message: str) -
 RESULT_COLUMNS = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy")
 
 
-def write_results(connection: sqlite3.Connection, serve_dir: Path, job_id: str, train_log: Path) -> list[str]:
+def write_results(serve_dir: Path, train_log: Path) -> list[str]:
     """OpenAI's result file: a CSV of the step metrics, stored as a file of purpose fine-tune-results."""
+    from tunelab.jobs.files import add_result_file
     from tunelab.jobs.progress import openai_metrics
     from tunelab.train.callbacks import logged
 
@@ -204,13 +205,4 @@ def write_results(connection: sqlite3.Connection, serve_dir: Path, job_id: str, 
     writer = csv.DictWriter(text, fieldnames=RESULT_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    file_id = new_id("file-")
-    relative = Path("files") / f"{file_id}.csv"
-    (serve_dir / "files").mkdir(parents=True, exist_ok=True)
-    data = text.getvalue().encode()
-    (serve_dir / relative).write_bytes(data)
-    with transaction(connection):
-        connection.execute("INSERT INTO files (id, created_at, filename, purpose, bytes, path, format, rows) "
-                           "VALUES (?, ?, ?, 'fine-tune-results', ?, ?, 'csv', ?)",
-                           (file_id, now(), "step_metrics.csv", len(data), str(relative), len(rows)))
-    return [file_id]
+    return [add_result_file(serve_dir, "step_metrics.csv", text.getvalue().encode()).id]

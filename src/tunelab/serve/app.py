@@ -64,7 +64,9 @@ async def validation_error(request: Request, error: RequestValidationError) -> J
     others = len({problem["loc"][:2] for problem in problems}) - 1
     more = f" (and {others} more problem{'s' if others > 1 else ''})" if others > 0 else ""
     message = f"{field or 'body'}: {first['msg']}{more}"
-    return await api_error(request, APIError(422, message, param=field or None))
+    # OpenAI answers a bad files or fine-tuning request (an out-of-range hyperparameter) with 400, not 422
+    status = 400 if request.url.path.startswith(("/v1/files", "/v1/fine_tuning")) else 422
+    return await api_error(request, APIError(status, message, param=field or None))
 
 
 def is_type_tag(part: object) -> bool:

@@ -24,7 +24,7 @@ FEEDBACK_COLUMNS = {
     "preferred": "TEXT",  # a better alternative answer
     "comment": "TEXT",
 }
-FEEDBACK_SCHEMA = (f"CREATE TABLE IF NOT EXISTS feedback (rowid_ INTEGER PRIMARY KEY, "
+FEEDBACK_SCHEMA = (f"CREATE TABLE IF NOT EXISTS feedback (seq INTEGER PRIMARY KEY, "
                    f"{', '.join(f'{name} {kind}' for name, kind in FEEDBACK_COLUMNS.items())})")
 
 
@@ -113,7 +113,7 @@ def judged_answers(connection: sqlite3.Connection, model: str) -> list[JudgedAns
     completion = ", ".join(f"r.{name}" for name in COMPLETION_FIELDS.split(", "))
     rows = connection.execute(
         f"SELECT {columns}, {completion} FROM feedback f JOIN requests r ON r.request_id = f.completion_id "
-        "WHERE r.model = ? AND r.prompt IS NOT NULL AND r.output IS NOT NULL ORDER BY f.ts, f.rowid_",
+        "WHERE r.model = ? AND r.prompt IS NOT NULL AND r.output IS NOT NULL ORDER BY f.ts, f.seq",
         (model,)).fetchall()
     size = len(FEEDBACK_COLUMNS)
     return [JudgedAnswer(FeedbackRecord(*row[:size]), LoggedCompletion(*row[size:])) for row in rows]

@@ -16,6 +16,7 @@ from rich.markup import escape
 from tunelab.cli import (  # noqa: F401  (each module registers its commands)
     data,
     export,
+    feedback,
     jobs,
     methods,
     models,

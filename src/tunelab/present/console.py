@@ -24,6 +24,7 @@ from tunelab.present.tables import Column, fitted_table
 
 if TYPE_CHECKING:
     from tunelab.data.cache import Prepared
+    from tunelab.monitor.feedback_export import Export
     from tunelab.monitor.report import ModelStats
     from tunelab.run.folder import RunDir
     from tunelab.run.listing import RunSummary
@@ -251,6 +252,22 @@ def monitor_table(title: str, stats: list["ModelStats"], width: int = 200) -> Ta
              ms(item.p95_ms), ms(item.p99_ms), f"{item.prompt_tokens:,}", f"{item.completion_tokens:,}",
              "-" if item.tokens_per_second is None else f"{item.tokens_per_second:.1f}"] for item in stats]
     return fitted_table(title, MONITOR_COLUMNS, rows, width)
+
+
+def feedback_export_line(result: "Export", model: str, fmt: str, out: Path) -> str:
+    """One line: rows written, what each doctor stage dropped, personal data scrubbed, the test splits checked."""
+    from rich.markup import escape
+
+    from tunelab.monitor.feedback_export import STAGES
+
+    dropped = ", ".join(f"{result.dropped[stage]} {stage.replace('_', ' ')}" for stage in STAGES
+                        if result.dropped.get(stage)) or "none"
+    scrubbed = ", ".join(f"{count} {kind}" for kind, count in sorted(result.pii.items())) or "none"
+    checked = (f"checked against {', '.join(str(path) for path in result.test_splits)}" if result.test_splits
+               else "not checked (the base model answered: no run, no test split)")
+    return escape(f"wrote {len(result.rows)} {fmt} rows to {out} from {result.feedback} feedback on '{model}' "
+                  f"({result.made} made; dropped: {dropped}; personal data scrubbed: {scrubbed}; contamination "
+                  f"{checked})")
 
 
 def print_run_comparison(console: Console, comparison: dict[str, Any], first: Path, second: Path) -> None:

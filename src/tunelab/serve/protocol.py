@@ -295,3 +295,27 @@ class FileDeleted(BaseModel):
     id: str
     object: Literal["file"] = "file"
     deleted: bool = True
+
+
+class FeedbackRequest(Body):
+    """POST /v1/feedback (a tunelab extension; OpenAI has no such endpoint): a judgement of a logged answer."""
+
+    completion_id: str = Field(..., max_length=128, description="The id of a chat completion or completion.")
+    index: int = Field(0, ge=0, description="The choice judged (for n > 1 or several prompts).")
+    rating: Literal["up", "down"] | None = None
+    correction: str | None = Field(None, description="The answer the model should have given.")
+    preferred: str | None = Field(None, description="An alternative answer preferred to the model's.")
+    comment: str | None = None
+
+
+class Feedback(BaseModel):
+    id: str
+    object: Literal["feedback"] = "feedback"
+    created_at: int
+    completion_id: str
+    model: str | None
+    index: int
+    rating: Literal["up", "down"] | None = None
+    correction: str | None = None
+    preferred: str | None = None
+    comment: str | None = None

@@ -138,7 +138,7 @@ class Service:
         if self.settings.log_content:
             log["prompt"] = json.dumps(messages, ensure_ascii=False)
         prepared = self.prepare(served, [prompt], body, log)
-        request_id = f"chatcmpl-{uuid.uuid4().hex}"
+        request_id = self.completion_id("chatcmpl", log)
         if body.stream:
             return self.stream_chat(request_id, body, prepared, log)
         job = await self.run(prepared, body, log, stream=False, disconnected=disconnected)
@@ -157,13 +157,21 @@ class Service:
             log["prompt"] = json.dumps(texts, ensure_ascii=False)
         prepared = self.prepare(served, prompts, body, log)
         prepared.texts = texts
-        request_id = f"cmpl-{uuid.uuid4().hex}"
+        request_id = self.completion_id("cmpl", log)
         if body.stream:
             return self.stream_completion(request_id, body, prepared, log)
         job = await self.run(prepared, body, log, stream=False, disconnected=disconnected)
         choices = [completion_choice(row, body, prepared) for row in job.rows]
         return api.Completion(id=request_id, created=int(time.time()), model=served.id, choices=choices,
                               usage=usage(prepared, job))
+
+    def completion_id(self, prefix: str, log: dict[str, Any]) -> str:
+        """A new answer's id, in its log entry (feedback finds the answer by it) and announced to the request log,
+        so a feedback that arrives before the entry is written waits for it (serve/feedback.py)."""
+        request_id = f"{prefix}-{uuid.uuid4().hex}"
+        log["request_id"] = request_id
+        self.request_log.expect(request_id)
+        return request_id
 
     def prepare(self, served: ServedModel, prompts: list[list[int]], body: api.SamplingFields,
                 log: dict[str, Any]) -> Prepared:

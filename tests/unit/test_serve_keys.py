@@ -27,7 +27,8 @@ CHAT = {"model": "tiny-llama", "messages": [{"role": "user", "content": "abcd"}]
         "temperature": 0}
 REFUSED = {"error": {"message": "Missing or wrong API key (Authorization: Bearer <key>)",
                      "type": "authentication_error", "param": None, "code": None}}
-KEYS_FILE = "# keys of the demo clients\n\n  first-key  \nsecond-key\n\n# retired-key\n"
+KEYS_FILE = ("# keys of the demo clients\n\n  first-key  \nsecond-key inference\n\n# retired-key\n"
+             "tuner-key fine-tuning\nboth-key inference, fine-tuning\n")
 
 
 def free_port() -> int:
@@ -137,6 +138,21 @@ def test_every_key_of_the_keys_file_works_and_comments_are_not_keys(keys_file_se
         assert chat(keys_file_server, key) == (401, REFUSED), key
 
 
+def test_keys_have_scopes_inference_keys_cannot_fine_tune(keys_file_server):
+    """An inference key uses the model but gets 403 from the files and fine-tuning API; a fine-tuning key does
+    both; no key is 401 everywhere."""
+    for key in ("first-key", "second-key"):
+        status, body = request(keys_file_server, "GET", "/v1/fine_tuning/jobs", key)
+        assert status == 403 and "not the files and fine-tuning API" in body["error"]["message"]
+        assert request(keys_file_server, "GET", "/v1/files", key)[0] == 403
+    for key in ("tuner-key", "both-key"):
+        assert_answers(*chat(keys_file_server, key))
+        status, body = request(keys_file_server, "GET", "/v1/fine_tuning/jobs", key)
+        assert status == 200 and body["object"] == "list"
+        assert request(keys_file_server, "GET", "/v1/files", key)[0] == 200
+    assert request(keys_file_server, "GET", "/v1/files", None) == (401, REFUSED)
+
+
 def test_a_wrong_key_with_a_non_ascii_letter_is_401(keys_file_server):
     assert chat(keys_file_server, "cl\u00e9") == (401, REFUSED)
 
@@ -147,7 +163,9 @@ def test_an_environment_key_with_a_space_is_one_key(tiny_checkpoint, tmp_path):
         assert_answers(*chat(port, "open sesame"))
 
 
-@pytest.mark.parametrize("content, problem", [(None, "file not found"), ("# only a comment\n\n   \n", "holds no key")])
+@pytest.mark.parametrize("content, problem", [
+    (None, ": file not found"), ("# only a comment\n\n   \n", ": holds no key"),
+    ("a-key\nb-key admin\n", ":2: unknown scope 'admin' (scopes: inference, fine-tuning)")])
 def test_a_bad_keys_file_is_one_line_exit_2_and_leaves_the_port_free(capsys, tmp_path, home, tiny_checkpoint,
                                                                      content, problem):
     keys = tmp_path / "keys.txt"
@@ -157,7 +175,7 @@ def test_a_bad_keys_file_is_one_line_exit_2_and_leaves_the_port_free(capsys, tmp
     code, _, err = invoke(capsys, "serve", "--base", str(tiny_checkpoint), "--port", str(port),
                           "--serve-dir", str(tmp_path / "serve"), "--api-keys-file", str(keys))
     assert code == 2
-    assert one_error_line(err) == f"error: --api-keys-file {keys}: {problem}"
+    assert one_error_line(err) == f"error: --api-keys-file {keys}{problem}"
     assert port_is_free(port)
     if content is not None:
         assert keys.read_text() == content

@@ -25,7 +25,12 @@ def serve(
     api_key: Optional[list[str]] = typer.Option(
         None, "--api-key", metavar="KEY", help="Key clients send as Authorization: Bearer KEY (repeatable; default: "
                                 "$TUNELAB_API_KEY, read as one key)."),
-    api_keys_file: Optional[Path] = typer.Option(None, help="File with one API key a line."),
+    api_keys_file: Optional[Path] = typer.Option(
+        None, help="File with one API key a line, each optionally followed by its scopes: inference (the default) "
+                   "or fine-tuning (also /v1/files and /v1/fine_tuning)."),
+    fine_tune_key: Optional[list[str]] = typer.Option(
+        None, "--fine-tune-key", metavar="KEY", help="A key that may also upload files and run fine-tuning jobs "
+                                                     "(repeatable; default: $TUNELAB_FINE_TUNE_KEY)."),
     admin_key: Optional[str] = typer.Option(None, envvar="TUNELAB_ADMIN_KEY",
                                             help="Key for POST/DELETE /v1/adapters; without it they are off."),
     metrics_key: Optional[str] = typer.Option(
@@ -66,8 +71,10 @@ def serve(
 
     # Read here, not through click's envvar: click splits a list option's environment value on whitespace.
     env_key = os.environ.get("TUNELAB_API_KEY", "").strip()
-    keys = (frozenset(api_key or ([env_key] if env_key else [])) |
-            (read_keys_file(api_keys_file) if api_keys_file else frozenset()))
+    env_fine_tune_key = os.environ.get("TUNELAB_FINE_TUNE_KEY", "").strip()
+    from_file = read_keys_file(api_keys_file) if api_keys_file else (frozenset(), frozenset())
+    keys = frozenset(api_key or ([env_key] if env_key else [])) | from_file[0]
+    fine_tune_keys = frozenset(fine_tune_key or ([env_fine_tune_key] if env_fine_tune_key else [])) | from_file[1]
     placement = resolve_placement(device, precision or "auto", cpu_auto="bf16" if precision else "fp32")
     home = tunelab_home()
     roots = runs_roots(runs_root, home)
@@ -78,7 +85,8 @@ def serve(
 
         torch.set_num_threads(threads)
     settings = ServeSettings(
-        serve_dir=serve_dir, api_keys=keys, admin_key=admin_key, metrics_key=metrics_key,
+        serve_dir=serve_dir, api_keys=keys, fine_tune_keys=fine_tune_keys, admin_key=admin_key,
+        metrics_key=metrics_key,
         runs_roots=roots, max_batch_rows=max_batch,
         batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
         max_body_bytes=max_body_kb * 1024, max_file_bytes=max_file_mb << 20, request_timeout=timeout,
@@ -94,8 +102,9 @@ def serve(
     from tunelab.serve.app import create_app
 
     bound_host, bound_port = sock.getsockname()[:2]
+    needed = "required" if keys or fine_tune_keys else "none"
     console.print(f"[bold green]serving[/bold green] {', '.join(service.registry.ids())} on "
-                  f"http://{bound_host}:{bound_port}/v1 (keys: {'required' if keys else 'none'}; admin: "
+                  f"http://{bound_host}:{bound_port}/v1 (keys: {needed}; admin: "
                   f"{admin_line(admin_key, roots)}; {placement.describe()}); request log {service.request_log.path}")
     worker = None
     if jobs:

@@ -32,7 +32,8 @@ def create_app(service: Service) -> FastAPI:
     settings = service.settings
     # add_middleware wraps: the last added runs first (Accounting sees every request, even refused ones)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_file_bytes)
-    app.add_middleware(ApiKeys, api_keys=settings.api_keys, admin_key=settings.admin_key,
+    app.add_middleware(ApiKeys, api_keys=settings.api_keys, fine_tune_keys=settings.fine_tune_keys,
+                       admin_key=settings.admin_key,
                        metrics_key=settings.metrics_key)
     app.add_middleware(Accounting, record=lambda entry: record(service, entry))
     app.add_exception_handler(APIError, api_error)

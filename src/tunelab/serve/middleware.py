@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse
 from tunelab.serve.errors import CLIENT_LEFT, error_body
 
 ADMIN_PREFIX = "/v1/adapters"
+FINE_TUNING_PREFIXES = ("/v1/files", "/v1/fine_tuning")  # the fine-tuning scope: uploads and jobs
 OPEN = "/health"  # liveness for load balancers and orchestrators: holds nothing a key protects
 METRICS = "/metrics"
 UNLOGGED = (OPEN, METRICS)
@@ -79,12 +80,17 @@ class Accounting:
 
 
 class ApiKeys:
-    """`Authorization: Bearer KEY`: with API keys, every route but /health needs one of them (or the admin key;
-    /metrics also the metrics key); /v1/adapters needs the admin key only, with or without API keys."""
+    """`Authorization: Bearer KEY`, by scope. With any API key given, every route but /health needs a key:
+      inference (chat, completions, models, feedback, ...)   an API key, a fine-tuning key or the admin key
+      fine-tuning (/v1/files, /v1/fine_tuning)               a fine-tuning key or the admin key (an inference key: 403)
+      admin (/v1/adapters)                                   the admin key only, with or without API keys
+    /metrics also opens to the metrics key. With no API key given, all but admin is open (a local server)."""
 
-    def __init__(self, app: Any, api_keys: frozenset[str], admin_key: str | None, metrics_key: str | None = None):
+    def __init__(self, app: Any, api_keys: frozenset[str], admin_key: str | None, metrics_key: str | None = None,
+                 fine_tune_keys: frozenset[str] = frozenset()):
         self.app = app
         self.api_keys = api_keys
+        self.fine_tune_keys = fine_tune_keys
         self.admin_key = admin_key
         self.metrics_key = metrics_key
 
@@ -97,26 +103,34 @@ class ApiKeys:
 
     def refusal(self, scope: dict) -> JSONResponse | None:
         token = bearer_token(scope)
-        if scope["path"].startswith(ADMIN_PREFIX):
+        path = scope["path"]
+        if path.startswith(ADMIN_PREFIX):
             if self.admin_key is None:
                 return refuse(scope, 403, "The admin endpoints are off; start the server with --admin-key")
             if token is None or not same_key(token, self.admin_key):
                 return refuse(scope, 401, "Missing or wrong admin key (Authorization: Bearer <admin key>)")
             return None
-        keys = self.keys_for(scope["path"])
+        keys = self.keys_for(path)
         if not keys:
             return None
-        if token is None or not any(same_key(token, key) for key in keys):
-            return refuse(scope, 401, "Missing or wrong API key (Authorization: Bearer <key>)")
-        return None
-
+        if token is not None and any(same_key(token, key) for key in keys):
+            return None
+        if token is not None and path.startswith(FINE_TUNING_PREFIXES) and \
+                any(same_key(token, key) for key in self.api_keys):
+            return refuse(scope, 403, "This key may use the model but not the files and fine-tuning API; use a key "
+                                      "given with --fine-tune-key (or the admin key)")
+        return refuse(scope, 401, "Missing or wrong API key (Authorization: Bearer <key>)")
 
     def keys_for(self, path: str) -> frozenset[str]:
         """The keys that open `path`; empty: it is open."""
-        keys = self.api_keys | ({self.admin_key} if self.api_keys and self.admin_key else set())
+        keyed = bool(self.api_keys or self.fine_tune_keys)
+        admin = {self.admin_key} if keyed and self.admin_key else set()
+        if keyed and path.startswith(FINE_TUNING_PREFIXES):
+            return frozenset(self.fine_tune_keys | admin)
+        keys = self.api_keys | self.fine_tune_keys | admin
         if path == METRICS and self.metrics_key:
             keys |= {self.metrics_key}
-        return keys
+        return frozenset(keys)
 
 
 def same_key(token: str, key: str) -> bool:

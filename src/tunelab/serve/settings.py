@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from tunelab.errors import TunelabError
 @dataclass(frozen=True)
 class ServeSettings:
     serve_dir: Path = Path("serve")
-    api_keys: frozenset[str] = field(default_factory=frozenset)  # empty: the API needs no key
+    api_keys: frozenset[str] = field(default_factory=frozenset)  # inference scope; none of either: no key needed
+    fine_tune_keys: frozenset[str] = field(default_factory=frozenset)  # inference and fine-tuning (files, jobs)
     admin_key: str | None = None  # None: the admin endpoints (load/unload adapters) are off
     metrics_key: str | None = None  # also opens /metrics (for a Prometheus scraper that holds no API key)
     runs_roots: tuple[Path, ...] = ()  # folders the admin may load runs from (runpaths.py); empty: none
@@ -30,12 +32,26 @@ class ServeSettings:
     allow_python_graders: bool = False  # python graders in reinforcement jobs run the caller's code in the worker
 
 
-def read_keys_file(path: Path) -> frozenset[str]:
-    """One key a line; blank lines and lines starting with # are ignored."""
+SCOPES = ("inference", "fine-tuning")
+
+
+def read_keys_file(path: Path) -> tuple[frozenset[str], frozenset[str]]:
+    """(inference keys, fine-tuning keys) from a file of one key a line, optionally followed by its scopes:
+    `KEY` or `KEY inference` (the model only), `KEY fine-tuning` or `KEY inference,fine-tuning` (also files and
+    jobs). Blank lines and lines starting with # are ignored."""
     if not path.is_file():
         raise TunelabError(f"--api-keys-file {path}: file not found")
-    keys = {line.strip() for line in path.read_text(encoding="utf-8").splitlines()}
-    keys = {key for key in keys if key and not key.startswith("#")}
-    if not keys:
+    inference, fine_tuning = set(), set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        key, _, rest = line.strip().partition(" ")
+        if not key or key.startswith("#"):
+            continue
+        scopes = set(re.split(r"[\s,]+", rest.strip())) - {""} or {"inference"}
+        unknown = sorted(scopes - set(SCOPES))
+        if unknown:
+            raise TunelabError(f"--api-keys-file {path}:{number}: unknown scope '{unknown[0]}' "
+                               f"(scopes: {', '.join(SCOPES)})")
+        (fine_tuning if "fine-tuning" in scopes else inference).add(key)
+    if not inference and not fine_tuning:
         raise TunelabError(f"--api-keys-file {path}: holds no key")
-    return frozenset(keys)
+    return frozenset(inference), frozenset(fine_tuning)

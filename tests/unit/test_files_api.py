@@ -40,7 +40,7 @@ def server(tiny_checkpoint, tmp_path_factory):
     from tunelab.serve.server import build_service
 
     serve_dir = tmp_path_factory.mktemp("files") / "serve"
-    settings = ServeSettings(serve_dir=serve_dir, api_keys=frozenset({KEY}), max_body_bytes=BODY_LIMIT,
+    settings = ServeSettings(serve_dir=serve_dir, fine_tune_keys=frozenset({KEY}), max_body_bytes=BODY_LIMIT,
                              max_file_bytes=FILE_LIMIT)
     service = build_service([], str(tiny_checkpoint), settings, serve_dir.parent / "home", say=lambda _: None)
     live = LiveServer(service)

@@ -42,7 +42,7 @@ def served(tiny_checkpoint, tmp_path_factory):
     from tunelab.serve.server import build_service
 
     tmp = tmp_path_factory.mktemp("jobs")
-    settings = ServeSettings(serve_dir=tmp / "serve", api_keys=frozenset({KEY}), max_tokens=64)
+    settings = ServeSettings(serve_dir=tmp / "serve", fine_tune_keys=frozenset({KEY}), max_tokens=64)
     server = LiveServer(build_service([], str(tiny_checkpoint), settings, tmp / "home", say=lambda _: None))
     yield server, tmp
     server.stop()

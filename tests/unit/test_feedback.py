@@ -50,7 +50,7 @@ def run(tmp_path_factory, tiny_checkpoint) -> Path:
 def serve(run: Path, serve_dir: Path, log_content: bool) -> LiveServer:
     from tunelab.serve.server import build_service
 
-    settings = ServeSettings(serve_dir=serve_dir, api_keys=frozenset({KEY}), max_tokens=64, batch_wait=0.002,
+    settings = ServeSettings(serve_dir=serve_dir, fine_tune_keys=frozenset({KEY}), max_tokens=64, batch_wait=0.002,
                              log_content=log_content)
     return LiveServer(build_service([f"rev={run}"], None, settings, run.parent / "home", say=lambda _: None))
 
@@ -314,3 +314,24 @@ def test_export_refusals(capsys, live, judged, tmp_path):
     code, _, _ = cli(capsys, "feedback", "export", serve_dir, "--model", "rev", "--format", "sft", "--out", str(out),
                      "--overwrite")
     assert code == 0 and len(read_jsonl(out)) == 3
+
+
+def test_the_server_makes_a_fine_tune_file_and_a_job_from_feedback(live, judged, capsys, tmp_path):
+    """POST /v1/fine_tuning/feedback_files: the same rows `tunelab feedback export` writes, stored as an upload, and
+    with `job` a queued DPO job trained on them."""
+    expected, _ = export(capsys, live, tmp_path, "dpo")
+    base = live.service.registry.base.id
+    made = live.client().post("/fine_tuning/feedback_files", cast_to=dict,
+                              body={"model": "rev", "format": "dpo",
+                                    "job": {"model": base, "method": {"type": "dpo"}, "suffix": "fb"}})
+    file, job = made["file"], made["job"]
+    assert file["purpose"] == "fine-tune" and file["filename"] == "feedback-rev-dpo.jsonl"
+    content = live.client().files.content(file["id"]).text
+    assert [json.loads(line) for line in content.splitlines()] == expected
+    assert job["training_file"] == file["id"] and job["status"] == "validating_files"
+    assert job["method"]["type"] == "dpo"
+    with pytest.raises(openai.BadRequestError, match="nobody: no completions of it"):
+        live.client().post("/fine_tuning/feedback_files", cast_to=dict, body={"model": "nobody", "format": "sft"})
+    with pytest.raises(openai.BadRequestError, match=r"job.method.type"):
+        live.client().post("/fine_tuning/feedback_files", cast_to=dict,
+                           body={"model": "rev", "format": "dpo", "job": {"model": base, "method": {"type": "x"}}})

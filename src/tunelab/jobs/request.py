@@ -136,3 +136,14 @@ class CreateJob(Body):
         if paths:
             raise ValueError(f"tunelab.data.{paths[0]}: a job's data are its training_file and validation_file ids")
         return extras
+
+
+class FeedbackFile(Body):
+    """POST /v1/fine_tuning/feedback_files (tunelab's): a served model's feedback as a fine-tune file, through the
+    data doctor as `tunelab feedback export` writes it; with `job`, also a job trained on it at once."""
+
+    model: str = Field(..., min_length=1, description="The served model whose answers were judged.")
+    format: Literal["sft", "dpo", "kto"] = Field("dpo", description="sft: corrections as chats; dpo: correction "
+                                                 "chosen over the original; kto: thumbs as labelled answers.")
+    job: dict[str, Any] | None = Field(None, description="A job's create fields but training_file (model, method, "
+                                                         "suffix, hyperparameters, tunelab, ...).")

@@ -8,11 +8,12 @@ from contextlib import closing
 from typing import Any, Callable
 
 from fastapi import APIRouter, Query, Request
+from pydantic import ValidationError
 
 from tunelab.jobs import queue
 from tunelab.jobs.db import connect
 from tunelab.jobs.objects import checkpoint_object, event_object, job_object, page_object
-from tunelab.jobs.request import CreateJob
+from tunelab.jobs.request import CreateJob, FeedbackFile
 from tunelab.serve.errors import APIError
 from tunelab.serve.routes.common import service_of
 
@@ -80,3 +81,25 @@ def list_checkpoints(job_id: str, request: Request, after: str | None = None,
         return page_object([checkpoint_object(row) for row in rows], more)
 
     return with_jobs(request, listed)
+
+
+@router.post("/v1/fine_tuning/feedback_files")
+def feedback_file(body: FeedbackFile, request: Request) -> dict[str, Any]:
+    """tunelab's: the feedback on a served model's answers as a fine-tune file, and with `job` a job on it."""
+    from tunelab.jobs.feedback import feedback_upload
+    from tunelab.serve.routes.files import file_object
+
+    def made(connection, config):
+        row = feedback_upload(config.serve_dir, body.model, body.format, service_of(request).settings.max_file_bytes)
+        answer: dict[str, Any] = {"file": file_object(row).model_dump()}
+        if body.job is not None:
+            try:
+                job = CreateJob.model_validate({**body.job, "training_file": row.id})
+            except ValidationError as error:
+                problem = error.errors()[0]
+                where = ".".join(str(part) for part in problem["loc"])
+                raise APIError(400, f"job.{where}: {problem['msg']}", param=f"job.{where}") from None
+            answer["job"] = job_object(queue.create_job(connection, job, config))
+        return answer
+
+    return with_jobs(request, made)

@@ -123,11 +123,22 @@ def test_ctrl_c_during_train_says_resume_continues(tmp_path, home, tiny_checkpoi
                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     run = tmp_path / "run"
     deadline = time.monotonic() + 120
-    while not list(run.rglob("checkpoint-*")) and process.poll() is None and time.monotonic() < deadline:
+
+    def committed() -> bool:  # a whole checkpoint, not one being written: the interrupt lands between steps
+        from tunelab.train.checkpoints import is_committed
+
+        return any(is_committed(path) for path in run.rglob("checkpoint-*"))
+
+    while not committed() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert process.poll() is None, process.stderr.read()
     process.send_signal(signal.SIGINT)
-    _, err = process.communicate(timeout=120)
+    try:
+        _, err = process.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # say what it had written before it hung, then stop it
+        process.kill()
+        _, err = process.communicate()
+        raise AssertionError(f"no exit 120 s after SIGINT; stderr so far:\n{err}") from None
     assert process.returncode == 130, err
     last = [line for line in err.splitlines() if line.strip()][-1]
     command = shlex.join(["tunelab", "train", str(recipe), *overrides, "--resume"])

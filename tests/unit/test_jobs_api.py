@@ -97,6 +97,33 @@ def test_a_supervised_job_trains_reports_and_is_served(served):
     answer = api.chat.completions.create(model=job.fine_tuned_model, max_tokens=8, temperature=0,
                                          messages=[{"role": "user", "content": "abcd"}])
     assert answer.model == job.fine_tuned_model and answer.choices[0].message.content is not None
+    assert answer.choices[0].message.content == reference(tmp / "serve" / "jobs" / job.id / "run", tmp / "home")
+    restarted_serves_the_job(server, tmp, job)
+
+
+def reference(run: Path, home: Path) -> str:
+    """What the run itself answers (greedy), without the server."""
+    from tunelab.cli.run import reply
+    from tunelab.run.models import open_run_models
+
+    models = open_run_models(run, home)
+    return reply(models.inference().load_tuned(), models.tokenizer(), [{"role": "user", "content": "abcd"}], 8, 0.0,
+                 models.placement)
+
+
+def restarted_serves_the_job(server, tmp: Path, job) -> None:
+    """A second server on the same serve folder (a restart) knows the job and serves its model from the start."""
+    from tunelab.serve.server import build_service
+
+    settings = replace(server.service.settings)
+    again = LiveServer(build_service([], server.service.registry.base.root, settings, tmp / "home",
+                                     say=lambda _: None))
+    try:
+        api = client(again)
+        assert api.fine_tuning.jobs.retrieve(job.id).status == "succeeded"
+        assert job.fine_tuned_model in [model.id for model in api.models.list()]
+    finally:
+        again.stop()
 
 
 def openai_pairs(count: int) -> list[dict]:

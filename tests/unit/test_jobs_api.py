@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import reverse_rows
 from tests.unit.test_serve import LiveServer
+from tunelab.serve.finished_jobs import FinishedJobs
 from tunelab.serve.settings import ServeSettings
 
 KEY = "ft-key"
@@ -97,8 +98,25 @@ def test_a_supervised_job_trains_reports_and_is_served(served):
     answer = api.chat.completions.create(model=job.fine_tuned_model, max_tokens=8, temperature=0,
                                          messages=[{"role": "user", "content": "abcd"}])
     assert answer.model == job.fine_tuned_model and answer.choices[0].message.content is not None
+    served_on_first_request(server, tmp, api)
     assert answer.choices[0].message.content == reference(tmp / "serve" / "jobs" / job.id / "run", tmp / "home")
     restarted_serves_the_job(server, tmp, job)
+
+
+def served_on_first_request(server, tmp: Path, api: openai.OpenAI) -> None:
+    """A job that finished a moment ago, before the server's poller saw it, answers the first request for it."""
+    server.service.finished_jobs.close()  # no poller: only the request can load it
+    try:
+        job = api.fine_tuning.jobs.create(model=server.service.registry.base.id, training_file=upload(
+            api, chat_rows(40, seed=2)), extra_body={"tunelab": TINY})
+        work(tmp)
+        job = api.fine_tuning.jobs.retrieve(job.id)
+        assert job.status == "succeeded" and job.fine_tuned_model not in [model.id for model in api.models.list()]
+        answer = api.chat.completions.create(model=job.fine_tuned_model, max_tokens=4,
+                                             messages=[{"role": "user", "content": "abcd"}])
+        assert answer.model == job.fine_tuned_model
+    finally:
+        server.service.finished_jobs = FinishedJobs(server.service, say=lambda _: None).start()
 
 
 def reference(run: Path, home: Path) -> str:

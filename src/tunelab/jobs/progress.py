@@ -79,6 +79,11 @@ class JobProgress(TrainerCallback):
             control.should_save = True
             self.stopping = "pause"
 
+    def on_train_end(self, args, state, control, **kwargs):
+        with transaction(self.connection):
+            add_event(self.connection, self.job_id, f"Training done at step {state.global_step}; evaluating the "
+                                                    "tuned model against the base on the held-out test rows")
+
     def on_save(self, args, state, control, **kwargs):
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         with transaction(self.connection):

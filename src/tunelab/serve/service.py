@@ -113,6 +113,13 @@ class Service:
     def list_models(self) -> api.ModelList:
         return api.ModelList(data=[card(model) for model in self.registry.all()])
 
+    async def finished_job(self, model_id: str) -> None:
+        """A fine-tuning job's model (ft:...) that finished a moment ago is loaded before the lookup."""
+        if self.finished_jobs is not None and model_id.startswith("ft:") and self.registry.get(model_id) is None:
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(self.finished_jobs.serve_now, model_id)
+
     def served(self, model_id: str, log: dict[str, Any]) -> ServedModel:
         valid_id(model_id, "model")  # before it reaches the log and the metrics' labels
         log["model"] = model_id
@@ -128,6 +135,7 @@ class Service:
         from tunelab.data.templates import encode_prompt
 
         check_request(body, self.settings)
+        await self.finished_job(body.model)
         served = self.served(body.model, log)
         messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
                     for m in body.messages]
@@ -151,6 +159,7 @@ class Service:
     async def complete(self, body: api.CompletionRequest, log: dict[str, Any],
                        disconnected: Disconnected | None = None) -> Any:
         check_request(body, self.settings)
+        await self.finished_job(body.model)
         served = self.served(body.model, log)
         prompts, texts = completion_prompts(body.prompt, served.tokenizer)
         if self.settings.log_content:

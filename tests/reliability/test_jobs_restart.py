@@ -156,3 +156,51 @@ def test_a_running_job_cancelled_stops_and_is_not_served(served):
              if event.type == "metrics"]
     assert job.fine_tuned_model is None and job.finished_at and max(steps) < 60
     assert read_record(RunDir(tmp / "serve" / "jobs" / job_id / "run")).status == "interrupted"
+
+
+def test_a_job_survives_its_server_killed_and_started_again(served, uninterrupted, tmp_path):
+    """`tunelab serve --jobs` killed with SIGKILL mid-job: its worker is stopped with it (the job goes back to the
+    queue), and the next `tunelab serve --jobs` finishes the job with the uninterrupted job's weights."""
+    import openai
+
+    from tests.unit.test_serve_keys import free_port
+
+    server, _, _, tmp = served
+    port, serve_dir = free_port(), tmp_path / "serve"
+    command = [str(TUNELAB), "serve", "--base", server.service.registry.base.root, "--jobs", "--serve-dir",
+               str(serve_dir), "--port", str(port)]
+    env = {**os.environ, "TUNELAB_HOME": str(tmp / "home")}
+    api = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=30)
+
+    def start() -> subprocess.Popen:
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: answers(api), seconds=120)
+        return process
+
+    first = start()
+    try:
+        job_id = api.fine_tuning.jobs.create(model=server.service.registry.base.id, seed=7,
+                                             training_file=upload(api, chat_rows(60)),
+                                             extra_body={"tunelab": LONG}).id
+        wait_for(lambda: any(step >= 8 for step in checkpoints(tmp_path, job_id)), seconds=120)
+    finally:
+        first.kill()
+        first.wait(timeout=30)
+    wait_for(lambda: status(tmp_path, job_id) == "queued", seconds=60)  # the worker died with its server
+    second = start()
+    try:
+        wait_for(lambda: status(tmp_path, job_id) == "succeeded", seconds=300)
+        assert api.chat.completions.create(model=api.fine_tuning.jobs.retrieve(job_id).fine_tuned_model,
+                                           max_tokens=4, messages=[{"role": "user", "content": "abcd"}]).choices
+    finally:
+        second.terminate()
+        second.wait(timeout=60)
+    assert same_weights(adapter(tmp_path, job_id), uninterrupted)
+
+
+def answers(api) -> bool:
+    try:
+        api.models.list()
+        return True
+    except Exception:  # not listening yet
+        return False

@@ -106,18 +106,13 @@ def serve(
     console.print(f"[bold green]serving[/bold green] {', '.join(service.registry.ids())} on "
                   f"http://{bound_host}:{bound_port}/v1 (keys: {needed}; admin: "
                   f"{admin_line(admin_key, roots)}; {placement.describe()}); request log {service.request_log.path}")
-    worker = None
-    if jobs:
+    if jobs:  # the app's shutdown (service.close) stops it
         from tunelab.serve.worker_process import WorkerProcess
 
-        worker = WorkerProcess(serve_dir.resolve(), placement.device, home, say=say).start()
+        service.worker = WorkerProcess(serve_dir.resolve(), placement.device, home, say=say).start()
     console.print(f"fine-tuning: jobs queue in {service.jobs.serve_dir / 'jobs.sqlite'}; "
                   f"{'a worker runs them on ' + placement.device if jobs else 'run `tunelab worker` to run them'}")
-    try:
-        run_server(create_app(service), sock)
-    finally:
-        if worker is not None:
-            worker.close()
+    run_server(create_app(service), sock)
 
 
 def runs_roots(given: Optional[list[Path]], home: Path) -> tuple[Path, ...]:

@@ -102,8 +102,11 @@ class Service:
         self._admin = asyncio.Lock()
         self.jobs: JobsConfig | None = None  # the fine-tuning API's settings (jobs/queue.py); None: it is off
         self.finished_jobs: Any = None  # serve/finished_jobs.py: serves succeeded jobs' models as they finish
+        self.worker: Any = None  # serve/worker_process.py: the job worker `serve --jobs` runs, stopped on close
 
     def close(self) -> None:
+        if self.worker is not None:
+            self.worker.close()
         if self.finished_jobs is not None:
             self.finished_jobs.close()
         self.engine.stop()

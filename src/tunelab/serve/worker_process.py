@@ -4,7 +4,8 @@ so training never holds the server's GIL or memory, and a crash in a job cannot 
 
 The worker waits for the device (--wait-for-device): a worker left running by an earlier server that was killed
 finishes its job first. On shutdown the server sends SIGTERM: the worker requeues its job, which goes on from its
-last checkpoint the next time a worker runs."""
+last checkpoint the next time a worker runs. If the server dies without a shutdown (kill -9), the kernel stops
+the worker too (die_with_parent)."""
 
 from __future__ import annotations
 
@@ -35,7 +36,8 @@ class WorkerProcess:
 
     def supervise(self) -> None:
         while not self.stopping.is_set():
-            self.process = subprocess.Popen(self.command, env=self.environment, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(self.command, env=self.environment, stdin=subprocess.DEVNULL,
+                                            preexec_fn=die_with_parent)
             code = self.process.wait()
             if self.stopping.is_set():
                 return
@@ -52,3 +54,16 @@ class WorkerProcess:
             except subprocess.TimeoutExpired:
                 process.kill()
         self.thread.join(timeout=5)
+
+
+def die_with_parent() -> None:
+    """In the child, before it runs: the kernel sends it SIGTERM when the server dies, even by kill -9 (Linux's
+    PR_SET_PDEATHSIG), so no worker outlives its server unseen; its job is requeued and goes on from the last
+    checkpoint under the next server's worker. Elsewhere the worker waits for the device lock instead."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass

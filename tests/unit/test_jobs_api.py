@@ -8,7 +8,6 @@ import csv
 import io
 import json
 import re
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import openai
 import pytest
 
 from tests.conftest import reverse_rows
-from tests.unit.test_serve import LiveServer
+from tests.unit.test_serve import LiveServer, wait_for
 from tunelab.serve.finished_jobs import FinishedJobs
 from tunelab.serve.settings import ServeSettings
 
@@ -60,13 +59,6 @@ def work(tmp: Path) -> None:
     run_worker(tmp / "serve", tmp / "home", "cpu", say=lambda _: None, once=True)
 
 
-def wait_for(condition, seconds: float = 20) -> None:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.1)
-
-
 def test_a_supervised_job_trains_reports_and_is_served(served):
     server, tmp = served
     api = client(server)
@@ -81,6 +73,7 @@ def test_a_supervised_job_trains_reports_and_is_served(served):
     assert job.status == "succeeded", job.error
     assert job.fine_tuned_model == f"ft:{base}:rev:{job.id}" and job.trained_tokens > 0 and job.finished_at
     events = list(api.fine_tuning.jobs.list_events(job.id, limit=100))
+    assert [event.id for event in api.fine_tuning.jobs.list_events(job.id, limit=3)] == [e.id for e in events]
     messages = [event.message for event in reversed(events)]
     assert messages[0].startswith("Validating training file") and messages[-1] == "The job has successfully completed"
     steps = [event.data["step"] for event in reversed(events) if event.type == "metrics"]

@@ -141,31 +141,27 @@ def list_jobs(connection: sqlite3.Connection, after: str | None, limit: int) -> 
 def list_events(connection: sqlite3.Connection, job_id: str, after: str | None,
                 limit: int) -> tuple[list[sqlite3.Row], bool]:
     """Newest first, as OpenAI lists them; `after` an event id: the older ones."""
-    get_job(connection, job_id)
-    start = None
-    if after:
-        found = connection.execute("SELECT seq FROM events WHERE id = ? AND job_id = ?", (after, job_id)).fetchone()
-        if found is None:
-            raise APIError(404, f"No event '{after}' in job '{job_id}'", param="after")
-        start = found["seq"]
-    rows = connection.execute("SELECT * FROM events WHERE job_id = ? AND (? IS NULL OR seq < ?) ORDER BY seq DESC "
-                              "LIMIT ?", (job_id, start, start, limit + 1)).fetchall()
-    return page(rows, limit)
+    return job_page(connection, "events", "event", job_id, after, limit)
 
 
 def list_checkpoints(connection: sqlite3.Connection, job_id: str, after: str | None,
                      limit: int) -> tuple[list[sqlite3.Row], bool]:
     """Newest first; `after` a checkpoint id."""
+    return job_page(connection, "checkpoints", "checkpoint", job_id, after, limit)
+
+
+def job_page(connection: sqlite3.Connection, table: str, noun: str, job_id: str, after: str | None,
+             limit: int) -> tuple[list[sqlite3.Row], bool]:
+    """A page of a job's events or checkpoints, newest first, older than `after` (an id of the same job)."""
     get_job(connection, job_id)
     start = None
     if after:
-        found = connection.execute("SELECT seq FROM checkpoints WHERE id = ? AND job_id = ?",
-                                   (after, job_id)).fetchone()
+        found = connection.execute(f"SELECT seq FROM {table} WHERE id = ? AND job_id = ?", (after, job_id)).fetchone()
         if found is None:
-            raise APIError(404, f"No checkpoint '{after}' in job '{job_id}'", param="after")
+            raise APIError(404, f"No {noun} '{after}' in job '{job_id}'", param="after")
         start = found["seq"]
-    rows = connection.execute("SELECT * FROM checkpoints WHERE job_id = ? AND (? IS NULL OR seq < ?) "
-                              "ORDER BY seq DESC LIMIT ?", (job_id, start, start, limit + 1)).fetchall()
+    rows = connection.execute(f"SELECT * FROM {table} WHERE job_id = ? AND (? IS NULL OR seq < ?) ORDER BY seq DESC "
+                              "LIMIT ?", (job_id, start, start, limit + 1)).fetchall()
     return page(rows, limit)
 
 

@@ -240,3 +240,21 @@ def test_a_full_queue_answers_429(served, monkeypatch):
     monkeypatch.setattr(server.service, "jobs", replace(server.service.jobs, max_waiting=0))
     refused(lambda: api.fine_tuning.jobs.create(model=server.service.registry.base.id, training_file=chats), 429,
             r"jobs are waiting")
+
+
+def test_one_worker_per_device_and_a_missing_serve_folder_are_one_line(capsys, tmp_path, home):
+    from tests.unit.test_cli import invoke, one_error_line
+    from tunelab.jobs.worker import Worker, hold_device
+
+    code, _, err = invoke(capsys, "worker", "--serve-dir", str(tmp_path / "nowhere"), "--once")
+    assert code == 2 and one_error_line(err).endswith("not a folder (start `tunelab serve` there first)")
+    serve = tmp_path / "serve"
+    serve.mkdir()
+    lock = hold_device(Worker(serve.resolve(), home, "cpu", "host:123"))
+    try:
+        code, _, err = invoke(capsys, "worker", "--serve-dir", str(serve), "--device", "cpu", "--once")
+        assert code == 2 and "another worker (host:123) already runs the jobs" in one_error_line(err)
+    finally:
+        lock.close()
+    code, _, err = invoke(capsys, "worker", "--serve-dir", str(serve), "--device", "cpu", "--once")
+    assert code == 0, err  # the device is free again; an empty queue: nothing to do

@@ -258,3 +258,20 @@ def test_one_worker_per_device_and_a_missing_serve_folder_are_one_line(capsys, t
         lock.close()
     code, _, err = invoke(capsys, "worker", "--serve-dir", str(serve), "--device", "cpu", "--once")
     assert code == 0, err  # the device is free again; an empty queue: nothing to do
+
+
+def test_a_job_that_cannot_train_fails_with_the_reason_and_the_worker_goes_on(served):
+    server, tmp = served
+    api = client(server)
+    base = server.service.registry.base.id
+    # a recipe only the run itself can refuse: every row longer than max_length
+    bad = api.fine_tuning.jobs.create(model=base, training_file=upload(api, chat_rows(20, seed=9)),
+                                      extra_body={"tunelab": {**TINY, "data": {"max_length": 8}}})
+    good = api.fine_tuning.jobs.create(model=base, training_file=upload(api, chat_rows(40, seed=4)),
+                                       extra_body={"tunelab": TINY})
+    work(tmp)
+    bad, good = api.fine_tuning.jobs.retrieve(bad.id), api.fine_tuning.jobs.retrieve(good.id)
+    assert bad.status == "failed" and bad.error.code == "job_failed" and bad.error.message and bad.finished_at
+    assert bad.fine_tuned_model is None
+    assert next(iter(api.fine_tuning.jobs.list_events(bad.id))).message == f"Job failed: {bad.error.message}"
+    assert good.status == "succeeded"

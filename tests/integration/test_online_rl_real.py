@@ -31,9 +31,9 @@ def train(recipe: dict, home: Path):
 def test_a_reward_model_then_ppo_against_it(real_home, real_model, tmp_path):
     rm = train({
         "task": "reward_model", "model": {"name": DEFAULT_MODEL}, "method": LORA,
-        "data": {"generate": {"task": "notes-to-json-pairs", "rows": 80, "seed": 5},
-                 "split": {"validation": 0, "test": 0.2, "seed": 0}, "max_length": 192},
-        "train": {"max_steps": 8, "lr": 5e-4, "batch_size": 8, "save_every": 8, "log_every": 1, "warmup": 0},
+        "data": {"generate": {"task": "notes-to-json-pairs", "rows": 56, "seed": 5},
+                 "split": {"validation": 0, "test": 0.25, "seed": 0}, "max_length": 192},
+        "train": {"max_steps": 4, "lr": 5e-4, "batch_size": 8, "save_every": 4, "log_every": 1, "warmup": 0},
         "eval": {"batch_size": 16, "forgetting": {"enabled": False}},
         "output": {"dir": str(tmp_path / "rm")},
     }, real_home)

@@ -5,7 +5,7 @@ plain functions, so FastAPI runs them on its thread pool; each opens its own con
 from __future__ import annotations
 
 from contextlib import closing
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from fastapi import APIRouter, Query, Request
 from pydantic import ValidationError
@@ -48,19 +48,13 @@ def retrieve_job(job_id: str, request: Request) -> dict[str, Any]:
     return with_jobs(request, lambda connection, config: job_object(queue.get_job(connection, job_id)))
 
 
-@router.post(PREFIX + "/{job_id}/cancel")
-def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
-    return with_jobs(request, lambda connection, config: job_object(queue.cancel_job(connection, job_id)))
+ACTIONS = {"cancel": queue.cancel_job, "pause": queue.pause_job, "resume": queue.resume_job}
 
 
-@router.post(PREFIX + "/{job_id}/pause")
-def pause_job(job_id: str, request: Request) -> dict[str, Any]:
-    return with_jobs(request, lambda connection, config: job_object(queue.pause_job(connection, job_id)))
-
-
-@router.post(PREFIX + "/{job_id}/resume")
-def resume_job(job_id: str, request: Request) -> dict[str, Any]:
-    return with_jobs(request, lambda connection, config: job_object(queue.resume_job(connection, job_id)))
+@router.post(PREFIX + "/{job_id}/{action}")
+def change_job(job_id: str, action: Literal["cancel", "pause", "resume"], request: Request) -> dict[str, Any]:
+    """POST .../cancel, .../pause, .../resume."""
+    return with_jobs(request, lambda connection, config: job_object(ACTIONS[action](connection, job_id)))
 
 
 @router.get(PREFIX + "/{job_id}/events")

@@ -64,6 +64,7 @@ def test_ppo_raises_a_toy_rule_reward(tiny_checkpoint, tmp_path):
     rewards = [entry["reward"] for entry in trainer.state.log_history if "reward" in entry]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
     assert last > 2 * first and last > 0.25, (first, last)
+    assert trainer.state.num_input_tokens_seen > 70 * 8 * 8  # each step trains on 8 prompts and their answers
     kls = [entry["kl"] for entry in trainer.state.log_history if "kl" in entry]
     assert sum(kls[-10:]) / 10 > sum(kls[:10]) / 10  # it moved away from the reference to get there
 

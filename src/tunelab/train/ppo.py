@@ -138,6 +138,8 @@ class PPOTrainer(Trainer):
                                           self.rollouts[index].stats["step"] != step):
             self.rollouts[index] = self.rollout(model, inputs)
         rollout = self.rollouts[index]
+        if model.training:  # the tokens trained on (prompt and completion), as the Trainer counts input_ids
+            self.state.num_input_tokens_seen += int(rollout.attention.sum())
         logprobs, values = self.score_sequences(model, rollout, with_grad=True)
         ratio = torch.exp(logprobs - rollout.old_logprobs)
         clipped = torch.clamp(ratio, 1 - self.settings.clip_range, 1 + self.settings.clip_range)

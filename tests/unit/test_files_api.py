@@ -199,3 +199,13 @@ def test_keys_and_other_routes_keep_their_limits(server, client):
     status, _, body = server.raw("POST", "/v1/chat/completions", body=b'{"model": "x", "pad": "' +
                                  b"y" * BODY_LIMIT + b'"}', key=KEY)
     assert status == 413 and str(BODY_LIMIT) in body["error"]["message"]
+    # a chunked body (no Content-Length) is counted as it arrives, and refused with the same line
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("POST", "/v1/chat/completions", body=iter([b"y" * 8192] * (BODY_LIMIT // 8192 + 2)),
+                       encode_chunked=True, headers={"Authorization": f"Bearer {KEY}",
+                                                     "Content-Type": "application/json"})
+    response = connection.getresponse()
+    status, body = response.status, json.loads(response.read())
+    connection.close()
+    assert status == 413 and body["error"]["message"] == \
+        f"The request body is over this server's limit of {BODY_LIMIT} bytes"

@@ -179,11 +179,11 @@ class BodyLimit:
             return
         body, more = b"", True
         while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
+            received = await receive()
+            if received["type"] == "http.disconnect":
                 return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
+            body += received.get("body", b"")
+            more = received.get("more_body", False)
             if len(body) > self.limit:
                 await too_big()(scope, receive, send)
                 return

@@ -4,7 +4,7 @@ checkpoints. It is the queue too, so a job outlives the server and the worker th
 Who writes what (SQLite takes one writer at a time; each row has one owner):
   files         the server (upload, delete)
   jobs          the server creates a row and sets `requested` (cancel, pause, resume); the worker that claimed it
-                writes everything else (status, run_dir, results, heartbeat)
+                writes everything else (status, run_dir, results)
   events        the worker (and the server, for the events of what it did: created, cancel requested)
   checkpoints   the worker
 Every connection is in WAL mode with a busy timeout, so readers never block the writer and two writers wait their
@@ -58,8 +58,7 @@ TABLES = {
         "finished_at": "INTEGER",
         "result_files": "TEXT NOT NULL DEFAULT '[]'",  # JSON list of file ids
         "verdict": "TEXT",  # JSON: the objective gate's verdict on the evaluation
-        "worker": "TEXT",  # who holds it: host:pid
-        "heartbeat": "REAL",  # when the worker last said it is alive (unix seconds)
+        "worker": "TEXT",  # who holds it: host:pid (whether it lives, the device lock says: worker.py)
         "device": "TEXT",  # the device the worker trains on
     },
     "events": {

@@ -56,8 +56,8 @@ class JobProgress(TrainerCallback):
         with transaction(self.connection):
             add_event(self.connection, self.job_id, f"Step {state.global_step}/{state.max_steps}: {parts}",
                       kind="metrics", data={**metrics, "total_steps": state.max_steps})
-            self.connection.execute("UPDATE jobs SET estimated_finish = ?, heartbeat = ? WHERE id = ?",
-                                    (self.estimate(state), time.time(), self.job_id))
+            self.connection.execute("UPDATE jobs SET estimated_finish = ? WHERE id = ?",
+                                    (self.estimate(state), self.job_id))
 
     def estimate(self, state) -> int | None:
         done = state.global_step - (self.first_step or 0)

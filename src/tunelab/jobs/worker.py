@@ -101,8 +101,8 @@ def claim(connection: sqlite3.Connection, worker: Worker) -> sqlite3.Row | None:
             add_event(connection, job["id"], "Files validated, moving job to queued state")
         if not orphan:
             add_event(connection, job["id"], f"Fine-tuning job started on {worker.device}")
-        connection.execute("UPDATE jobs SET status = 'running', worker = ?, device = ?, heartbeat = ? WHERE id = ?",
-                           (worker.name, worker.device, time.time(), job["id"]))
+        connection.execute("UPDATE jobs SET status = 'running', worker = ?, device = ? WHERE id = ?",
+                           (worker.name, worker.device, job["id"]))
     return connection.execute("SELECT * FROM jobs WHERE id = ?", (job["id"],)).fetchone()
 
 

@@ -29,6 +29,12 @@ def with_jobs(request: Request, work: Callable[..., Any]) -> Any:
         return work(connection, service.jobs)
 
 
+def listed(page: tuple[list[Any], bool], to_object: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    """A page of rows (and whether more follow) as OpenAI's list of objects."""
+    rows, more = page
+    return page_object([to_object(row) for row in rows], more)
+
+
 @router.post(PREFIX)
 def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
     return with_jobs(request, lambda connection, config: job_object(queue.create_job(connection, body, config)))
@@ -36,11 +42,7 @@ def create_job(body: CreateJob, request: Request) -> dict[str, Any]:
 
 @router.get(PREFIX)
 def list_jobs(request: Request, after: str | None = None, limit: int = Query(20, ge=1, le=100)) -> dict[str, Any]:
-    def listed(connection, config):
-        rows, more = queue.list_jobs(connection, after, limit)
-        return page_object([job_object(row) for row in rows], more)
-
-    return with_jobs(request, listed)
+    return with_jobs(request, lambda connection, config: listed(queue.list_jobs(connection, after, limit), job_object))
 
 
 @router.get(PREFIX + "/{job_id}")
@@ -60,21 +62,15 @@ def change_job(job_id: str, action: Literal["cancel", "pause", "resume"], reques
 @router.get(PREFIX + "/{job_id}/events")
 def list_events(job_id: str, request: Request, after: str | None = None,
                 limit: int = Query(20, ge=1, le=1000)) -> dict[str, Any]:
-    def listed(connection, config):
-        rows, more = queue.list_events(connection, job_id, after, limit)
-        return page_object([event_object(row) for row in rows], more)
-
-    return with_jobs(request, listed)
+    return with_jobs(request, lambda connection, config: listed(queue.list_events(connection, job_id, after, limit),
+                                                                event_object))
 
 
 @router.get(PREFIX + "/{job_id}/checkpoints")
 def list_checkpoints(job_id: str, request: Request, after: str | None = None,
                      limit: int = Query(10, ge=1, le=100)) -> dict[str, Any]:
-    def listed(connection, config):
-        rows, more = queue.list_checkpoints(connection, job_id, after, limit)
-        return page_object([checkpoint_object(row) for row in rows], more)
-
-    return with_jobs(request, listed)
+    return with_jobs(request, lambda connection, config: listed(
+        queue.list_checkpoints(connection, job_id, after, limit), checkpoint_object))
 
 
 @router.post("/v1/fine_tuning/feedback_files")

@@ -71,7 +71,7 @@ def export_feedback(serve_dir: Path, model: str, fmt: str, out: Path, overwrite:
     written = [row_json(row.example, fmt) for row in rows]
     write_jsonl(out, written)
     return Export(written, len(answers), len(examples), dict(Counter(item.stage for item in rejected)), pii,
-                  [run / "data" / "test.jsonl" for run in runs])
+                  [test_path(run) for run in runs])
 
 
 def check_output(out: Path, overwrite: bool) -> None:
@@ -154,10 +154,17 @@ def doctor_settings(runs: list[Path], source: Path) -> "DataSection":
     return data.model_copy(update={"pii": PiiSection(scrub=True, kinds=data.pii.kinds)})
 
 
+def test_path(run: Path) -> Path:
+    """The serving run's test split as its run folder keeps it (run/folder.py)."""
+    from tunelab.run.folder import RunDir
+
+    return RunDir(run).data / "test.jsonl"
+
+
 def test_split(run: Path, model: str) -> list[Example]:
     from tunelab.run.record import open_run
 
-    path = run / "data" / "test.jsonl"
+    path = test_path(run)
     try:
         open_run(run)
         return [Example.from_json(row) for row in read_jsonl(path)]

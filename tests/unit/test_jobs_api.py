@@ -162,7 +162,7 @@ def test_a_dpo_job_learns_from_openai_preference_rows(served):
     record = read_record(RunDir(tmp / "serve" / "jobs" / job.id / "run"))
     assert record.task == "dpo" and record.status == "completed"
     events = [event.message for event in api.fine_tuning.jobs.list_events(job.id, limit=100)]
-    assert any(message.startswith("Evaluation on ") and "preference_accuracy" in message or "reward" in message
+    assert any(message.startswith("Evaluation on ") and ": preference_accuracy base " in message
                for message in events), events
 
 

@@ -13,7 +13,18 @@ from starlette.exceptions import HTTPException
 from tunelab import __version__
 from tunelab.serve.errors import APIError, error_body
 from tunelab.serve.middleware import Accounting, ApiKeys, BodyLimit
-from tunelab.serve.routes import adapters, chat, completions, feedback, files, fine_tuning, health, models, tokenize
+from tunelab.serve.routes import (
+    adapters,
+    chat,
+    completions,
+    deployments,
+    feedback,
+    files,
+    fine_tuning,
+    health,
+    models,
+    tokenize,
+)
 from tunelab.serve.service import Service
 
 
@@ -27,7 +38,7 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="tunelab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
-    for module in (models, chat, completions, tokenize, adapters, feedback, files, fine_tuning, health):
+    for module in (models, chat, completions, tokenize, adapters, deployments, feedback, files, fine_tuning, health):
         app.include_router(module.router)
     settings = service.settings
     # add_middleware wraps: the last added runs first (Accounting sees every request, even refused ones)

@@ -103,20 +103,30 @@ def create_job(connection: sqlite3.Connection, body: CreateJob, config: JobsConf
         validate_recipe(built.recipe, source="the job")
     except (ValueError, TunelabError) as error:
         raise APIError(400, str(error), param="tunelab") from None
+    insert_job(connection, job_id, config.base_id, body.training_file, body.validation_file, body.suffix, seed,
+               body.model_dump_json(exclude_none=True), built.recipe, built.hyperparameters, config.max_waiting,
+               f"Validating training file: {body.training_file}"
+               + (f" and validation file: {body.validation_file}" if body.validation_file else ""))
+    return get_job(connection, job_id)
+
+
+def insert_job(connection: sqlite3.Connection, job_id: str, model: str, training_file: str,
+               validation_file: str | None, suffix: str | None, seed: int, request: str, recipe: dict[str, Any],
+               hyperparameters: dict[str, Any], max_waiting: int, first_event: str) -> None:
+    """A new job in the queue, validating_files, with its first event; 429 when `max_waiting` already wait. The
+    server's create route and a retrain (deploy/retrain.py) both queue jobs through here."""
     with transaction(connection):
         waiting = connection.execute(f"SELECT COUNT(*) FROM jobs WHERE status IN {WAITING}").fetchone()[0]
-        if waiting >= config.max_waiting:
+        if waiting >= max_waiting:
             raise APIError(429, f"{waiting} jobs are waiting, the most this server queues; try again when one "
                                 "has started", headers={"Retry-After": "60"})
         seq = connection.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
         connection.execute(
             "INSERT INTO jobs (id, seq, created_at, model, training_file, validation_file, suffix, seed, request, "
             "recipe, hyperparameters, status) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'validating_files')",
-            (job_id, seq, now(), config.base_id, body.training_file, body.validation_file, body.suffix, seed,
-             body.model_dump_json(exclude_none=True), json.dumps(built.recipe), json.dumps(built.hyperparameters)))
-        add_event(connection, job_id, f"Validating training file: {body.training_file}"
-                  + (f" and validation file: {body.validation_file}" if body.validation_file else ""))
-    return get_job(connection, job_id)
+            (job_id, seq, now(), model, training_file, validation_file, suffix, seed, request, json.dumps(recipe),
+             json.dumps(hyperparameters)))
+        add_event(connection, job_id, first_event)
 
 
 def get_job(connection: sqlite3.Connection, job_id: str) -> sqlite3.Row:

@@ -1,0 +1,215 @@
+"""Gated retraining: a new version of a name in service, trained on the data of the version it would replace plus
+what came since (new files, users' feedback), and promoted only when it is not worse than that version.
+
+  plan      the version in service -> its run's recipe and prepared splits; the training rows: its train split + the
+            new files + the feedback (exported through the data doctor: monitor/feedback_export.py), less a held-out
+            slice of the feedback; validation and test: its own splits, unchanged, so the comparison is on the rows
+            that judged it
+  enqueue   one job of the job service (jobs.sqlite), visible and cancellable through /v1/fine_tuning/jobs; a worker
+            (`tunelab serve --jobs`, `tunelab worker`) runs it through the normal lifecycle
+  gate      when the job's run has succeeded: the candidate and the version in service answer the original test
+            split and the feedback slice, same decoding, paired intervals, forgetting probe
+            (evaluate/versus.py); promoted only when the recipe's objective holds and it is not worse on either,
+            else kept as a candidate with the reason (deploy/versions.py)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tunelab.data.formats import Example
+from tunelab.deploy import versions
+from tunelab.errors import TunelabError
+from tunelab.files import read_jsonl, write_jsonl
+
+FOLDER = "retrain"  # in the serve folder: one subfolder per retrain, its rows and feedback slice
+# What feedback becomes for each task (feedback_export's formats); tasks not here are not retrained from feedback
+FEEDBACK_FORMAT = {"sft": "sft", "dpo": "dpo", "orpo": "dpo", "simpo": "dpo", "kto": "kto"}
+MIN_FEEDBACK_HOLDOUT = 4  # below this many feedback rows all of them train, and no feedback slice is compared
+
+
+@dataclass
+class RetrainPlan:
+    name: str
+    incumbent: versions.Version
+    folder: Path  # <serve>/retrain/<name>-<time>/
+    recipe: dict[str, Any]  # without output.dir: the job sets it
+    task: str
+    train_file: Path  # the rows to train on
+    feedback_test: Path | None  # the held-out feedback slice, as Example rows
+    counts: dict[str, int] = field(default_factory=dict)  # original, new, feedback_train, feedback_test
+
+    def describe(self) -> str:
+        counts = self.counts
+        parts = [f"{counts.get('original', 0)} rows of {self.incumbent.label}'s training data"]
+        if counts.get("new"):
+            parts.append(f"{counts['new']} new rows")
+        if counts.get("feedback_train") or counts.get("feedback_test"):
+            parts.append(f"{counts.get('feedback_train', 0)} feedback rows ({counts.get('feedback_test', 0)} more "
+                         "held out to judge it)")
+        return f"Retrain of {self.name}: " + " + ".join(parts)
+
+
+def row_json(example: Example) -> dict[str, Any]:
+    """A prepared row as a row the data doctor reads again (its canonical field names)."""
+    if example.chosen is not None:
+        return {"prompt": example.messages, "chosen": example.chosen, "rejected": example.rejected}
+    if example.desirable is not None:
+        return {"prompt": example.messages, "completion": example.completion, "label": example.desirable}
+    if example.label is not None:
+        return {"text": example.text, "label": example.label}
+    if example.messages is not None:
+        return {"messages": example.messages}
+    return {"text": example.text}
+
+
+def plan_retrain(serve_dir: Path, name: str, home: Path, recipe_path: Path | None = None,
+                 with_feedback: bool = False, new_files: tuple[Path, ...] = (), holdout: float = 0.3,
+                 seed: int = 0) -> RetrainPlan:
+    """Write the retrain's rows under `<serve>/retrain/` and build its recipe; refuse (TunelabError) before
+    writing anything when it cannot be done."""
+    from tunelab.config.load import load_recipe, validate_recipe
+    from tunelab.data.dataset import read_splits
+    from tunelab.run.record import open_run
+
+    incumbent = versions.current(serve_dir, name)
+    if incumbent is None:
+        raise TunelabError(f"--model {name}: not a name in service in {serve_dir} (`tunelab promote {name} RUN` "
+                           "records one)")
+    run, record = open_run(incumbent.run_dir)
+    recipe = load_recipe(recipe_path) if recipe_path else validate_recipe(record.recipe, source=str(run.record_path))
+    task = recipe.task.name
+    for path in new_files:
+        if not Path(path).is_file():
+            raise TunelabError(f"--data {path}: file not found")
+    if with_feedback and task not in FEEDBACK_FORMAT:
+        raise TunelabError(f"--with-feedback: task '{task}' does not learn from feedback rows (tasks that do: "
+                           f"{', '.join(FEEDBACK_FORMAT)})")
+    splits = read_splits(run.data)
+    if not splits.train:
+        raise TunelabError(f"{incumbent.run_dir}: {incumbent.label}'s run keeps no training split in {run.data}")
+    folder = Path(serve_dir) / FOLDER / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{random.randrange(1 << 16):04x}"
+    folder.mkdir(parents=True)
+    rows = [row_json(example) for example in splits.train]
+    counts = {"original": len(rows)}
+    new = [row for path in new_files for row in new_rows(Path(path), recipe)]
+    counts["new"] = len(new)
+    feedback_test: Path | None = None
+    if with_feedback:
+        train_part, test_part = feedback_rows(serve_dir, name, FEEDBACK_FORMAT[task], folder, holdout, seed)
+        counts.update(feedback_train=len(train_part), feedback_test=len(test_part))
+        rows += [row_json(example) for example in train_part]
+        if test_part:
+            feedback_test = folder / "feedback_test.jsonl"
+            write_jsonl(feedback_test, [example.to_json() for example in test_part])
+    train_file = folder / "train.jsonl"
+    write_jsonl(train_file, rows + new)
+    splits_kept = {}
+    for split in ("validation", "test"):
+        examples = getattr(splits, split)
+        if examples:
+            splits_kept[split] = str(folder / f"{split}.jsonl")
+            write_jsonl(Path(splits_kept[split]), [row_json(example) for example in examples])
+    data = recipe.data.model_dump(mode="json")
+    data.update(train=str(train_file), generate=None, validation=splits_kept.get("validation"),
+                test=splits_kept.get("test"), format="auto", fields={}, file_type="auto", columns=None,
+                # the train split already holds the augmented copies the first run made
+                augment={})
+    data["split"] = {**data["split"], "validation": 0.0 if "validation" in splits_kept else data["split"]["validation"],
+                     "test": 0.0 if "test" in splits_kept else data["split"]["test"]}
+    built = recipe.model_dump(mode="json")
+    built["data"] = data
+    built.pop("output", None)
+    return RetrainPlan(name, incumbent, folder, built, task, train_file, feedback_test, counts)
+
+
+def new_rows(path: Path, recipe: Any) -> list[dict[str, Any]]:
+    """A new data file's rows, read as the data doctor reads them (any format it knows), in canonical fields."""
+    from tunelab.data.formats import parse_items
+    from tunelab.data.readers import read_records
+
+    items = read_records(path, recipe.data.file_type, recipe.data.columns)
+    examples, bad = parse_items(items, "auto", {}, recipe.data.system_prompt)
+    if bad:
+        raise TunelabError(f"--data {path}:{bad[0].line}: {bad[0].reason}")
+    if not examples:
+        raise TunelabError(f"--data {path}: holds no rows")
+    return [row_json(example) for example in examples]
+
+
+def feedback_rows(serve_dir: Path, name: str, fmt: str, folder: Path, holdout: float,
+                  seed: int) -> tuple[list[Example], list[Example]]:
+    """(train, held out) rows from the feedback on `name`'s answers, through feedback_export's data doctor."""
+    from tunelab.monitor.feedback_export import export_feedback
+
+    exported = folder / f"feedback-{fmt}.jsonl"
+    export_feedback(serve_dir, name, fmt, exported)
+    examples = [feedback_example(row, number) for number, row in enumerate(read_jsonl(exported), 1)]
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    held = round(len(examples) * holdout) if len(examples) >= MIN_FEEDBACK_HOLDOUT else 0
+    held = max(1, held) if holdout > 0 and len(examples) >= MIN_FEEDBACK_HOLDOUT else held
+    test = [examples[index] for index in sorted(order[:held])]
+    train = [examples[index] for index in sorted(order[held:])]
+    return train, test
+
+
+def feedback_example(row: dict[str, Any], number: int) -> Example:
+    if "chosen" in row:
+        return Example("feedback", number, messages=row["prompt"], chosen=row["chosen"], rejected=row["rejected"])
+    if "label" in row:
+        return Example("feedback", number, messages=row["prompt"], completion=row["completion"],
+                       desirable=row["label"])
+    return Example("feedback", number, messages=row["messages"])
+
+
+def enqueue(serve_dir: Path, plan: RetrainPlan, trigger: str, max_waiting: int = 16) -> str:
+    """Queue the retrain as a job of the job service; its id."""
+    from tunelab.config.load import validate_recipe
+    from tunelab.jobs.db import connect, new_id
+    from tunelab.jobs.files import store
+    from tunelab.jobs.queue import insert_job
+    from tunelab.serve.errors import APIError
+
+    serve_dir = Path(serve_dir).resolve()
+    content = plan.train_file.read_bytes()
+    try:
+        stored = store(serve_dir, f"retrain-{plan.name}.jsonl", "fine-tune", content, len(content))
+    except APIError as error:
+        raise TunelabError(f"{plan.train_file}: {error.message}") from None
+    job_id = new_id("ftjob-")
+    recipe = {**plan.recipe, "output": {"dir": str(serve_dir / "jobs" / job_id / "run")}}
+    recipe["data"] = {**recipe["data"], "train": str(serve_dir / stored.path)}
+    validate_recipe(recipe, source=f"the retrain of {plan.name}")
+    train = recipe.get("train", {})
+    hyperparameters = {"n_epochs": train.get("epochs"), "batch_size": train.get("batch_size"),
+                       "learning_rate_multiplier": 1.0}
+    request = {"model": plan.name, "training_file": stored.id, "method": {"type": "supervised"
+                                                                           if plan.task != "dpo" else "dpo"},
+               "suffix": "retrain", "metadata": {"retrain_of": plan.incumbent.label, "trigger": trigger[:500]},
+               "retrain": {"name": plan.name, "incumbent": plan.incumbent.number, "folder": str(plan.folder),
+                           "feedback_test": str(plan.feedback_test) if plan.feedback_test else None,
+                           "counts": plan.counts, "trigger": trigger}}
+    connection = connect(serve_dir)
+    try:
+        insert_job(connection, job_id, plan.name, stored.id, None, "retrain", int(train.get("seed", 42)),
+                   json.dumps(request), recipe, hyperparameters, max_waiting,
+                   f"{plan.describe()}; trigger: {trigger}")
+    except APIError as error:
+        raise TunelabError(error.message) from None
+    finally:
+        connection.close()
+    return job_id
+
+
+def retrain_info(job: Any) -> dict[str, Any] | None:
+    """The retrain a job is, from its request; None for a client's job."""
+    return json.loads(job["request"]).get("retrain")
+
+
+Say = Callable[[str], None]

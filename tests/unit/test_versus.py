@@ -1,13 +1,13 @@
 """A candidate run against the version in service (evaluate/versus.py) on a tiny model: two sft runs on one tiny base,
-one trained well on the reverse-the-word rows, one ruined by a huge learning rate, both with the same test split.
-The good one is not worse than the ruined one, the ruined one is significantly worse than the good one; with no
-incumbent the base model answers (its outputs from the run's own evaluation reused); rows given are the rows used;
-runs of another base model or task are refused in one line; `not_worse_check` on its own at its boundaries."""
+one trained 60 steps on the reverse-the-word rows, one a single step at a tiny learning rate (next to the base), both
+with the same test split. The good one is not worse than the weak one, the weak one significantly worse than it;
+with no incumbent the base model answers (its outputs from the run's own evaluation reused); rows given are the rows
+used; the incumbent's outputs are reused on the same rows only; runs of another base model or task are refused in one
+line; `not_worse_check` on its own at its boundaries."""
 
 import json
 
 import pytest
-from rich.console import Console
 
 from tests.conftest import reverse_rows, tiny_recipe, train_recipe, write_jsonl
 from tests.tiny import save_tiny_checkpoint
@@ -17,12 +17,11 @@ from tunelab.errors import TunelabError
 from tunelab.evaluate.versus import compare_to_incumbent, not_worse_check
 from tunelab.run.models import open_run_models
 
-QUIET = Console(quiet=True)
-
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_checkpoint):
-    """A good run (many steps) and a ruined one (a learning rate that wrecks the adapter), judged by loss."""
+    """A good run (60 steps) and a weak one (one step, tiny learning rate), judged by loss (exact match is 0 for both
+    at this size; loss tells them apart on every row)."""
     root = tmp_path_factory.mktemp("versus")
     home = root / "home"
     data = write_jsonl(root / "reverse.jsonl", reverse_rows(60))
@@ -33,8 +32,8 @@ def runs(tmp_path_factory, tiny_checkpoint):
         run = train_recipe(recipe, home)
         return open_run_models(run.root, home, "cpu")
 
-    good = train("good", max_steps=60, lr=1e-2)
-    bad = train("bad", max_steps=3, lr=3.0)
+    good = train("good", max_steps=60, lr=3e-2)
+    bad = train("bad", max_steps=1, lr=1e-3)
     return {"root": root, "home": home, "good": good, "bad": bad, "checkpoint": tiny_checkpoint}
 
 
@@ -100,10 +99,20 @@ def test_rows_given_are_the_rows_answered(runs, tmp_path):
     assert comparison.change < 0 and comparison.not_worse.ok
 
 
-def test_max_rows_cuts_the_rows(runs, tmp_path):
-    comparison = compare_to_incumbent(runs["good"], runs["bad"], None, lambda _: None, max_rows=2,
-                                      folder=tmp_path / "two")
-    assert comparison.rows == 2
+def test_the_incumbents_outputs_are_reused_on_the_same_rows_only(runs, tmp_path):
+    from tunelab.evaluate.outputs import load_outputs
+
+    first = compare_to_incumbent(runs["good"], runs["bad"], None, lambda _: None, folder=tmp_path / "first")
+    earlier = load_outputs(tmp_path / "first" / "outputs-incumbent.json")
+    lines, say = said()
+    again = compare_to_incumbent(runs["good"], runs["bad"], None, say, folder=tmp_path / "again",
+                                 incumbent_outputs=earlier)
+    assert any("outputs are reused" in line for line in lines)
+    assert again.incumbent == first.incumbent and again.change == first.change
+    lines, say = said()
+    fewer = compare_to_incumbent(runs["good"], runs["bad"], None, say, max_rows=3, folder=tmp_path / "fewer",
+                                 incumbent_outputs=earlier)
+    assert fewer.rows == 3 and not any("outputs are reused" in line for line in lines)
 
 
 def test_a_run_on_another_base_model_is_refused(runs, tmp_path):

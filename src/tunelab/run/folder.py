@@ -11,6 +11,7 @@ Layout (paths relative to the run folder):
     eval.json         base-vs-tuned evaluation (record.Evaluation); eval_worst.jsonl its worst examples
     eval/             examples.jsonl (every test row: both outputs, flip), forgetting_answers.jsonl,
                       outputs-base.json / outputs-tuned.json (each model's raw outputs, for scoring again)
+    eval/versus-<label>/  this run against the version in service on <label> rows (evaluate/versus.py)
     report.html       the self-contained evaluation report
     train_log.jsonl   the trainer's log history
     tensorboard/      TensorBoard event files
@@ -80,6 +81,10 @@ class RunDir:
     def model_outputs(self, label: str) -> Path:
         """What model `label` (base, tuned) produced in the last evaluation (evaluate/outputs.py)."""
         return self.eval_dir / f"outputs-{label}.json"
+
+    def versus_dir(self, label: str) -> Path:
+        """This run compared with the version in service on the `label` rows (evaluate/versus.py)."""
+        return self.eval_dir / f"versus-{label}"
 
     @property
     def report_html(self) -> Path:

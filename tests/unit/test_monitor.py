@@ -51,7 +51,7 @@ def test_monitor_command(tmp_path, capsys):
 
 
 def test_bad_window_and_missing_log():
-    with pytest.raises(TunelabError, match="give a number and a unit"):
+    with pytest.raises(TunelabError, match="give a number above 0 and a unit"):
         parse_window("soon")
     assert parse_window("15m") == 900 and parse_window("2d") == 172800
     with pytest.raises(TunelabError, match="no request log here"):

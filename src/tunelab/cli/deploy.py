@@ -94,3 +94,93 @@ def headline_text(version) -> str:
     if metrics.get("tuned") is None:
         return "not evaluated"
     return f"{metrics['metric']} {metrics['tuned']:.4g} (base {metrics['base']:.4g})"
+
+
+@app.command(cls=Command)
+def retrain(
+    serve_dir: Path = typer.Argument(..., help="The folder `tunelab serve --serve-dir` uses."),
+    model: str = typer.Option(..., "--model", help="The name in service to retrain, e.g. support-bot."),
+    recipe: Optional[Path] = typer.Option(None, help="A recipe to train with instead of the version in service's "
+                                                     "(its data section is replaced by the retrain's rows)."),
+    with_feedback: bool = typer.Option(False, "--with-feedback", help="Also learn from the feedback on the name's "
+                                       "answers (corrections as SFT rows, or DPO pairs for preference tasks)."),
+    data: Optional[list[Path]] = typer.Option(None, "--data", metavar="FILE", help="New rows to add (repeatable)."),
+    holdout: float = typer.Option(0.3, min=0.0, max=0.9, help="Share of the feedback held out to judge the new "
+                                                              "version against the one in service."),
+    max_regression: float = typer.Option(0.0, min=0.0, help="How much worse than the version in service the "
+                                         "headline metric may be and still pass (its units; 0: not worse at all)."),
+    wait: bool = typer.Option(False, "--wait", help="Follow the job's events until it ends; exit 0 when promoted, "
+                              "3 when kept as a candidate."),
+    every: Optional[str] = typer.Option(None, help="Keep running and queue a retrain every interval (7d, 12h)."),
+    on_flag: bool = typer.Option(False, "--on-flag", help="Keep running and queue a retrain when a drift or quality "
+                                 "score of the name is flagged (`tunelab monitor`)."),
+    check_every: str = typer.Option("5m", help="With --on-flag: how often the scores are read."),
+    cooldown: str = typer.Option("1d", help="With --on-flag: the least time between two flag-triggered retrains."),
+    since: str = typer.Option("1d", help="With --on-flag: the window the scores are computed over."),
+) -> None:
+    """Train a new version of a name in service on its data plus what came since, as a job of the job service;
+    the worker promotes it only when it is not worse than the version in service (on the original test split and
+    held-out feedback) and the recipe's objective holds."""
+    from tunelab.deploy.retrain import Schedule, enqueue, plan_retrain, run_schedule
+    from tunelab.monitor.report import parse_window
+
+    home = tunelab_home()
+
+    def queue_one(trigger: str) -> str:
+        plan = plan_retrain(serve_dir, model, home, recipe, with_feedback, tuple(data or ()), holdout,
+                            max_regression=max_regression)
+        job_id = enqueue(serve_dir, plan, trigger)
+        console.print(f"[bold]{job_id}[/bold] queued: {plan.describe()}", soft_wrap=True)
+        return job_id
+
+    if every is None and not on_flag:
+        job_id = queue_one("tunelab retrain")
+        if wait:
+            follow(serve_dir, job_id)
+        else:
+            console.print(f"a worker runs it (`tunelab serve --jobs` or `tunelab worker {serve_dir}`); follow it with "
+                          f"GET /v1/fine_tuning/jobs/{job_id}/events or `tunelab retrain ... --wait`", soft_wrap=True)
+        return
+    schedule = Schedule(every_s=parse_window(every, "--every") if every else None,
+                        check_s=parse_window(check_every, "--check-every"),
+                        cooldown_s=parse_window(cooldown, "--cooldown"),
+                        flagged=flag_reader(serve_dir, model, parse_window(since, "--since")) if on_flag else None)
+    console.print(f"retraining {model} {'every ' + every if every else ''}{' and ' if every and on_flag else ''}"
+                  f"{'when its scores are flagged' if on_flag else ''}; Ctrl-C stops", soft_wrap=True)
+    run_schedule(serve_dir, model, schedule, queue_one, say=lambda text: console.print(text, soft_wrap=True))
+
+
+def flag_reader(serve_dir: Path, name: str, window_s: float):
+    """The names of `name`'s flagged drift and quality scores over the last `window_s`."""
+    from tunelab.monitor.health import flagged_scores
+
+    return lambda: [f"{score.kind} {score.name}" for score in flagged_scores(serve_dir, name, window_s)]
+
+
+def follow(serve_dir: Path, job_id: str, poll_s: float = 1.0) -> None:
+    """Print the job's events as they come; raise when it ends other than promoted."""
+    import json
+    import time
+    from contextlib import closing
+
+    from tunelab.errors import ObjectiveNotMet, TunelabError
+    from tunelab.jobs.db import connect
+
+    seen = 0
+    while True:
+        with closing(connect(serve_dir)) as connection:
+            events = connection.execute("SELECT seq, message FROM events WHERE job_id = ? AND seq > ? ORDER BY seq",
+                                        (job_id, seen)).fetchall()
+            job = connection.execute("SELECT status, verdict, error FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        for event in events:
+            console.print(f"  {event['message']}", soft_wrap=True, markup=False)
+            seen = event["seq"]
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(poll_s)
+    if job["status"] != "succeeded":
+        error = json.loads(job["error"])["message"] if job["error"] else job["status"]
+        raise TunelabError(f"retrain job {job_id} {job['status']}: {error}")
+    promotion = (json.loads(job["verdict"]) if job["verdict"] else {}).get("promotion") or {}
+    if not promotion.get("promoted"):
+        raise ObjectiveNotMet(f"retrain job {job_id}: not promoted: {'; '.join(promotion.get('reasons', []))}")

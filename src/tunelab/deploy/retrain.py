@@ -43,6 +43,7 @@ class RetrainPlan:
     train_file: Path  # the rows to train on
     feedback_test: Path | None  # the held-out feedback slice, as Example rows
     counts: dict[str, int] = field(default_factory=dict)  # original, new, feedback_train, feedback_test
+    max_regression: float = 0.0  # how much worse than the version in service the gate lets pass (metric units)
 
     def describe(self) -> str:
         counts = self.counts
@@ -70,7 +71,7 @@ def row_json(example: Example) -> dict[str, Any]:
 
 def plan_retrain(serve_dir: Path, name: str, home: Path, recipe_path: Path | None = None,
                  with_feedback: bool = False, new_files: tuple[Path, ...] = (), holdout: float = 0.3,
-                 seed: int = 0) -> RetrainPlan:
+                 seed: int = 0, max_regression: float = 0.0) -> RetrainPlan:
     """Write the retrain's rows under `<serve>/retrain/` and build its recipe; refuse (TunelabError) before
     writing anything when it cannot be done."""
     from tunelab.config.load import load_recipe, validate_recipe
@@ -125,7 +126,7 @@ def plan_retrain(serve_dir: Path, name: str, home: Path, recipe_path: Path | Non
     built = recipe.model_dump(mode="json")
     built["data"] = data
     built.pop("output", None)
-    return RetrainPlan(name, incumbent, folder, built, task, train_file, feedback_test, counts)
+    return RetrainPlan(name, incumbent, folder, built, task, train_file, feedback_test, counts, max_regression)
 
 
 def new_rows(path: Path, recipe: Any) -> list[dict[str, Any]]:
@@ -194,7 +195,7 @@ def enqueue(serve_dir: Path, plan: RetrainPlan, trigger: str, max_waiting: int =
                "suffix": "retrain", "metadata": {"retrain_of": plan.incumbent.label, "trigger": trigger[:500]},
                "retrain": {"name": plan.name, "incumbent": plan.incumbent.number, "folder": str(plan.folder),
                            "feedback_test": str(plan.feedback_test) if plan.feedback_test else None,
-                           "counts": plan.counts, "trigger": trigger}}
+                           "counts": plan.counts, "trigger": trigger, "max_regression": plan.max_regression}}
     connection = connect(serve_dir)
     try:
         insert_job(connection, job_id, plan.name, stored.id, None, "retrain", int(train.get("seed", 42)),
@@ -212,4 +213,128 @@ def retrain_info(job: Any) -> dict[str, Any] | None:
     return json.loads(job["request"]).get("retrain")
 
 
-Say = Callable[[str], None]
+@dataclass
+class Decision:
+    promoted: bool
+    version: versions.Version
+    reasons: list[str]  # why it was not promoted; empty when it was
+    comparisons: list[dict[str, Any]]  # evaluate/versus.py Comparison.to_json of each slice
+
+    def to_json(self) -> dict[str, Any]:
+        return {"promoted": self.promoted, "name": self.version.name, "version": self.version.number,
+                "reasons": self.reasons, "comparisons": self.comparisons}
+
+
+def gate(serve_dir: Path, job_id: str, info: dict[str, Any], run_root: Path, evaluation: Any, home: Path,
+         device: str, say: Callable[[str], None]) -> Decision:
+    """Judge a retrain's finished run against the version in service now, record it as a version, and promote it
+    only when its objective holds and it is not worse on the original test split and on the held-out feedback."""
+    from tunelab.evaluate.versus import compare_to_incumbent
+    from tunelab.run.models import open_run_models
+
+    name = info["name"]
+    incumbent = versions.current(serve_dir, name)
+    if incumbent is not None and incumbent.number != info.get("incumbent"):
+        say(f"{name} changed since the retrain was queued: v{info.get('incumbent')} then, {incumbent.label} now; "
+            f"the candidate is compared with {incumbent.label}")
+    candidate = open_run_models(run_root, home, device)
+    against = open_run_models(incumbent.run_dir, home, device) if incumbent is not None else None
+    against_label = incumbent.label if incumbent is not None else "the base model"
+    max_regression = float(info.get("max_regression") or 0.0)
+    slices: list[tuple[str, list[Example] | None]] = [("test", None)]
+    if info.get("feedback_test"):
+        slices.append(("feedback", [Example.from_json(row) for row in read_jsonl(Path(info["feedback_test"]))]))
+    reasons, comparisons = [], []
+    objective = evaluation.objective if evaluation is not None else None
+    if evaluation is None:
+        reasons.append("the run was not evaluated")
+    elif objective is not None and not objective.met:
+        reasons.append(f"objective not met: {objective.summary}")
+    for label, rows in slices:
+        comparison = compare_to_incumbent(candidate, against, rows, lambda _: None, label=label,
+                                          max_regression=max_regression)
+        comparisons.append(comparison.to_json())
+        say(f"Compared with {against_label} on {comparison.rows} {slice_name(label)} rows, same decoding: "
+            f"{comparison.not_worse.text}")
+        if not comparison.not_worse.ok:
+            reasons.append(f"{slice_name(label)}: {comparison.not_worse.text}")
+        limit = candidate.recipe.objective.max_forgetting if candidate.recipe.objective is not None else None
+        if limit is not None and comparison.forgetting is not None and comparison.forgetting.value > limit:
+            reasons.append(f"{slice_name(label)}: forgetting against {against_label} "
+                           f"{comparison.forgetting.value:.1%} > max_forgetting {limit:.0%}")
+    first = comparisons[0]
+    metrics = {"vs_serving": {"against": against_label, "metric": first["metric"], "change": first["change"],
+                              "interval": first["interval"], "rows": first["rows"]},
+               "vs_serving_by_slice": {entry["label"]: {key: entry[key] for key in
+                                                        ("metric", "candidate", "incumbent", "change", "interval",
+                                                         "rows")} for entry in comparisons}}
+    version = versions.record(serve_dir, name, run_root, metrics=metrics, job_id=job_id)
+    if reasons:
+        versions.reject(serve_dir, name, version.number, "; ".join(reasons))
+        version = versions.find(serve_dir, name, str(version.number))
+        return Decision(False, version, reasons, comparisons)
+    version = versions.promote(serve_dir, name, version.number, by=f"retrain job {job_id}",
+                               reason=f"not worse than {against_label}; objective "
+                                      f"{'met' if objective is not None else 'not set'}")
+    return Decision(True, version, [], comparisons)
+
+
+def slice_name(label: str) -> str:
+    return {"test": "original test split", "feedback": "held-out feedback"}.get(label, label)
+
+
+def busy(serve_dir: Path, name: str) -> str | None:
+    """The id of a retrain of `name` waiting or running, if there is one (a second would only queue behind it)."""
+    from contextlib import closing
+
+    from tunelab.jobs.db import connect, database_path
+
+    if not database_path(serve_dir).is_file():
+        return None
+    with closing(connect(serve_dir)) as connection:
+        rows = connection.execute("SELECT id, request FROM jobs WHERE model = ? AND status IN ('validating_files', "
+                                  "'queued', 'running', 'paused') ORDER BY seq", (name,)).fetchall()
+    return next((row["id"] for row in rows if json.loads(row["request"]).get("retrain")), None)
+
+
+@dataclass
+class Schedule:
+    """When `tunelab retrain --every/--on-flag` queues a retrain: every `every_s` seconds, and when `flagged`
+    names a flagged score (checked every `check_s`), at most once per `cooldown_s` for flags, never while a retrain
+    of the name waits or runs."""
+
+    every_s: float | None
+    check_s: float
+    cooldown_s: float
+    flagged: Callable[[], list[str]] | None = None
+
+
+def run_schedule(serve_dir: Path, name: str, schedule: Schedule, queue_one: Callable[[str], str],
+                 say: Callable[[str], None], should_stop: Callable[[], bool] = lambda: False,
+                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Queue retrains of `name` as `schedule` says until `should_stop`; `queue_one(trigger)` plans and queues one."""
+    start = clock()
+    next_at = start + schedule.every_s if schedule.every_s else None
+    last_flag_at: float | None = None
+    while not should_stop():
+        now = clock()
+        trigger = None
+        if next_at is not None and now >= next_at:
+            trigger = f"schedule (every {schedule.every_s:.0f} s)"
+            while next_at <= now:
+                next_at += schedule.every_s
+        elif schedule.flagged is not None and (last_flag_at is None or now - last_flag_at >= schedule.cooldown_s):
+            flags = schedule.flagged()
+            if flags:
+                trigger = "flagged: " + ", ".join(flags)
+                last_flag_at = now
+        if trigger is not None:
+            running = busy(serve_dir, name)
+            if running:
+                say(f"{trigger}: a retrain of {name} is already waiting or running ({running}); not queued")
+            else:
+                try:
+                    say(f"{trigger}: queued retrain job {queue_one(trigger)}")
+                except TunelabError as error:  # e.g. no feedback yet: said, and tried again next time
+                    say(f"{trigger}: no retrain queued: {error}")
+        sleep(schedule.check_s)

@@ -38,9 +38,10 @@ def job_object(row: sqlite3.Row) -> dict[str, Any]:
         "metadata": request.get("metadata"),
         "method": method,
         "suffix": row["suffix"],
-        # tunelab's: the gate's verdict on the evaluation against the base, and the run folder's name
+        # tunelab's: the gate's verdict on the evaluation against the base (and, for a retrain, its promotion), the
+        # pause or cancel asked for, and what a retrain was made from
         "tunelab": {"verdict": json.loads(row["verdict"]) if row["verdict"] else None,
-                    "requested": row["requested"]},
+                    "requested": row["requested"], "retrain": request.get("retrain")},
     }
 
 

@@ -148,6 +148,34 @@ def run_job(connection: sqlite3.Connection, worker: Worker, job: sqlite3.Row) ->
     return succeed(connection, worker, job, name, outcome)
 
 
+def retrain_gate(connection: sqlite3.Connection, worker: Worker, job: sqlite3.Row, outcome: Any) -> dict | None:
+    """A retrain job (deploy/retrain.py): its run against the version in service, promoted or kept as a candidate;
+    what was decided, for the job's verdict. None for a client's job."""
+    from tunelab.deploy.retrain import gate, retrain_info
+
+    info = retrain_info(job)
+    if info is None:
+        return None
+
+    def say(text: str, level: str = "info") -> None:
+        with transaction(connection):
+            add_event(connection, job["id"], text, level=level)
+
+    try:
+        decision = gate(worker.serve_dir, job["id"], info, outcome.run.root, outcome.evaluation, worker.home,
+                        worker.device, say)
+    except Exception as error:  # the job's training stands; the version in service stays, and the job says why
+        reason = str(error) if isinstance(error, TunelabError) else f"{type(error).__name__}: {error}"
+        say(f"Not promoted: the comparison with the version in service failed: {reason}", level="error")
+        return {"promoted": False, "name": info["name"], "reasons": [reason]}
+    version = decision.version
+    if decision.promoted:
+        say(f"Promoted: {version.label} now serves {version.name} ({version.run_dir})")
+    else:
+        say(f"Not promoted: kept as candidate {version.label}: {'; '.join(decision.reasons)}", level="warn")
+    return decision.to_json()
+
+
 def succeed(connection: sqlite3.Connection, worker: Worker, job: sqlite3.Row, name: str, outcome: Any) -> str:
     evaluation, training = outcome.evaluation, outcome.record.training
     results = write_results(worker.serve_dir, outcome.run.train_log)
@@ -161,6 +189,10 @@ def succeed(connection: sqlite3.Connection, worker: Worker, job: sqlite3.Row, na
         if verdict is not None:
             add_event(connection, job["id"], f"Objective {'met' if verdict['met'] else 'not met'}: "
                                              f"{verdict['summary']}", level="info" if verdict["met"] else "warn")
+    promotion = retrain_gate(connection, worker, job, outcome)
+    if promotion is not None:
+        verdict = {**(verdict or {}), "promotion": promotion}
+    with transaction(connection):
         connection.execute("UPDATE jobs SET fine_tuned_model = ?, trained_tokens = ?, result_files = ?, verdict = ? "
                            "WHERE id = ?", (name, training.tokens_seen if training else None, json.dumps(results),
                                             json.dumps(verdict) if verdict else None, job["id"]))

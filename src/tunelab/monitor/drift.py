@@ -41,7 +41,7 @@ from typing import Any
 from tunelab.monitor.requestlog import database_path, open_read_only
 from tunelab.monitor.scores import Score
 from tunelab.monitor.textkind import language, same_language, shape
-from tunelab.monitor.thresholds import DRIFT_THRESHOLDS, MIN_LIVE
+from tunelab.monitor.thresholds import DRIFT_THRESHOLDS, MIN_LIVE, Thresholds, for_version
 
 MAX_REFERENCE = 500
 MAX_HOLDOUT = 200
@@ -116,13 +116,13 @@ def reference_and_holdout(train: list[str]) -> tuple[list[str], list[str]]:
 # ---- the scores -----------------------------------------------------------------------------------------------
 
 
-def drift_scores(serve_dir: Path, model: str, since_s: float, thresholds: dict[str, float] | None = None,
+def drift_scores(serve_dir: Path, model: str, since_s: float, thresholds: Thresholds | None = None,
                  now: float | None = None, embedder: Any = None) -> list[Score]:
-    """Every drift score of `model` over the last `since_s` seconds, per version (run folder) that answered."""
+    """Every drift score of `model` over the last `since_s` seconds, per version (run folder) that answered.
+    `thresholds`: overrides of the defaults, or a function of the version giving them (thresholds.layered)."""
     end = now if now is not None else time.time()
     with closing(open_read_only(database_path(serve_dir))) as connection:
         by_version, unlogged = live_inputs(connection, model, end - since_s, end)
-    limits = {**DRIFT_THRESHOLDS, **(thresholds or {})}
     scores = []
     for version, live in by_version.items():
         if version is None:
@@ -132,7 +132,7 @@ def drift_scores(serve_dir: Path, model: str, since_s: float, thresholds: dict[s
             scores += unmeasured(model, version, 0, f"no prompts logged ({unlogged} requests): serve with "
                                                     "--log-content")
         else:
-            scores += version_drift(model, version, live, limits, embedder)
+            scores += version_drift(model, version, live, for_version(thresholds, version), embedder)
     return scores
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tunelab.monitor.requestlog import database_path, open_read_only
 from tunelab.monitor.scores import Point, Score, Series
-from tunelab.monitor.thresholds import MIN_LIVE, QUALITY_THRESHOLDS
+from tunelab.monitor.thresholds import MIN_LIVE, QUALITY_THRESHOLDS, Thresholds, for_version
 
 GENERATION_ENDPOINTS = ("/v1/chat/completions", "/v1/completions")
 REFUSAL = re.compile(r"\b(I can'?t|I cannot|I'm sorry,? but|I am sorry,? but|I'm unable to|I am unable to|"
@@ -104,7 +104,7 @@ def read_window(connection: sqlite3.Connection, model: str, start: float, end: f
 # ---- the scores -----------------------------------------------------------------------------------------------
 
 
-def quality_scores(serve_dir: Path, model: str, since_s: float, thresholds: dict[str, float] | None = None,
+def quality_scores(serve_dir: Path, model: str, since_s: float, thresholds: Thresholds | None = None,
                    now: float | None = None) -> list[Score]:
     """Every quality score of `model` over the last `since_s` seconds, per version that answered; answer_length
     against the window before it."""
@@ -112,13 +112,13 @@ def quality_scores(serve_dir: Path, model: str, since_s: float, thresholds: dict
     with closing(open_read_only(database_path(serve_dir))) as connection:
         requests, feedback = read_window(connection, model, end - since_s, end)
         earlier, _ = read_window(connection, model, end - 2 * since_s, end - since_s)
-    limits = {**QUALITY_THRESHOLDS, **(thresholds or {})}
     versions = list(dict.fromkeys([r.version for r in requests] + [f.version for f in feedback]))
     scores = []
     for version in versions:
         mine = [r for r in requests if r.version == version]
         before = [r for r in earlier if r.version == version]
-        scores += version_quality(model, version, mine, [f for f in feedback if f.version == version], before, limits)
+        scores += version_quality(model, version, mine, [f for f in feedback if f.version == version], before,
+                                  for_version(thresholds, version))
     return scores
 
 
@@ -173,17 +173,17 @@ def answer_length(model: str, version: str | None, answered: list[Logged], earli
 
 
 def quality_series(serve_dir: Path, model: str, since_s: float, buckets: int = 12,
-                   thresholds: dict[str, float] | None = None, now: float | None = None) -> list[Series]:
+                   thresholds: Thresholds | None = None, now: float | None = None) -> list[Series]:
     """Each quality score of `model` per version over `buckets` equal time buckets of the last `since_s` seconds
     (answer_length: the mean, without its comparison to an earlier window)."""
     end = now if now is not None else time.time()
     start, width = end - since_s, since_s / buckets
     with closing(open_read_only(database_path(serve_dir))) as connection:
         requests, feedback = read_window(connection, model, start, end)
-    limits = {**QUALITY_THRESHOLDS, **(thresholds or {})}
     versions = list(dict.fromkeys([r.version for r in requests] + [f.version for f in feedback]))
     series = []
     for version in versions:
+        limits = for_version(thresholds, version)
         points: dict[str, list[Point]] = {name: [] for name in QUALITY_THRESHOLDS}
         for index in range(buckets):
             low, high = start + index * width, start + (index + 1) * width

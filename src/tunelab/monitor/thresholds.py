@@ -7,6 +7,9 @@ without importing them. Why each default is what it is: see drift.py and quality
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any, Callable
+
 from tunelab.errors import TunelabError
 
 # Drift scores are flagged above their threshold. The drift values are excesses over, or shares calibrated on,
@@ -59,3 +62,41 @@ def merged_thresholds(*layers: dict[str, float] | None) -> dict[str, float]:
     for layer in layers:
         merged.update(layer or {})
     return merged
+
+
+def recipe_monitor(run_root: str | Path | None) -> Any:
+    """The `monitor:` section of a run's saved recipe (config.schema.MonitorSection); the defaults where the run
+    has none (the base model, an older run, an unreadable recipe: monitoring must not stop on it)."""
+    import yaml
+
+    from tunelab.config.schema import MonitorSection
+    from tunelab.run.folder import RunDir
+
+    path = RunDir(Path(run_root)).recipe_path if run_root else None
+    try:
+        section = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("monitor") if path else None
+        return MonitorSection.model_validate(section or {})
+    except (OSError, ValueError, AttributeError, TunelabError):
+        return MonitorSection()
+
+
+Thresholds = dict[str, float] | Callable[[str | None], dict[str, float]]
+
+
+def layered(options: dict[str, float] | None) -> Callable[[str | None], dict[str, float]]:
+    """Thresholds per version: the defaults, then the version's recipe (`monitor.thresholds`), then `options`
+    (the command line wins over the recipe)."""
+    cache: dict[str | None, dict[str, float]] = {}
+
+    def of(version: str | None) -> dict[str, float]:
+        if version not in cache:
+            cache[version] = merged_thresholds(recipe_monitor(version).thresholds, options)
+        return cache[version]
+
+    return of
+
+
+def for_version(thresholds: Thresholds | None, version: str | None) -> dict[str, float]:
+    if callable(thresholds):
+        return thresholds(version)
+    return merged_thresholds(thresholds)

@@ -52,7 +52,7 @@ def log_prompts(serve_dir, run, prompts, now, model="bot", content=True):
                     "/v1/completions", "model": model, "adapter": run and str(run), "status": 200, "latency_ms": 5.0,
                     "prompt": json.dumps(prompt) if content else None, "output": json.dumps(["ok"])})
     log.append({"ts": now - 60, "request_id": "bad", "endpoint": "/v1/chat/completions", "model": model,
-                "adapter": str(run), "status": 500, "latency_ms": 5.0, "error": "boom",
+                "adapter": run and str(run), "status": 500, "latency_ms": 5.0, "error": "boom",
                 "prompt": json.dumps([{"role": "user", "content": "x" * 5000}])})  # failed: not an input
     log.close()
 

@@ -302,7 +302,7 @@ class MonitorSection(Section):
     def known_window(cls, value: str) -> str:
         from tunelab.monitor.report import parse_window
 
-        parse_window(value)
+        parse_window(value, "monitor.window")
         return value
 
     @field_validator("thresholds")

@@ -36,11 +36,11 @@ class ModelStats:
         return self.errors / self.requests if self.requests else 0.0
 
 
-def parse_window(text: str) -> float:
+def parse_window(text: str, option: str = "--since") -> float:
     """'90s', '15m', '1h', '7d' -> seconds."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if not match:
-        raise TunelabError(f"--since '{text}': give a number and a unit, e.g. 30m, 1h, 7d")
+        raise TunelabError(f"{option} '{text}': give a number and a unit, e.g. 30m, 1h, 7d")
     return float(match.group(1)) * UNITS[match.group(2)]
 
 

@@ -103,8 +103,11 @@ class Service:
         self.jobs: JobsConfig | None = None  # the fine-tuning API's settings (jobs/queue.py); None: it is off
         self.finished_jobs: Any = None  # serve/finished_jobs.py: serves succeeded jobs' models as they finish
         self.worker: Any = None  # serve/worker_process.py: the job worker `serve --jobs` runs, stopped on close
+        self.watch: Any = None  # monitor/watch.py: drift and quality scores into the metrics, stopped on close
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
         if self.worker is not None:
             self.worker.close()
         if self.finished_jobs is not None:

@@ -151,10 +151,20 @@ def retrain(
 
 
 def flag_reader(serve_dir: Path, name: str, window_s: float):
-    """The names of `name`'s flagged drift and quality scores over the last `window_s`."""
-    from tunelab.monitor.health import flagged_scores
+    """The names of `name`'s flagged drift and quality scores over the last `window_s` (thresholds as the server
+    has them: the defaults, then the serving run's recipe)."""
+    from tunelab.monitor.drift import Embedder, drift_scores
+    from tunelab.monitor.quality import quality_scores
+    from tunelab.monitor.thresholds import layered
 
-    return lambda: [f"{score.kind} {score.name}" for score in flagged_scores(serve_dir, name, window_s)]
+    thresholds, embedder = layered({}), Embedder(tunelab_home())
+
+    def flagged() -> list[str]:
+        scores = (drift_scores(serve_dir, name, window_s, thresholds, embedder=embedder)
+                  + quality_scores(serve_dir, name, window_s, thresholds))
+        return [f"{score.kind} {score.name}" for score in scores if score.flagged]
+
+    return flagged
 
 
 def follow(serve_dir: Path, job_id: str, poll_s: float = 1.0) -> None:

@@ -61,11 +61,20 @@ def serve(
     allow_python_graders: bool = typer.Option(
         False, "--allow-python-graders", help="Let reinforcement jobs use python graders (they run the client's "
                                               "code in the worker)."),
+    monitor_every: float = typer.Option(60.0, min=0, help="Seconds between drift and quality scores (Prometheus "
+                                                          "gauges, a line when one crosses its threshold); 0: off."),
+    monitor_window: Optional[str] = typer.Option(
+        None, help="Time window the scores cover: 30m, 1h, 7d (default: the first run's recipe monitor.window, 1h)."),
+    monitor_threshold: Optional[list[str]] = typer.Option(
+        None, "--monitor-threshold", metavar="NAME=VALUE", help="A drift or quality score's threshold (repeatable); "
+                                                                "wins over the runs' recipes (monitor.thresholds)."),
     device: str = device_option(),
 ) -> None:
     """Serve a base model and run adapters over OpenAI's API (/v1/chat/completions, /v1/completions, ...), and
     fine-tune it through OpenAI's files and fine-tuning API (/v1/files, /v1/fine_tuning/jobs)."""
     from tunelab.device import resolve_placement
+    from tunelab.monitor.report import parse_window
+    from tunelab.monitor.thresholds import parse_threshold_options
     from tunelab.serve.server import bind, build_service, run_server
     from tunelab.serve.settings import ServeSettings, read_keys_file
 
@@ -78,6 +87,8 @@ def serve(
     placement = resolve_placement(device, precision or "auto", cpu_auto="bf16" if precision else "fp32")
     home = tunelab_home()
     roots = runs_roots(runs_root, home)
+    thresholds = parse_threshold_options(monitor_threshold or [], "--monitor-threshold")
+    window = parse_window(monitor_window, "--monitor-window") if monitor_window else None
     sock = bind(host, port)
     quiet_libraries()
     if threads:
@@ -91,7 +102,8 @@ def serve(
         batch_wait=batch_wait_ms / 1000, max_queue=max_queue, max_tokens=max_tokens,
         max_body_bytes=max_body_kb * 1024, max_file_bytes=max_file_mb << 20, request_timeout=timeout,
         log_content=log_content, placement=placement, max_waiting_jobs=max_waiting_jobs,
-        allow_python_graders=allow_python_graders,
+        allow_python_graders=allow_python_graders, monitor_every=monitor_every, monitor_window=window,
+        monitor_thresholds=thresholds,
     )
     say = lambda text: console.print(f"[dim]{text}[/dim]")  # noqa: E731
     try:

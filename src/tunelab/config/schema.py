@@ -288,6 +288,31 @@ class ObjectiveSection(Section):
         return self
 
 
+class MonitorSection(Section):
+    """How `tunelab serve` and `tunelab monitor` watch the run once it is served (monitor/drift.py, quality.py)."""
+
+    window: str = Field("1h", description="The time window scores are computed over: 30m, 1h, 7d.")
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Score name -> threshold, overriding the defaults (monitor/thresholds.py): "
+        "drift scores (length_distance, ngram_distance, novel_share, format_share, language_share, "
+        "embedding_distance) are flagged above theirs, thumbs_up_rate and answer_length below, the other rates above.")
+
+    @field_validator("window")
+    @classmethod
+    def known_window(cls, value: str) -> str:
+        from tunelab.monitor.report import parse_window
+
+        parse_window(value, "monitor.window")
+        return value
+
+    @field_validator("thresholds")
+    @classmethod
+    def known_scores(cls, value: dict[str, float]) -> dict[str, float]:
+        from tunelab.monitor.thresholds import check_names
+
+        return check_names(value, "monitor.thresholds")
+
+
 class OutputSection(Section):
     dir: str | None = Field(None, description="Run folder; default runs/<recipe file name>.")
     merge: bool = Field(
@@ -314,6 +339,7 @@ class Recipe(Section):
         "text_similarity, python, score_model, multi) or a Python function (file.py:function). Trains grpo, rloo and "
         "ppo; judges every text-writing task's answers in evaluation (win rate, mean reward).")
     output: OutputSection = Field(default_factory=OutputSection)
+    monitor: MonitorSection = Field(default_factory=MonitorSection)
 
     @model_validator(mode="after")
     def forgetting_measured_for_objective(self) -> "Recipe":

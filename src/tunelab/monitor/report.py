@@ -1,4 +1,5 @@
-"""`tunelab monitor`: latency percentiles, error rate and volume per model over a time window of the request log."""
+"""`tunelab monitor`: latency percentiles, error rate and volume per model over a time window of the request log,
+and every model's drift and quality scores over it."""
 
 from __future__ import annotations
 
@@ -7,9 +8,13 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tunelab.errors import TunelabError
 from tunelab.monitor.requestlog import database_path
+
+if TYPE_CHECKING:
+    from tunelab.monitor.scores import Score
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -79,3 +84,30 @@ def model_stats(model: str, entries: list[tuple]) -> ModelStats:
         prompt_tokens=sum(entry[3] for entry in ok), completion_tokens=completion,
         tokens_per_second=completion / busy if busy else None,
     )
+
+
+def window_models(serve_dir: Path, since_seconds: float, now: float | None = None) -> list[str]:
+    """The models that answered chat or completions requests in the window, in the order first seen."""
+    start = (now or time.time()) - since_seconds
+    connection = sqlite3.connect(f"file:{database_path(serve_dir)}?mode=ro", uri=True)
+    try:
+        rows = connection.execute(
+            "SELECT model FROM requests WHERE ts >= ? AND model IS NOT NULL AND endpoint IN "
+            "('/v1/chat/completions', '/v1/completions') GROUP BY model ORDER BY MIN(id)", (start,)).fetchall()
+    finally:
+        connection.close()
+    return [row[0] for row in rows]
+
+
+def all_scores(serve_dir: Path, since_seconds: float, thresholds: Any = None, now: float | None = None,
+               embedder: Any = None) -> list["Score"]:
+    """Drift and quality scores of every model that answered in the window (monitor/drift.py, quality.py)."""
+    from tunelab.monitor.drift import drift_scores
+    from tunelab.monitor.quality import quality_scores
+
+    now = now if now is not None else time.time()
+    scores = []
+    for model in window_models(serve_dir, since_seconds, now):
+        scores += drift_scores(serve_dir, model, since_seconds, thresholds, now=now, embedder=embedder)
+        scores += quality_scores(serve_dir, model, since_seconds, thresholds, now=now)
+    return scores

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from tunelab.data.cache import Prepared
     from tunelab.monitor.feedback_export import Export
     from tunelab.monitor.report import ModelStats
+    from tunelab.monitor.scores import Score
     from tunelab.run.folder import RunDir
     from tunelab.run.listing import RunSummary
     from tunelab.run.record import Evaluation, Forgetting, RunRecord, Verdict
@@ -308,3 +309,49 @@ def simple_table(headers: list[str], body: list[list[str]], caption: str) -> Tab
     for cells in body:
         table.add_row(*cells)
     return table
+
+
+# ---- monitoring scores ------------------------------------------------------------------------------------------
+
+SCORE_COLUMNS = [
+    Column("model"), Column("version", rank=2), Column("score"), Column("value", "right"),
+    Column("95% interval", "right", rank=3), Column("threshold", "right"), Column("", rank=0),
+    Column("n", "right", rank=4), Column("how", rank=5),  # whole or left out: wrapped, it makes rows 10 lines high
+]
+
+
+def score_value(name: str, value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}" if name == "answer_length" else f"{value:.3f}"
+
+
+def score_tables(scores: list["Score"], kind: str, title: str, width: int = 200) -> tuple[Table | None, list[str]]:
+    """The scores of one kind (drift, quality) as a table, FLAGGED where past their threshold; a model version
+    none of whose scores could be computed is one line saying why instead of a row of dashes."""
+    from rich.markup import escape
+
+    mine = [score for score in scores if score.kind == kind]
+    groups: dict[tuple, list] = {}
+    for score in mine:
+        groups.setdefault((score.model, score.version), []).append(score)
+    rows, lines = [], []
+    for (model, version), group in groups.items():
+        if all(score.value is None for score in group) and len({score.detail for score in group}) == 1:
+            lines.append(escape(f"{model} ({version_name(version)}): no {kind} scores: {group[0].detail}"))
+            continue
+        for score in group:
+            if score.value is None and score.count == 0:  # nothing in the window to show: no row of dashes
+                continue
+            interval = (f"[{score_value(score.name, score.low)}, {score_value(score.name, score.high)}]"
+                        if score.low is not None else "")
+            threshold = "" if score.threshold is None else (("> " if score.flag_when == "above" else "< ")
+                                                            + score_value(score.name, score.threshold))
+            rows.append([model, version_name(version), score.name, score_value(score.name, score.value), interval,
+                         threshold, "[bold red]FLAGGED[/bold red]" if score.flagged else "", f"{score.count:,}",
+                         escape(score.detail)])
+    return (fitted_table(title, SCORE_COLUMNS, rows, width) if rows else None), lines
+
+
+def version_name(version: str | None) -> str:
+    return "base" if version is None else Path(version).name

@@ -32,6 +32,11 @@ class Metrics:
         self.queue_depth.set_function(queue_depth)
         self.batch_rows = Histogram("tunelab_batch_rows", "Rows generated together", buckets=(1, 2, 4, 8, 16, 32),
                                     registry=self.registry)
+        # monitor/watch.py sets these each tick; a version that stopped answering is removed, not left at its last
+        self.scores = {kind: Gauge(f"tunelab_{kind}_score", f"The {kind} scores of each model over the monitor window",
+                                   ["model", "score"], registry=self.registry) for kind in ("drift", "quality")}
+        self.flagged = Gauge("tunelab_score_flagged", "1 where a score is past its threshold", ["model", "score"],
+                             registry=self.registry)
 
     def observe(self, entry: dict[str, Any]) -> None:
         """One finished request, as written to the request log."""
@@ -45,7 +50,27 @@ class Metrics:
             if entry.get(f"{kind}_tokens"):
                 self.tokens.labels(model, kind).inc(entry[f"{kind}_tokens"])
 
+    def set_scores(self, scores: list[Any]) -> None:
+        """One tick's monitor scores (monitor/scores.Score). Per model, not per version: a model answered by
+        several versions in the window (a promotion) shows the worst of them, so a gauge flags what any flags."""
+        for gauge in (*self.scores.values(), self.flagged):
+            gauge.clear()
+        worst: dict[tuple[str, str], Any] = {}
+        for score in scores:
+            if score.value is None:
+                continue
+            key, kept = (score.model, score.name), worst.get((score.model, score.name))
+            if kept is None or (score.flagged, badness(score)) > (kept.flagged, badness(kept)):
+                worst[key] = score
+        for (model, name), score in worst.items():
+            self.scores[score.kind].labels(model, name).set(score.value)
+            self.flagged.labels(model, name).set(1 if score.flagged else 0)
+
     def render(self) -> tuple[bytes, str]:
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def badness(score: Any) -> float:
+    return score.value if score.flag_when == "above" else -score.value

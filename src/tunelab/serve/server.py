@@ -80,6 +80,9 @@ def build_service(runs: list[str], base: str | None, settings: ServeSettings, ho
             say(f"adapter {served.id} <- {path}")
         if settings.fine_tuning:
             start_fine_tuning(service, base_name, settings, say)
+        if settings.monitor_every > 0:
+            service.watch = start_watch(service, [path for _, path in specs]
+                                        + [version.run_dir for version in names.values()], settings, home, say)
         from tunelab.serve.deployments import Deployments
 
         service.deployments = Deployments(service, say).start()
@@ -97,6 +100,19 @@ def start_fine_tuning(service: Any, base_name: str, settings: ServeSettings, say
     service.jobs = JobsConfig(Path(settings.serve_dir).resolve(), service.registry.base.id, base_name,
                               settings.max_waiting_jobs, settings.allow_python_graders)
     service.finished_jobs = FinishedJobs(service, say).start()
+
+
+def start_watch(service: Any, runs: list[str], settings: ServeSettings, home: Path,
+                say: Callable[[str], None]) -> Any:
+    """The thread that scores drift and live quality every `monitor_every` seconds into the metrics."""
+    from tunelab.monitor.drift import Embedder
+    from tunelab.monitor.report import parse_window
+    from tunelab.monitor.thresholds import layered, recipe_monitor
+    from tunelab.monitor.watch import Watch
+
+    window = settings.monitor_window or parse_window(recipe_monitor(runs[0] if runs else None).window)
+    return Watch(settings.serve_dir, service.metrics, window, settings.monitor_every,
+                 layered(settings.monitor_thresholds), Embedder(home), say).start()
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -104,8 +104,11 @@ class Service:
         self.finished_jobs: Any = None  # serve/finished_jobs.py: serves succeeded jobs' models as they finish
         self.worker: Any = None  # serve/worker_process.py: the job worker `serve --jobs` runs, stopped on close
         self.deployments: Any = None  # serve/deployments.py: names in service and their versions
+        self.watch: Any = None  # monitor/watch.py: drift and quality scores into the metrics, stopped on close
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
         if self.worker is not None:
             self.worker.close()
         if self.finished_jobs is not None:

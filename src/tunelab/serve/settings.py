@@ -30,6 +30,9 @@ class ServeSettings:
     fine_tuning: bool = True  # the fine-tuning API (/v1/fine_tuning/jobs); a worker runs the jobs (serve --jobs)
     max_waiting_jobs: int = 16  # jobs validating or queued; past it: 429
     allow_python_graders: bool = False  # python graders in reinforcement jobs run the caller's code in the worker
+    monitor_every: float = 60.0  # seconds between drift/quality ticks (monitor/watch.py); 0: no monitor thread
+    monitor_window: float | None = None  # seconds scored; None: the first run's recipe `monitor.window`, else 1h
+    monitor_thresholds: dict[str, float] = field(default_factory=dict)  # over each run's recipe and the defaults
 
 
 SCOPES = ("inference", "fine-tuning")

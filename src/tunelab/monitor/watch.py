@@ -1,0 +1,69 @@
+"""Watch scores while serving: a thread in the server computes every model's drift and quality scores each
+`every_s` seconds over `window_s`, sets the Prometheus gauges (serve/metrics.py) and says one line when a score
+crosses its threshold, and one when it comes back (not at every tick).
+
+Started and stopped with the Service, like serve/finished_jobs.py. It only reads the request log (a read-only
+connection per tick, WAL lets the writer go on), so a request never waits on it, and an error in a tick is said
+and the next tick tries again: the thread never stops the server.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+from tunelab.monitor.scores import Score
+
+
+class Watch:
+    def __init__(self, serve_dir: Path, metrics: Any, window_s: float, every_s: float, thresholds: Any = None,
+                 embedder: Any = None, say: Callable[[str], None] = print):
+        self.serve_dir, self.metrics, self.window_s, self.every_s = serve_dir, metrics, window_s, every_s
+        self.thresholds, self.embedder, self.say = thresholds, embedder, say
+        self.flagged: set[tuple[str, str | None, str]] = set()  # (model, version, score) past its threshold now
+        self.last: list[Score] = []  # the last tick's scores (for the dashboard)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, name="tunelab-monitor", daemon=True)
+
+    def start(self) -> "Watch":
+        self.thread.start()
+        return self
+
+    def close(self) -> None:
+        self.stop.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=30)
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            try:
+                self.tick()
+            except Exception as error:  # a locked database, a run folder moved away: said, tried next tick
+                self.say(f"monitor: {type(error).__name__}: {error}")
+
+    def tick(self, now: float | None = None) -> list[Score]:
+        from tunelab.monitor.report import all_scores
+
+        scores = all_scores(self.serve_dir, self.window_s, self.thresholds, now=now, embedder=self.embedder)
+        self.metrics.set_scores(scores)
+        self.announce(scores)
+        self.last = scores
+        return scores
+
+    def announce(self, scores: list[Score]) -> None:
+        now_flagged = {(s.model, s.version, s.name): s for s in scores if s.flagged}
+        for key, score in now_flagged.items():
+            if key not in self.flagged:
+                self.say(f"monitor: {score.model} ({version_name(score.version)}): {score.name} {score.value:.3f} "
+                         f"{'over' if score.flag_when == 'above' else 'under'} its threshold {score.threshold:g}")
+        measured = {(s.model, s.version, s.name): s for s in scores}
+        for key in self.flagged - set(now_flagged):
+            score = measured.get(key)
+            state = "no longer measured" if score is None or score.value is None else f"{score.value:.3f}"
+            self.say(f"monitor: {key[0]} ({version_name(key[1])}): {key[2]} back within its threshold ({state})")
+        self.flagged = set(now_flagged)
+
+
+def version_name(version: str | None) -> str:
+    return "base" if version is None else Path(version).name

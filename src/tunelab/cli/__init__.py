@@ -15,6 +15,7 @@ from rich.markup import escape
 
 from tunelab.cli import (  # noqa: F401  (each module registers its commands)
     data,
+    deploy,
     export,
     feedback,
     jobs,

@@ -14,7 +14,18 @@ from starlette.exceptions import HTTPException
 from tunelab import __version__
 from tunelab.serve.errors import APIError, error_body
 from tunelab.serve.middleware import Accounting, ApiKeys, BodyLimit
-from tunelab.serve.routes import adapters, chat, completions, feedback, files, fine_tuning, health, models, tokenize
+from tunelab.serve.routes import (
+    adapters,
+    chat,
+    completions,
+    deployments,
+    feedback,
+    files,
+    fine_tuning,
+    health,
+    models,
+    tokenize,
+)
 from tunelab.serve.service import Service
 from tunelab.serve.ui import routes as ui
 
@@ -30,7 +41,8 @@ def create_app(service: Service) -> FastAPI:
     app = FastAPI(title="tunelab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
     app.state.ui_secret = secrets.token_bytes(32)  # signs the dashboard's login cookies, for this server's life
-    for module in (models, chat, completions, tokenize, adapters, feedback, files, fine_tuning, health, ui):
+    for module in (models, chat, completions, tokenize, adapters, deployments, feedback, files, fine_tuning, health,
+                   ui):
         app.include_router(module.router)
     settings = service.settings
     # add_middleware wraps: the last added runs first (Accounting sees every request, even refused ones)

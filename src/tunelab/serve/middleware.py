@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, RedirectResponse
 
 from tunelab.serve.errors import CLIENT_LEFT, error_body
 
-ADMIN_PREFIX = "/v1/adapters"
+ADMIN_PREFIXES = ("/v1/adapters", "/v1/deployments")  # load/unload adapters; promote, roll back
 FINE_TUNING_PREFIXES = ("/v1/files", "/v1/fine_tuning")  # the fine-tuning scope: uploads and jobs
 OPEN = "/health"  # liveness for load balancers and orchestrators: holds nothing a key protects
 METRICS = "/metrics"
@@ -88,7 +88,7 @@ class ApiKeys:
     """`Authorization: Bearer KEY`, by scope. With any API key given, every route but /health needs a key:
       inference (chat, completions, models, feedback, ...)   an API key, a fine-tuning key or the admin key
       fine-tuning (/v1/files, /v1/fine_tuning)               a fine-tuning key or the admin key (an inference key: 403)
-      admin (/v1/adapters)                                   the admin key only, with or without API keys
+      admin (/v1/adapters, /v1/deployments)                  the admin key only, with or without API keys
     /metrics also opens to the metrics key. With no API key given, all but admin is open (a local server).
 
     The dashboard (/ui) opens to any key, sent as the Bearer header or as the login cookie (an HMAC of the key with
@@ -119,7 +119,7 @@ class ApiKeys:
     def refusal(self, scope: dict) -> JSONResponse | None:
         token = bearer_token(scope)
         path = scope["path"]
-        if path.startswith(ADMIN_PREFIX):
+        if path.startswith(ADMIN_PREFIXES):
             if self.admin_key is None:
                 return refuse(scope, 403, "The admin endpoints are off; start the server with --admin-key")
             if token is None or not same_key(token, self.admin_key):

@@ -220,6 +220,18 @@ class LoadAdapterRequest(Body):
     name: str | None = Field(None, description="Model id to serve it as; default the run folder's name.")
 
 
+class PromoteRequest(Body):
+    version: str = Field(..., description="The version to serve: its number (3 or v3), or a run folder on the "
+                                          "server inside its --runs-root (recorded as a new version).")
+    by: str | None = Field(None, max_length=200, description="Who promotes it, as the history records it; "
+                                                             "default: admin.")
+
+
+class RollbackRequest(Body):
+    by: str | None = Field(None, max_length=200, description="Who rolls back, as the history records it.")
+    reason: str | None = Field(None, max_length=2000, description="Why, as the history records it.")
+
+
 class DeletedModel(BaseModel):
     id: str
     object: Literal["model"] = "model"

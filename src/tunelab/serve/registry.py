@@ -21,6 +21,7 @@ from tunelab.models.load import ModelRef
 # A model id travels in URLs (DELETE /v1/adapters/{id}), Prometheus labels and log lines: no '/', bounded length.
 # ':' is there for a fine-tuning job's model, ft:<base>:<suffix>:<job id> as OpenAI names it (up to 160 long).
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,159}")
+KEPT_VERSIONS = 2  # versions of a name kept loaded after a promotion replaced them (in-flight requests, rollback)
 ID_RULE = "1 to 160 letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
 
 
@@ -61,6 +62,7 @@ class ServedModel:
     parent: str | None = None  # the base model's id, for adapters
     mixable: bool = True  # peft can batch it with other adapters through `adapter_names`
     folder: str | None = None  # the adapter folder
+    version: int | None = None  # the version of a name in service (deploy/versions.py) this is
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -72,6 +74,9 @@ class Registry:
         self._models = {base.id: base}
         self._lock = threading.Lock()
         self._numbers = itertools.count(1)
+        # id -> the versions the last promotions replaced, newest first: still loaded, for the requests that looked
+        # one up before a switch (they finish on it) and for a rollback that needs no load
+        self._previous: dict[str, list[ServedModel]] = {}
 
     def get(self, model_id: str) -> ServedModel | None:
         with self._lock:
@@ -95,6 +100,29 @@ class Registry:
             if model.id in self._models:
                 raise TunelabError(f"model id '{model.id}' is already served; DELETE it first or pick another name")
             self._models[model.id] = model
+
+    def replace(self, model: ServedModel) -> list[ServedModel]:
+        """Serve `model` under its id from now on; the one it replaces is kept loaded as a previous version. Returns
+        the versions no longer kept (the caller unloads them once their requests are done)."""
+        check_id(model.id, "model id")
+        with self._lock:
+            old = self._models.get(model.id)
+            self._models[model.id] = model
+            kept = [entry for entry in self._previous.get(model.id, []) if entry is not model]
+            if old is not None and old is not model:
+                kept.insert(0, old)
+            self._previous[model.id] = kept[:KEPT_VERSIONS]
+            return kept[KEPT_VERSIONS:]
+
+    def previous(self, model_id: str) -> list[ServedModel]:
+        with self._lock:
+            return list(self._previous.get(model_id, []))
+
+    def is_live(self, model: ServedModel) -> bool:
+        """Whether `model` can still take a request: served now, or a version replaced lately (loaded still)."""
+        with self._lock:
+            return self._models.get(model.id) is model or any(entry is model
+                                                              for entry in self._previous.get(model.id, []))
 
     def remove(self, model_id: str) -> ServedModel | None:
         with self._lock:

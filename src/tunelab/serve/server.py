@@ -41,6 +41,7 @@ def base_of_runs(runs: list[tuple[str | None, str]], home: Path) -> str:
 
 def build_service(runs: list[str], base: str | None, settings: ServeSettings, home: Path,
                   say: Callable[[str], None] = print) -> Any:
+    from tunelab.deploy import versions
     from tunelab.monitor.requestlog import RequestLog
     from tunelab.serve.engine import Engine
     from tunelab.serve.metrics import Metrics
@@ -48,9 +49,17 @@ def build_service(runs: list[str], base: str | None, settings: ServeSettings, ho
     from tunelab.serve.service import Service
 
     specs = parse_run_specs(runs)
-    if base is None and not specs:
-        raise TunelabError("give at least one RUN or --base MODEL")
-    base_name = base or base_of_runs(specs, home)
+    names = versions.serving(settings.serve_dir)
+    taken = [model_id for model_id, _ in specs if model_id in names]
+    if taken:
+        version = names[taken[0]]
+        raise TunelabError(f"'{taken[0]}' is a name in service in {settings.serve_dir} ({version.label}, "
+                           f"{version.run_dir}); drop it from the command line (it is served as recorded) or switch "
+                           f"it with `tunelab promote {taken[0]} RUN`")
+    if base is None and not specs and not names:
+        raise TunelabError("give at least one RUN or --base MODEL (or `tunelab promote NAME RUN` into this "
+                           "--serve-dir first)")
+    base_name = base or base_of_runs(specs + [(name, version.run_dir) for name, version in names.items()], home)
     say(f"loading base model {base_name}")
     model, base_served, ref = open_base(base_name, home, settings.placement)
     engine = Engine(model, base_served.tokenizer.pad_token_id, max_batch_rows=settings.max_batch_rows,
@@ -71,6 +80,9 @@ def build_service(runs: list[str], base: str | None, settings: ServeSettings, ho
             say(f"adapter {served.id} <- {path}")
         if settings.fine_tuning:
             start_fine_tuning(service, base_name, settings, say)
+        from tunelab.serve.deployments import Deployments
+
+        service.deployments = Deployments(service, say).start()
     except BaseException:
         service.close()
         raise

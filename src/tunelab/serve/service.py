@@ -103,12 +103,15 @@ class Service:
         self.jobs: JobsConfig | None = None  # the fine-tuning API's settings (jobs/queue.py); None: it is off
         self.finished_jobs: Any = None  # serve/finished_jobs.py: serves succeeded jobs' models as they finish
         self.worker: Any = None  # serve/worker_process.py: the job worker `serve --jobs` runs, stopped on close
+        self.deployments: Any = None  # serve/deployments.py: names in service and their versions
 
     def close(self) -> None:
         if self.worker is not None:
             self.worker.close()
         if self.finished_jobs is not None:
             self.finished_jobs.close()
+        if self.deployments is not None:
+            self.deployments.close()
         self.engine.stop()
         self.request_log.close()
 
@@ -228,7 +231,7 @@ class Service:
         pending = Pending(asyncio.get_running_loop())
         job = self.job(prepared, body, pending, stream)
         with self._swap:
-            if self.registry.get(prepared.served.id) is not prepared.served:  # unloaded meanwhile
+            if not self.registry.is_live(prepared.served):  # unloaded meanwhile
                 raise model_not_found(prepared.served.id, self.registry.ids())
             try:
                 self.engine.submit(job)
@@ -376,6 +379,9 @@ class Service:
         log["model"] = model_id
         async with self._admin:
             with self._swap:
+                if self.deployments is not None and self.deployments.is_versioned(model_id):
+                    raise APIError(409, f"'{model_id}' is a name in service with versions; roll it back or promote "
+                                        "another version (/v1/deployments) instead of unloading it", param="model")
                 try:
                     served = self.registry.remove(model_id)
                 except TunelabError as error:

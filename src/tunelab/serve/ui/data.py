@@ -209,12 +209,9 @@ def models_data(service: Any) -> ModelsData:
 
 
 def served_versions(serve_dir: Path) -> dict[str, list[Any]]:
-    """Each name in service and its versions, from the integrator's tunelab.deploy.versions; empty where that
-    module is not in this build yet."""
-    try:
-        from tunelab.deploy import versions
-    except ImportError:
-        return {}
+    """Each name in service and its versions (deploy/versions.py), newest first."""
+    from tunelab.deploy import versions
+
     return {name: versions.versions(serve_dir, name) for name in versions.names(serve_dir)}
 
 

@@ -221,7 +221,7 @@ def versions_section(name: str, versions: list[Any], run_ids: dict[str, str]) ->
     rows = []
     for version in versions:
         actions = ""
-        if version.status == "candidate":
+        if version.status != "serving":  # a candidate; or a version served before (promoting it again)
             actions = post_button(f"/ui/models/{name}/promote", "Promote", {"version": str(version.number)})
         rows.append([str(version.number), esc(version.status), run_link(version.run_dir, run_ids),
                      headline(version.metrics), gate(version.verdict, version.reason),

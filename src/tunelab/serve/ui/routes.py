@@ -154,44 +154,32 @@ def models(request: Request) -> HTMLResponse:
 @router.post("/ui/models/{name}/promote")
 async def promote(name: str, request: Request) -> Response:
     form = await request.form()
-    number = str(form.get("version") or "")
-    return await deployment_change(request, name, lambda deployments, run_dir: deployments.promote(
-        name, run_dir, by=who(request)), number)
+    version = str(form.get("version") or "")
+    return await deployment_change(request, lambda deployments: deployments.promote(name, version, by=who(request)))
 
 
 @router.post("/ui/models/{name}/rollback")
 async def rollback(name: str, request: Request) -> Response:
-    return await deployment_change(request, name, lambda deployments, _: deployments.rollback(name, by=who(request)))
+    return await deployment_change(request, lambda deployments: deployments.rollback(name, by=who(request)))
 
 
-async def deployment_change(request: Request, name: str, change: Any, number: str | None = None) -> Response:
-    """Promote or roll back through the service (no restart); its refusal's message shown on the models page."""
+async def deployment_change(request: Request, change: Any) -> Response:
+    """Promote or roll back through the service (no restart), as /v1/deployments does; its refusal's message is
+    shown on the models page."""
     from starlette.concurrency import run_in_threadpool
 
     refusal = check_post(request, role(request) == "admin", "the admin key")
     if refusal is not None:
         return refusal
     service = service_of(request)
-    deployments = getattr(service, "deployments", None)
     try:
-        if deployments is None:
-            raise APIError(404, "This server has no versions (tunelab.deploy is not in this build)")
-        run_dir = None
-        if number is not None:
-            run_dir = await run_in_threadpool(version_run_dir, service, name, number)
-        await change(deployments, run_dir)
+        if service.deployments is None:
+            raise APIError(404, "This server does not apply versions")
+        await change(service.deployments)
     except APIError as error:
         found = await run_in_threadpool(data.models_data, service)
         return html_page(lambda nonce: pages.models_page(found, signed_in(request), error.message), error.status)
     return RedirectResponse("/ui/models", status_code=303)
-
-
-def version_run_dir(service: Any, name: str, number: str) -> str:
-    """The run folder of version `number` of `name` (the form names a version; promote takes its run)."""
-    for version in data.served_versions(service.settings.serve_dir).get(name, []):
-        if str(version.number) == number:
-            return version.run_dir
-    raise APIError(404, f"'{name}' has no version {number}")
 
 
 def who(request: Request) -> str:

@@ -1,0 +1,1 @@
+"""Models in service: named versions, promotion and rollback (versions.py), and gated retraining (retrain.py)."""

@@ -177,9 +177,11 @@ async def deployment_change(request: Request, change: Any) -> Response:
             raise APIError(404, "This server does not apply versions")
         await change(service.deployments)
     except APIError as error:
-        found = await run_in_threadpool(data.models_data, service)
-        return html_page(lambda nonce: pages.models_page(found, signed_in(request), error.message), error.status)
-    return RedirectResponse("/ui/models", status_code=303)
+        message, status = error.message, error.status
+    else:
+        return RedirectResponse("/ui/models", status_code=303)
+    found = await run_in_threadpool(data.models_data, service)
+    return html_page(lambda nonce: pages.models_page(found, signed_in(request), message), status)
 
 
 def who(request: Request) -> str:

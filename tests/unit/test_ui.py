@@ -70,9 +70,16 @@ def plant_jobs(serve_dir: Path, run: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_checkpoint):
+    started = start_dashboard(tmp_path_factory.mktemp("ui"), tiny_checkpoint)
+    yield started
+    started["server"].stop()
+
+
+def start_dashboard(tmp: Path, tiny_checkpoint: Path) -> dict:
+    """Two runs (one evaluated), a name in service with a candidate, two jobs, a live server with keys that has
+    answered a few requests and one error (also used by the screenshot script for the integrator's notes)."""
     from tunelab.serve.server import build_service
 
-    tmp = tmp_path_factory.mktemp("ui")
     roots = tmp / "runs"
     roots.mkdir()
     first = evaluated_run(roots, tiny_checkpoint)
@@ -91,10 +98,13 @@ def setup(tmp_path_factory, tiny_checkpoint):
     client = server.client()
     for _ in range(3):
         client.chat.completions.create(model=NAME, messages=HELLO, max_tokens=4, temperature=0)
-    with pytest.raises(Exception):
+    try:
         client.chat.completions.create(model=NAME, messages=HELLO, max_tokens=4000)  # an error for the error plot
-    yield {"server": server, "first": first, "second": second, "jobs": jobs, "url": f"http://127.0.0.1:{server.port}"}
-    server.stop()
+    except Exception:
+        pass
+    else:
+        raise AssertionError("max_tokens over the server's limit was accepted")
+    return {"server": server, "first": first, "second": second, "jobs": jobs, "url": f"http://127.0.0.1:{server.port}"}
 
 
 def browser_client(setup, key: str | None = None) -> httpx.Client:
@@ -239,7 +249,7 @@ def test_scores_and_series_render_with_interval_threshold_and_flag():
     series = [Series(NAME, "thumbs_up_rate", "quality", [Point(now + 60 * i, 0.5 + 0.1 * i, 0.4 + 0.1 * i,
                                                                0.6 + 0.1 * i, 10) for i in range(4)],
                      threshold=0.6)]
-    page = pages.monitor_page(MonitorData(3600, 120, [], scores, series), "1h", signed_in=True)
+    page = pages.monitor_page(MonitorData(3600, 120, now + 600, [], scores, series), "1h", signed_in=True)
     rows = re.findall(r"<tr>(.*?)</tr>", page.split('<table class="scores">')[1].split("</table>")[0])
     assert "FLAGGED" in rows[1] and "FLAGGED" not in rows[2] and "FLAGGED" not in rows[3]
     assert "[0.3, 0.5]" in rows[1] and "above 0.2" in rows[1] and "n/a" in rows[3] and "no content logged" in rows[3]
@@ -305,7 +315,35 @@ def test_each_page_renders_in_headless_chromium(setup, tmp_path):
         if "svg" in PAGES[path]:
             blue = np.abs(pixels - [0x1F, 0x77, 0xB4]).sum(axis=1) < 40  # the plots' first colour
             assert blue.sum() > 100, f"{path}: no plot line visible"
-    del sync_playwright
+    assert_job_page_follows_the_job(setup, sync_playwright)
+
+
+def assert_job_page_follows_the_job(setup, sync_playwright) -> None:
+    """The running job's page polls its JSON: an event the worker writes appears without a reload, as text."""
+    from tunelab.jobs.db import connect
+    from tunelab.jobs.queue import add_event
+
+    job_id = setup["jobs"]["running"]
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=chromium(), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            page = browser.new_page()
+            errors = []
+            page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+            page.goto(f"{setup['url']}/ui/login")
+            page.fill("input[name=key]", KEY)
+            page.click("button[type=submit]")
+            page.wait_for_url("**/ui/runs")
+            page.goto(f"{setup['url']}/ui/jobs/{job_id}")
+            connection = connect(Path(setup["server"].service.settings.serve_dir))
+            add_event(connection, job_id, "Step 5/10: <b>live</b>", kind="metrics",
+                      data={"step": 5, "total_steps": 10})
+            connection.close()
+            page.locator("#progress", has_text="step 5 of 10").wait_for(timeout=10_000)
+            assert page.inner_text("table.events tbody tr:first-child td:last-child") == "Step 5/10: <b>live</b>"
+            assert page.query_selector("table.events b") is None and not errors, errors
+        finally:
+            browser.close()
 
 
 def render_pages(url: str, browser_path: str, folder: Path, key: str = KEY) -> dict[str, tuple[bool, Path]]:

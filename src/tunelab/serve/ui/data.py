@@ -220,6 +220,7 @@ def served_versions(serve_dir: Path) -> dict[str, list[Any]]:
 class MonitorData:
     since_s: float
     bucket_s: float
+    now: float  # the window is [now - since_s, now]
     traffic: list[Series]  # per model: latency_p50_ms, latency_p95_ms, error_rate, requests (request log)
     scores: list[Score]  # drift and quality scores over the window
     series: list[Series]  # drift and quality over time
@@ -232,7 +233,7 @@ def monitor_data(service: Any, since_s: float, now: float | None = None) -> Moni
     # The integrator plugs in here: `scores` from monitor/drift.py and monitor/quality.py over the same window
     # (drift of live prompts vs each served run's splits, thumbs-up and correction rates from the feedback table),
     # and `series` the same scores per bucket. The page renders any Score / Series it is given.
-    return MonitorData(since_s, bucket, traffic, scores=[], series=[])
+    return MonitorData(since_s, bucket, now, traffic, scores=[], series=[])
 
 
 def bucket_seconds(since_s: float) -> float:

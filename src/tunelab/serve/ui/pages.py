@@ -42,15 +42,17 @@ def layout(title: str, here: str, body: str, signed_in: bool = False, nonce: str
               if signed_in else "")
     tail = f'<script nonce="{esc(nonce)}">{script}</script>' if script else ""
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{esc(title)} - tunelab</title>"
+            "<link rel='icon' href='data:,'>"
             f"<style>{STYLE}</style></head><body><header><strong>tunelab</strong>{links}{logout}</header>"
             f"<main><h1>{esc(title)}</h1>{body}</main>{tail}</body></html>")
 
 
 def table(headers: Iterable[str], rows: Iterable[Iterable[str]], css: str = "") -> str:
     """Cells are HTML already (escaped by the caller)."""
-    head = "".join(f"<th>{esc(name)}</th>" for name in headers)
+    names = list(headers)
+    head = f"<thead><tr>{''.join(f'<th>{esc(name)}</th>' for name in names)}</tr></thead>" if any(names) else ""
     body = "".join("<tr>" + "".join(f"<td>{cell}</td>" for cell in row) + "</tr>" for row in rows)
-    return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    return f'<table class="{css}">{head}<tbody>{body}</tbody></table>'
 
 
 def when(ts: float | None) -> str:
@@ -255,16 +257,17 @@ def gate(verdict: dict[str, Any] | None, reason: str | None) -> str:
 
 
 # ---- monitor ----------------------------------------------------------------------------------------------------
-TRAFFIC = (("latency_p50_ms", "latency p50 / p95 (ms)"), ("error_rate", "error rate"), ("requests", "requests"))
+TRAFFIC = (("error_rate", "error rate"), ("requests", "requests"))  # plotted alone; the latencies share a plot
 
 
 def monitor_page(data: MonitorData, since: str, signed_in: bool) -> str:
+    window = (data.now - data.since_s, data.now)
     choose = "".join(f'<a href="/ui/monitor?since={window}">{window}</a> ' for window in ("15m", "1h", "6h", "1d",
                                                                                          "7d"))
     body = (f"<p>Window: the last {esc(since)} (buckets of {format_number(data.bucket_s / 60)} min). {choose}</p>"
             + "<h2>Scores</h2>" + scores_table(data.scores)
-            + "<h2>Traffic</h2>" + traffic_plots(data.traffic)
-            + "<h2>Drift and quality over time</h2>" + series_plots(data.series))
+            + "<h2>Traffic</h2>" + traffic_plots(data.traffic, window)
+            + "<h2>Drift and quality over time</h2>" + series_plots(data.series, window))
     return layout("Monitor", "monitor", body, signed_in)
 
 
@@ -283,7 +286,7 @@ def scores_table(scores: list[Score]) -> str:
                   "detail"], rows, "scores")
 
 
-def traffic_plots(traffic: list[Series]) -> str:
+def traffic_plots(traffic: list[Series], window: tuple[float, float]) -> str:
     if not traffic:
         return "<p class='note'>No requests in this window.</p>"
     by_model: dict[str, dict[str, Series]] = {}
@@ -295,21 +298,25 @@ def traffic_plots(traffic: list[Series]) -> str:
         latency = [line(named[name], label, colour) for name, label, colour in
                    (("latency_p50_ms", "p50", svg.PALETTE[0]), ("latency_p95_ms", "p95", svg.PALETTE[3]))
                    if name in named]
-        plots.append(svg.line_chart(latency, title="latency (ms)", time_axis=True))
-        for name, title in TRAFFIC[1:]:
+        plots.append(svg.line_chart(latency, title="latency (ms)", time_axis=True, x_range=window))
+        for name, title in TRAFFIC:
             if name in named:
-                plots.append(svg.line_chart([line(named[name], name, svg.PALETTE[0])], title=title, time_axis=True))
+                plots.append(svg.line_chart([line(named[name], name, svg.PALETTE[0])], title=title, time_axis=True,
+                                            x_range=window))
         parts.append(f"<h3>{esc(model)}</h3><div class='plots traffic'>{''.join(plots)}</div>")
     return "".join(parts)
 
 
-def series_plots(series: list[Series]) -> str:
+def series_plots(series: list[Series], window: tuple[float, float]) -> str:
     if not series:
         return "<p class='note'>No drift or quality series in this window.</p>"
     plots = [svg.line_chart([line(one, one.name, svg.PALETTE[0])], threshold=one.threshold, time_axis=True,
-                            title=f"{one.model}{' @ ' + one.version if one.version else ''}: {one.name}")
-             for one in series]
+                            x_range=window, title=series_title(one)) for one in series]
     return f"<div class='plots series'>{''.join(plots)}</div>"
+
+
+def series_title(series: Series) -> str:
+    return f"{series.model}{' @ ' + series.version if series.version else ''}: {series.name}"
 
 
 def line(series: Series, label: str, colour: str) -> svg.Line:

@@ -39,9 +39,7 @@ def ticks(low: float, high: float, count: int = 5) -> list[float]:
     return [first + index * step for index in range(int((high - first) / step + 1e-9) + 1)]
 
 
-def label(value: float, time_axis: bool = False) -> str:
-    if time_axis:
-        return time.strftime("%H:%M", time.localtime(value))
+def label(value: float) -> str:
     if value == 0 or 0.01 <= abs(value) < 10_000:
         return f"{value:.4g}"
     return f"{value:.2g}"
@@ -50,8 +48,9 @@ def label(value: float, time_axis: bool = False) -> str:
 class Frame:
     """Data coordinates -> pixels inside the margins."""
 
-    def __init__(self, xs: list[float], ys: list[float], width: int, height: int):
-        self.x0, self.x1 = (min(xs), max(xs)) if xs else (0.0, 1.0)
+    def __init__(self, xs: list[float], ys: list[float], width: int, height: int,
+                 x_range: tuple[float, float] | None = None):
+        self.x0, self.x1 = x_range or ((min(xs), max(xs)) if xs else (0.0, 1.0))
         if self.x1 == self.x0:
             self.x0, self.x1 = self.x0 - 1, self.x1 + 1
         low, high = (min(ys), max(ys)) if ys else (0.0, 1.0)
@@ -71,14 +70,16 @@ class Frame:
 
 def line_chart(lines: list[Line], title: str = "", x_label: str = "", y_label: str = "",
                threshold: float | None = None, time_axis: bool = False, width: int = WIDTH,
-               height: int = HEIGHT) -> str:
-    """Lines over a shared x axis, each with its interval band where given, and a dashed threshold line."""
+               height: int = HEIGHT, x_range: tuple[float, float] | None = None) -> str:
+    """Lines over a shared x axis, each with its interval band where given, and a dashed threshold line. With
+    `time_axis` x is unix time, labelled as clock times; `x_range` fixes the axis (a monitoring window)."""
     xs = [x for line in lines for x, y in line.points if y is not None]
     ys = [y for line in lines for _, y in line.points if y is not None]
     ys += [value for line in lines for _, low, high in line.band for value in (low, high)]
     ys += [threshold] if threshold is not None else []
-    frame = Frame(xs, ys, width, height)
-    x_labels = [(value, label(value, time_axis)) for value in x_ticks(frame, time_axis)]
+    frame = Frame(xs, ys, width, height, x_range)
+    x_labels = time_labels(frame) if time_axis else [(value, label(value)) for value in ticks(frame.x0, frame.x1)
+                                                      if frame.x0 <= value <= frame.x1]
     parts = [axes(frame, title, x_label, y_label, x_labels, width, height)]
     for line in lines:
         parts.append(band(frame, line))
@@ -152,10 +153,11 @@ def axes(frame: Frame, title: str, x_label: str, y_label: str, x_labels: list[tu
     return "".join(parts)
 
 
-def x_ticks(frame: Frame, time_axis: bool) -> list[float]:
-    if not time_axis:
-        return [value for value in ticks(frame.x0, frame.x1) if frame.x0 <= value <= frame.x1]
-    return [frame.x0 + (frame.x1 - frame.x0) * index / 4 for index in range(5)]  # clock times need no round steps
+def time_labels(frame: Frame) -> list[tuple[float, str]]:
+    """Five clock times across the axis (with the date when it spans more than a day)."""
+    shape = "%H:%M" if frame.x1 - frame.x0 <= 86400 else "%m-%d %H:%M"
+    values = [frame.x0 + (frame.x1 - frame.x0) * index / 4 for index in range(5)]
+    return [(value, time.strftime(shape, time.localtime(value))) for value in values]
 
 
 def legend(lines: list[Line], frame: Frame) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -26,6 +27,7 @@ from tunelab.serve.routes import (
     tokenize,
 )
 from tunelab.serve.service import Service
+from tunelab.serve.ui import routes as ui
 
 
 def create_app(service: Service) -> FastAPI:
@@ -38,14 +40,16 @@ def create_app(service: Service) -> FastAPI:
 
     app = FastAPI(title="tunelab", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
-    for module in (models, chat, completions, tokenize, adapters, deployments, feedback, files, fine_tuning, health):
+    app.state.ui_secret = secrets.token_bytes(32)  # signs the dashboard's login cookies, for this server's life
+    for module in (models, chat, completions, tokenize, adapters, deployments, feedback, files, fine_tuning, health,
+                   ui):
         app.include_router(module.router)
     settings = service.settings
     # add_middleware wraps: the last added runs first (Accounting sees every request, even refused ones)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes, upload_limit=settings.max_file_bytes)
     app.add_middleware(ApiKeys, api_keys=settings.api_keys, fine_tune_keys=settings.fine_tune_keys,
                        admin_key=settings.admin_key,
-                       metrics_key=settings.metrics_key)
+                       metrics_key=settings.metrics_key, ui_secret=app.state.ui_secret)
     app.add_middleware(Accounting, record=lambda entry: record(service, entry))
     app.add_exception_handler(APIError, api_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -3,18 +3,20 @@
 Keys and the body limit are checked before the request reaches FastAPI, so an unauthenticated or oversized
 request is refused before its body is parsed or validated (an upload to /v1/files as it arrives: see
 BodyLimit). With API keys, /health is the only route open without one: /v1/*, /metrics, /openapi.json and any
-unknown path need a key (/metrics also takes --metrics-key).
+unknown path need a key (/metrics also takes --metrics-key). The dashboard (/ui) takes the key as a Bearer header
+or as the cookie its login form sets; it is not written to the request log (its live pages poll every 2 s).
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import time
 from typing import Any, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 
 from tunelab.serve.errors import CLIENT_LEFT, error_body
 
@@ -25,6 +27,9 @@ METRICS = "/metrics"
 UNLOGGED = (OPEN, METRICS)
 UPLOADS = "/v1/files"  # POST: a file upload, under its own limit
 UPLOAD_FRAMING = 64 * 1024  # what multipart adds around an upload's file (boundaries, headers, the purpose field)
+UI = "/ui"
+UI_LOGIN = "/ui/login"
+UI_COOKIE = "tunelab_ui"
 
 
 def refuse(scope: dict, status: int, message: str) -> JSONResponse:
@@ -48,7 +53,7 @@ class Accounting:
         self.record = record
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["path"] in UNLOGGED:
+        if scope["type"] != "http" or scope["path"] in UNLOGGED or is_ui(scope["path"]):
             await self.app(scope, receive, send)
             return
         started, arrived = time.perf_counter(), time.time()
@@ -84,18 +89,28 @@ class ApiKeys:
       inference (chat, completions, models, feedback, ...)   an API key, a fine-tuning key or the admin key
       fine-tuning (/v1/files, /v1/fine_tuning)               a fine-tuning key or the admin key (an inference key: 403)
       admin (/v1/adapters, /v1/deployments)                  the admin key only, with or without API keys
-    /metrics also opens to the metrics key. With no API key given, all but admin is open (a local server)."""
+    /metrics also opens to the metrics key. With no API key given, all but admin is open (a local server).
+
+    The dashboard (/ui) opens to any key, sent as the Bearer header or as the login cookie (an HMAC of the key with
+    `ui_secret`, so the cookie is not the key and dies with the server); the key's scope is left on the request
+    (`request.state.ui_role`) for the dashboard's own checks on Cancel, Promote and Rollback. Without a key a page
+    answers a redirect to the login form, a POST 401."""
 
     def __init__(self, app: Any, api_keys: frozenset[str], admin_key: str | None, metrics_key: str | None = None,
-                 fine_tune_keys: frozenset[str] = frozenset()):
+                 fine_tune_keys: frozenset[str] = frozenset(), ui_secret: bytes = b""):
         self.app = app
         self.api_keys = api_keys
         self.fine_tune_keys = fine_tune_keys
         self.admin_key = admin_key
         self.metrics_key = metrics_key
+        self.ui_secret = ui_secret
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        refusal = self.refusal(scope) if scope["type"] == "http" and scope["path"] != OPEN else None
+        refusal = None
+        if scope["type"] == "http" and is_ui(scope["path"]):
+            refusal = self.ui_refusal(scope)
+        elif scope["type"] == "http" and scope["path"] != OPEN:
+            refusal = self.refusal(scope)
         if refusal is not None:
             await refusal(scope, receive, send)
             return
@@ -121,6 +136,20 @@ class ApiKeys:
                                       "given with --fine-tune-key (or the admin key)")
         return refuse(scope, 401, "Missing or wrong API key (Authorization: Bearer <key>)")
 
+    def ui_refusal(self, scope: dict) -> JSONResponse | RedirectResponse | None:
+        scopes = scoped_keys(self.api_keys, self.fine_tune_keys, self.admin_key)
+        token, cookie = bearer_token(scope), cookie_value(scope, UI_COOKIE)
+        role = key_scope(token, self.api_keys, self.fine_tune_keys, self.admin_key) if token else None
+        if role is None and cookie:
+            role = next((found for found, key in scopes if hmac.compare_digest(cookie.encode("latin-1"), ui_token(
+                self.ui_secret, key).encode("ascii"))), None)
+        scope.setdefault("state", {})["ui_role"] = role
+        if role is not None or not (self.api_keys or self.fine_tune_keys) or scope["path"] == UI_LOGIN:
+            return None
+        if scope["method"] in ("GET", "HEAD"):
+            return RedirectResponse(UI_LOGIN, status_code=303)
+        return refuse(scope, 401, "Missing or wrong API key: sign in at /ui/login")
+
     def keys_for(self, path: str) -> frozenset[str]:
         """The keys that open `path`; empty: it is open."""
         keyed = bool(self.api_keys or self.fine_tune_keys)
@@ -131,6 +160,43 @@ class ApiKeys:
         if path == METRICS and self.metrics_key:
             keys |= {self.metrics_key}
         return frozenset(keys)
+
+
+def is_ui(path: str) -> bool:
+    return path == UI or path.startswith(UI + "/")
+
+
+def scoped_keys(api_keys: frozenset[str], fine_tune_keys: frozenset[str],
+                admin_key: str | None) -> list[tuple[str, str]]:
+    """(scope, key), the widest scope first: a key given twice counts as its widest."""
+    return ([("admin", admin_key)] if admin_key else []) + [("fine-tuning", key) for key in fine_tune_keys] + \
+        [("inference", key) for key in api_keys]
+
+
+def key_scope(token: str, api_keys: frozenset[str], fine_tune_keys: frozenset[str],
+              admin_key: str | None) -> str | None:
+    """admin, fine-tuning or inference: the widest scope `token` holds; None: it is no key of this server."""
+    return next((scope for scope, key in scoped_keys(api_keys, fine_tune_keys, admin_key) if same_key(token, key)),
+                None)
+
+
+def ui_token(secret: bytes, key: str) -> str:
+    """The dashboard's cookie for `key`: an HMAC, so the cookie never holds the key itself."""
+    return hmac.new(secret, key.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def cookie_value(scope: dict, name: str) -> str | None:
+    from http.cookies import CookieError, SimpleCookie
+
+    for header, value in scope.get("headers", []):
+        if header == b"cookie":
+            cookie = SimpleCookie()
+            try:
+                cookie.load(value.decode("latin-1"))
+            except CookieError:  # a malformed Cookie header holds no key of ours
+                return None
+            return cookie[name].value if name in cookie else None
+    return None
 
 
 def same_key(token: str, key: str) -> bool:

@@ -71,6 +71,9 @@ def test_shifted_traffic_is_flagged_retrained_promoted_and_rolled_back(loop, cap
         assert {("drift", "length_distance"), ("quality", "thumbs_up_rate"), ("quality", "correction_rate")} \
             <= flagged, flagged
 
+        status, _, page = live.raw("GET", "/ui/monitor?since=1h", headers={"Accept": "text/html"})
+        assert status == 200 and "FLAGGED" in page["text"] and "length_distance" in page["text"]
+
         code, out, err = invoke(capsys, "retrain", str(serve), "--model", NAME, "--with-feedback",
                                 "--recipe", str(loop["recipe"]))
         assert code == 0, err

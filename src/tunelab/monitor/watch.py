@@ -45,8 +45,11 @@ class Watch:
     def tick(self, now: float | None = None) -> list[Score]:
         from tunelab.monitor.report import all_scores
 
+        from tunelab.monitor.history import record
+
         scores = all_scores(self.serve_dir, self.window_s, self.thresholds, now=now, embedder=self.embedder)
         self.metrics.set_scores(scores)
+        record(self.serve_dir, scores, now)
         self.announce(scores)
         self.last = scores
         return scores

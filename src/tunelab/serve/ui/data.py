@@ -230,10 +230,30 @@ def monitor_data(service: Any, since_s: float, now: float | None = None) -> Moni
     now = time.time() if now is None else now
     bucket = bucket_seconds(since_s)
     traffic = traffic_series(Path(service.settings.serve_dir), since_s, bucket, now)
-    # The integrator plugs in here: `scores` from monitor/drift.py and monitor/quality.py over the same window
-    # (drift of live prompts vs each served run's splits, thumbs-up and correction rates from the feedback table),
-    # and `series` the same scores per bucket. The page renders any Score / Series it is given.
-    return MonitorData(since_s, bucket, now, traffic, scores=[], series=[])
+    scores, series = health(service, since_s, now)
+    return MonitorData(since_s, bucket, now, traffic, scores=scores, series=series)
+
+
+def health(service: Any, since_s: float, now: float) -> tuple[list[Score], list[Series]]:
+    """Drift and quality scores over the window (as `tunelab monitor` computes them, with the server's thresholds
+    and, where its monitor thread runs, its embedding model), quality per time bucket, and drift as the monitor
+    thread recorded it tick after tick (monitor/history.py)."""
+    from tunelab.monitor import history
+    from tunelab.monitor.quality import quality_series
+    from tunelab.monitor.report import all_scores, window_models
+    from tunelab.monitor.requestlog import database_path
+    from tunelab.monitor.thresholds import layered
+
+    serve_dir = Path(service.settings.serve_dir)
+    if not database_path(serve_dir).is_file():
+        return [], []
+    watch = getattr(service, "watch", None)
+    thresholds = watch.thresholds if watch is not None else layered(service.settings.monitor_thresholds)
+    embedder = watch.embedder if watch is not None else None
+    scores = all_scores(serve_dir, since_s, thresholds, now=now, embedder=embedder)
+    series = [entry for model in window_models(serve_dir, since_s, now)
+              for entry in quality_series(serve_dir, model, since_s, thresholds=thresholds, now=now)]
+    return scores, series + history.series(serve_dir, since_s, now, kind="drift")
 
 
 def bucket_seconds(since_s: float) -> float:

@@ -43,9 +43,8 @@ class Watch:
                 self.say(f"monitor: {type(error).__name__}: {error}")
 
     def tick(self, now: float | None = None) -> list[Score]:
-        from tunelab.monitor.report import all_scores
-
         from tunelab.monitor.history import record
+        from tunelab.monitor.report import all_scores
 
         scores = all_scores(self.serve_dir, self.window_s, self.thresholds, now=now, embedder=self.embedder)
         self.metrics.set_scores(scores)

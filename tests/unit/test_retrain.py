@@ -125,6 +125,11 @@ def test_retrain_refuses_what_it_cannot_do_before_writing(setup, capsys, tmp_pat
         retrain.plan_retrain(setup["serve"], "nobody", setup["home"])
     code, _, err = invoke(capsys, "retrain", str(setup["serve"]), "--model", NAME, "--data", str(tmp_path / "no"))
     assert code == 2 and "file not found" in err
+    quiet = tmp_path / "quiet-serve"  # a name nobody has given feedback on yet
+    versions.promote(quiet, NAME, versions.record(quiet, NAME, setup["weak_run"]).number, by="test")
+    with pytest.raises(TunelabError, match="no request log|no feedback"):
+        retrain.plan_retrain(quiet, NAME, setup["home"], with_feedback=True)
+    assert list((quiet / retrain.FOLDER).iterdir()) == []  # the refused retrain left nothing behind
 
 
 def test_the_schedule_queues_on_time_and_on_flags_with_a_cooldown(tmp_path):

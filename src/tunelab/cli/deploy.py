@@ -44,6 +44,9 @@ def promote(
     else:
         if not Path(version).is_dir():
             raise TunelabError(f"{version}: no such run folder (or give a version number such as v2)")
+        from tunelab.quiet import quiet_libraries
+
+        quiet_libraries()  # the check reads the run's adapter with peft
         now = versions.current(serve_dir, name)
         versions.check_servable(version, tunelab_home(), like=now.run_dir if now else None)
         chosen = versions.record(serve_dir, name, version)
@@ -123,7 +126,9 @@ def retrain(
     held-out feedback) and the recipe's objective holds."""
     from tunelab.deploy.retrain import Schedule, enqueue, plan_retrain, run_schedule
     from tunelab.monitor.report import parse_window
+    from tunelab.quiet import quiet_libraries
 
+    quiet_libraries()
     home = tunelab_home()
 
     def queue_one(trigger: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,20 @@ def plan_retrain(serve_dir: Path, name: str, home: Path, recipe_path: Path | Non
         raise TunelabError(f"{incumbent.run_dir}: {incumbent.label}'s run keeps no training split in {run.data}")
     folder = Path(serve_dir) / FOLDER / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{random.randrange(1 << 16):04x}"
     folder.mkdir(parents=True)
+    try:
+        built, train_file, feedback_test, counts = write_rows(serve_dir, name, recipe, splits, folder, new_files,
+                                                             with_feedback, holdout, seed)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # a refused retrain leaves nothing behind
+        raise
+    return RetrainPlan(name, incumbent, folder, built, task, train_file, feedback_test, counts, max_regression)
+
+
+def write_rows(serve_dir: Path, name: str, recipe: Any, splits: Any, folder: Path, new_files: tuple[Path, ...],
+               with_feedback: bool, holdout: float, seed: int) -> tuple[dict[str, Any], Path, Path | None,
+                                                                         dict[str, int]]:
+    """The retrain's files in `folder` (train rows, kept splits, feedback slice) and its recipe as data."""
+    task = recipe.task.name
     rows = [row_json(example) for example in splits.train]
     counts = {"original": len(rows)}
     new = [row for path in new_files for row in new_rows(Path(path), recipe)]
@@ -126,7 +141,7 @@ def plan_retrain(serve_dir: Path, name: str, home: Path, recipe_path: Path | Non
     built = recipe.model_dump(mode="json")
     built["data"] = data
     built.pop("output", None)
-    return RetrainPlan(name, incumbent, folder, built, task, train_file, feedback_test, counts, max_regression)
+    return built, train_file, feedback_test, counts
 
 
 def new_rows(path: Path, recipe: Any) -> list[dict[str, Any]]:

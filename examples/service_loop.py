@@ -48,11 +48,13 @@ def shifted_note(rng: random.Random) -> tuple[str, dict]:
     return record, {**answer, "item": answer["item"]}
 
 
-def tunelab(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def tunelab(*args: str, check: bool = True, echo: bool = True) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "tunelab", *args]
-    print(f"\n$ tunelab {' '.join(args)}", flush=True)
+    if echo:
+        print(f"\n$ tunelab {' '.join(args)}", flush=True)
     done = subprocess.run(command, text=True, capture_output=True)
-    print(done.stdout, end="")
+    if echo:
+        print(done.stdout, end="")
     print(done.stderr, end="", file=sys.stderr)
     if check and done.returncode != 0:
         raise SystemExit(f"tunelab {args[0]} exited {done.returncode}")
@@ -134,7 +136,8 @@ def main() -> None:
         print(f"\nv1 answers: in-distribution notes {figures['normal_right']:.0%} right, new-shape records "
               f"{figures['shifted_right_before']:.0%} right (each judged through POST /v1/feedback)", flush=True)
 
-        monitored = tunelab("monitor", str(args.serve_dir), "--since", "1h", "--json")
+        tunelab("monitor", str(args.serve_dir), "--since", "1h")
+        monitored = tunelab("monitor", str(args.serve_dir), "--since", "1h", "--json", echo=False)
         scores = json.loads(monitored.stdout)
         flagged = [f"{score['kind']} {score['name']} {score['value']:.3g} (threshold {score['threshold']})"
                    for score in scores.get("scores", []) if score.get("flagged")]

@@ -240,9 +240,15 @@ def headline(metrics: dict[str, Any] | None) -> str:
     metric = metrics["metric"]
     text = f"{esc(metric)}: {esc(format_value(metric, metrics.get('base')))} -> " \
            f"{esc(format_value(metric, metrics.get('tuned')))}"
-    serving = metrics.get("vs_serving")
-    if serving:
-        text += f"<br><span class='note'>vs serving: {esc(json.dumps(serving, default=str))}</span>"
+    serving = metrics.get("vs_serving") or {}
+    by_slice = metrics.get("vs_serving_by_slice") or {}
+    parts = [f"{format_change(entry['metric'], entry.get('change'))} "
+             f"{format_interval(entry['metric'], entry.get('interval'), signed=True)} "
+             f"on {entry.get('rows')} {label} rows"
+             for label, entry in by_slice.items() if entry.get("change") is not None]
+    if parts:
+        text += (f"<br><span class='note'>vs {esc(serving.get('against', 'the version in service'))}: "
+                 f"{esc('; '.join(parts))}</span>")
     return text
 
 
@@ -276,7 +282,7 @@ def scores_table(scores: list[Score]) -> str:
         return "<p class='note'>No drift or quality scores in this window.</p>"
     rows = []
     for score in scores:
-        interval = "" if score.low is None or score.high is None else f"[{score.low:.4g}, {score.high:.4g}]"
+        interval = "" if score.low is None or score.high is None else f"[{shown(score.low)}, {shown(score.high)}]"
         state = '<span class="flagged">FLAGGED</span>' if score.flagged else "ok"
         threshold = "-" if score.threshold is None else f"{score.flag_when} {score.threshold:.4g}"
         rows.append([esc(score.model), esc(score.version or "-"), esc(score.kind), esc(score.name),
@@ -284,6 +290,11 @@ def scores_table(scores: list[Score]) -> str:
                      str(score.count), esc(score.detail)])
     return table(["model", "version", "kind", "score", "value", "interval (95%)", "flagged when", "state", "rows",
                   "detail"], rows, "scores")
+
+
+def shown(value: float) -> str:
+    """A score's bound: 4 significant digits, and a float's round-off next to zero (3e-18) as the 0 it is."""
+    return "0" if abs(value) < 1e-9 else f"{value:.4g}"
 
 
 def traffic_plots(traffic: list[Series], window: tuple[float, float]) -> str:

@@ -77,4 +77,4 @@ def test_watch_thread_survives_errors_and_stops(tmp_path):
     watch = Watch(tmp_path / "missing", Metrics(lambda: 0), 3600, 0.01, None, None, said.append).start()
     time.sleep(0.2)
     watch.close()
-    assert not watch.thread.is_alive() and said and said[0].startswith("monitor: ")
+    assert not watch.poller.thread.is_alive() and said and said[0].startswith("monitor: ")

@@ -82,14 +82,11 @@ def connect(serve_dir: Path) -> sqlite3.Connection:
 
 @contextmanager
 def transaction(serve_dir: Path) -> Iterator[sqlite3.Connection]:
-    with closing(connect(serve_dir)) as connection:
-        connection.execute("BEGIN IMMEDIATE")
-        try:
-            yield connection
-        except BaseException:
-            connection.execute("ROLLBACK")
-            raise
-        connection.execute("COMMIT")
+    """A connection inside BEGIN IMMEDIATE ... COMMIT (jobs/db.py's), closed after."""
+    from tunelab.jobs.db import transaction as immediate
+
+    with closing(connect(serve_dir)) as connection, immediate(connection):
+        yield connection
 
 
 COLUMNS = ("name", "number", "run_dir", "created_at", "status", "metrics", "verdict", "reason", "promoted_at",

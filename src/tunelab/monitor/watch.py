@@ -9,11 +9,11 @@ and the next tick tries again: the thread never stops the server.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.monitor.scores import Score
+from tunelab.poller import Poller
 
 
 class Watch:
@@ -23,24 +23,14 @@ class Watch:
         self.thresholds, self.embedder, self.say = thresholds, embedder, say
         self.flagged: set[tuple[str, str | None, str]] = set()  # (model, version, score) past its threshold now
         self.last: list[Score] = []  # the last tick's scores (for the dashboard)
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, name="tunelab-monitor", daemon=True)
+        self.poller = Poller("tunelab-monitor", every_s, self.tick, say, "monitor")
 
     def start(self) -> "Watch":
-        self.thread.start()
+        self.poller.start()
         return self
 
     def close(self) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=30)
-
-    def run(self) -> None:
-        while not self.stop.wait(self.every_s):
-            try:
-                self.tick()
-            except Exception as error:  # a locked database, a run folder moved away: said, tried next tick
-                self.say(f"monitor: {type(error).__name__}: {error}")
+        self.poller.close(timeout=30)
 
     def tick(self, now: float | None = None) -> list[Score]:
         from tunelab.monitor.history import record

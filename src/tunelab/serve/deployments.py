@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from tunelab.deploy import versions
 from tunelab.errors import TunelabError
+from tunelab.poller import Poller
 from tunelab.serve.errors import APIError
 
 INTERVAL_S = 1.0
@@ -32,25 +33,15 @@ class Deployments:
         # the poller and the admin endpoints switch one at a time; an endpoint holds it from the switch to the record,
         # so the poller never sees the new version served while the database still names the old one
         self.applying = threading.RLock()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, name="tunelab-deployments", daemon=True)
+        self.poller = Poller("tunelab-deployments", INTERVAL_S, self.sync, say, "deployments")
 
     def start(self) -> "Deployments":
         self.sync()  # before the server answers: each name serves its version from the first request
-        self.thread.start()
+        self.poller.start()
         return self
 
     def close(self) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=10)
-
-    def run(self) -> None:
-        while not self.stop.wait(INTERVAL_S):
-            try:
-                self.sync()
-            except Exception as error:  # a locked database now and then: try again next time
-                self.say(f"deployments: {type(error).__name__}: {error}")
+        self.poller.close()
 
     def names(self) -> list[str]:
         return versions.names(self.serve_dir)

@@ -13,6 +13,7 @@ from contextlib import closing
 from typing import Any, Callable
 
 from tunelab.jobs.db import connect
+from tunelab.poller import Poller
 
 INTERVAL_S = 1.0
 
@@ -22,25 +23,15 @@ class FinishedJobs:
         self.service, self.say = service, say
         self.failed: set[str] = set()  # jobs whose adapter would not load: said once, not retried every second
         self.loading = threading.Lock()  # the poller and a request asking for a just-finished job load it once
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self.run, name="tunelab-finished-jobs", daemon=True)
+        self.poller = Poller("tunelab-finished-jobs", INTERVAL_S, self.load_new, say, "finished jobs")
 
     def start(self) -> "FinishedJobs":
         self.load_new()  # before the server answers: a restarted server serves its jobs' models at once
-        self.thread.start()
+        self.poller.start()
         return self
 
     def close(self) -> None:
-        self.stop.set()
-        if self.thread.is_alive():
-            self.thread.join(timeout=10)
-
-    def run(self) -> None:
-        while not self.stop.wait(INTERVAL_S):
-            try:
-                self.load_new()
-            except Exception as error:  # a locked or missing database now and then: try again next time
-                self.say(f"finished jobs: {type(error).__name__}: {error}")
+        self.poller.close()
 
     def load_new(self) -> None:
         with closing(connect(self.service.jobs.serve_dir)) as connection:

@@ -83,26 +83,13 @@ def run_views(service: Any) -> list[RunView]:
 
 def run_view(key: str, path: Path, served_as: list[str]) -> RunView:
     run = RunDir(path)
-    log = read_train_log(run.train_log)
+    from tunelab.train.callbacks import logged  # the trainer's own reader of its log
+
+    log = logged(run.train_log) if run.train_log.is_file() else []
     return RunView(key, summarize_run(path), served_as,
                    [(entry["step"], entry["loss"]) for entry in log if "loss" in entry],
                    [(entry["step"], entry["eval_loss"]) for entry in log if "eval_loss" in entry],
                    run.report_html.is_file())
-
-
-def read_train_log(path: Path) -> list[dict[str, Any]]:
-    """The trainer's log entries; a line cut short by a run still writing it is skipped."""
-    if not path.is_file():
-        return []
-    entries = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and isinstance(entry.get("step"), (int, float)):
-            entries.append(entry)
-    return entries
 
 
 def report_path(service: Any, key: str) -> Path | None:

@@ -71,6 +71,10 @@ def test_shifted_traffic_is_flagged_retrained_promoted_and_rolled_back(loop, cap
         assert {("drift", "length_distance"), ("quality", "thumbs_up_rate"), ("quality", "correction_rate")} \
             <= flagged, flagged
 
+        from tunelab.cli.deploy import flag_reader
+
+        # what `tunelab retrain --on-flag` reads: the same flags, named
+        assert {"drift length_distance", "quality thumbs_up_rate"} <= set(flag_reader(serve, NAME, 3600)())
         status, _, page = live.raw("GET", "/ui/monitor?since=1h", headers={"Accept": "text/html"})
         assert status == 200 and "FLAGGED" in page["text"] and "length_distance" in page["text"]
 

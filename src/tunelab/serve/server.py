@@ -112,7 +112,8 @@ def start_watch(service: Any, runs: list[str], settings: ServeSettings, home: Pa
 
     window = settings.monitor_window or parse_window(recipe_monitor(runs[0] if runs else None).window)
     return Watch(settings.serve_dir, service.metrics, window, settings.monitor_every,
-                 layered(settings.monitor_thresholds), Embedder(home), say).start()
+                 layered(settings.monitor_thresholds),
+                 Embedder(home, runner=lambda work: service.engine.call(work).result()), say).start()
 
 
 def bind(host: str, port: int) -> socket.socket:

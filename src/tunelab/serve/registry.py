@@ -158,30 +158,13 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
                  adapter_name: str, home: Path, given_as: str | None = None) -> ServedModel:
     """Check that a run's adapter can join the served base, and describe it (nothing is loaded yet). Refusals name
     the run as `given_as` (what the admin typed) when the folder opened is its resolved path."""
-    from peft import PeftConfig, PeftType
-
     from tunelab.data.templates import stop_token_ids
-    from tunelab.methods.registry import get_method
     from tunelab.run.models import open_run_models
 
     models = open_run_models(run_path, home, "cpu")  # only its files are read here; the engine loads the adapter
     shown_as = given_as or run_path
-    inference = models.inference()
-    if not inference.writes_text:
-        raise Incompatible(f"{shown_as}: the server answers with text, and {inference.instead}")
-    method = get_method(models.recipe.method.name)
+    config = lora_adapter(models, shown_as)
     folder = models.run.model
-    if not method.is_adapter or not (folder / "adapter_config.json").is_file():
-        raise Incompatible(
-            f"{shown_as}: method '{method.name}' did not train a peft adapter, so it cannot be hot-swapped; "
-            f"serve its model on its own with --base {models.run.merged if models.run.merged.is_dir() else folder}"
-        )
-    config = PeftConfig.from_pretrained(str(folder))
-    if config.peft_type != PeftType.LORA:
-        raise Incompatible(
-            f"{shown_as}: its {config.peft_type.value} adapter is not LoRA-family; the server hot-swaps LoRA-family "
-            "adapters only (export --format merged and serve that with --base)"
-        )
     if not same_model(models.base_path(), base_ref.path):
         raise Incompatible(
             f"{shown_as}: trained on base model '{models.base_name()}', but the server holds "
@@ -199,6 +182,32 @@ def open_adapter(run_path: str | Path, model_id: str | None, base: ServedModel, 
         mixable=not getattr(config, "use_dora", False),  # peft's mixed batches do not support DoRA
         folder=str(folder),
     )
+
+
+def lora_adapter(models: Any, shown_as: str | Path) -> Any:
+    """The peft config of a run's LoRA-family adapter (LoRA, rsLoRA, DoRA, QLoRA's adapter): what a server can
+    hot-swap on its base. Incompatible, saying why, for a run that writes no text or trained something else."""
+    from peft import PeftConfig, PeftType
+
+    from tunelab.methods.registry import get_method
+
+    inference = models.inference()
+    if not inference.writes_text:
+        raise Incompatible(f"{shown_as}: the server answers with text, and {inference.instead}")
+    method = get_method(models.recipe.method.name)
+    folder = models.run.model
+    if not method.is_adapter or not (folder / "adapter_config.json").is_file():
+        raise Incompatible(
+            f"{shown_as}: method '{method.name}' did not train a peft adapter, so it cannot be hot-swapped; "
+            f"serve its model on its own with --base {models.run.merged if models.run.merged.is_dir() else folder}"
+        )
+    config = PeftConfig.from_pretrained(str(folder))
+    if config.peft_type != PeftType.LORA:
+        raise Incompatible(
+            f"{shown_as}: its {config.peft_type.value} adapter is not LoRA-family; the server hot-swaps LoRA-family "
+            "adapters only (export --format merged and serve that with --base)"
+        )
+    return config
 
 
 def check_weights(folder: Path, shown_as: str | Path) -> None:

@@ -38,8 +38,7 @@ def promote(
     from tunelab.deploy import versions
     from tunelab.errors import TunelabError
 
-    number = version[1:] if version.lower().startswith("v") else version
-    if number.isdigit():
+    if versions.version_number(version) is not None:
         chosen = versions.find(serve_dir, name, version)
     else:
         if not Path(version).is_dir():

@@ -182,13 +182,19 @@ def record(serve_dir: Path, name: str, run_dir: str | Path, status: str = "candi
     return next(version for version in versions(serve_dir, name) if version.number == number)
 
 
+def version_number(which: str) -> int | None:
+    """The number in `3` or `v3`; None where `which` is not a version number (then it is a run folder)."""
+    digits = which[1:] if which.lower().startswith("v") else which
+    return int(digits) if digits.isdigit() else None
+
+
 def find(serve_dir: Path, name: str, which: str) -> Version:
     """A version of `name` by number (`3`, `v3`) or by run folder."""
     known = versions(serve_dir, name)
-    number = which[1:] if which.lower().startswith("v") else which
-    if number.isdigit():
+    number = version_number(which)
+    if number is not None:
         for version in known:
-            if version.number == int(number):
+            if version.number == number:
                 return version
         raise TunelabError(f"'{name}' has no version {which} (versions: {numbers_text(known)})")
     run_dir = str(Path(which).resolve())
@@ -252,23 +258,14 @@ def reject(serve_dir: Path, name: str, number: int, reason: str) -> None:
 
 
 def check_servable(run_dir: str | Path, home: Path, like: str | None = None) -> None:
-    """Refuse (TunelabError) a run a server cannot serve as a version: no LoRA-family adapter, or another base
-    model than the run `like` (the version in service). The server checks again when it loads it."""
-    from peft import PeftConfig, PeftType
-
-    from tunelab.methods.registry import get_method
+    """Refuse (TunelabError) a run a server cannot serve as a version: the server's own checks of a LoRA-family
+    adapter (serve/registry.py lora_adapter), and the same base model as the run `like` (the version in service).
+    The server checks again when it loads it."""
     from tunelab.run.models import open_run_models
-    from tunelab.serve.registry import same_model
+    from tunelab.serve.registry import lora_adapter, same_model
 
     models = open_run_models(run_dir, home, "cpu")
-    folder = models.run.model
-    if not models.inference().writes_text:
-        raise TunelabError(f"{run_dir}: its model does not answer with text; it cannot be served")
-    method = get_method(models.recipe.method.name)
-    if not method.is_adapter or not (folder / "adapter_config.json").is_file() \
-            or PeftConfig.from_pretrained(str(folder)).peft_type != PeftType.LORA:
-        raise TunelabError(f"{run_dir}: method '{method.name}' did not train a LoRA-family adapter; a name in "
-                           "service switches between adapters on one base model")
+    lora_adapter(models, run_dir)
     if like is not None:
         other = open_run_models(like, home, "cpu")
         if not same_model(models.base_path(), other.base_path()):

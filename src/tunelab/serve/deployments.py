@@ -54,7 +54,7 @@ class Deployments:
 
     def apply(self, version: versions.Version) -> None:
         served = self.service.registry.get(version.name)
-        if served is not None and served.version == version.number and served.root == version.run_dir:
+        if serves(served, version):
             return
         if (version.name, version.number) in self.failed:
             return
@@ -65,41 +65,34 @@ class Deployments:
             kept = f"; it keeps serving v{served.version}" if served is not None and served.version else ""
             self.say(f"{version.label} ({version.run_dir}) could not be served: {error}{kept}")
 
-    def switch(self, version: versions.Version) -> None:
-        from tunelab.serve.registry import ServedModel
-
+    def switch(self, version: versions.Version, opened: Any = None) -> None:
+        """Serve `version` under its name: a version replaced lately is still loaded; else `opened` (its adapter,
+        checked already) or the run's adapter is loaded first."""
         service = self.service
         with self.applying:
             served = service.registry.get(version.name)
-            if served is not None and served.version == version.number and served.root == version.run_dir:
+            if serves(served, version):
                 return
             if served is not None and served.version is None:
                 raise TunelabError(f"'{version.name}' is already served as a plain adapter (not a versioned name)")
-            ready: ServedModel | None = next((entry for entry in service.registry.previous(version.name)
-                                              if entry.root == version.run_dir), None)
+            ready = next((entry for entry in service.registry.previous(version.name)
+                          if entry.root == version.run_dir), None)
             if ready is None:
-                ready = self.open(version)
+                ready = opened if opened is not None else self.open(version.run_dir, version.name)
+                ready.version = version.number
                 service.engine.load_adapter(ready.adapter, ready.folder, ready.mixable).result()
             with service._swap:
                 for dropped in service.registry.replace(ready):
                     service.engine.retire(dropped.adapter)
             self.say(f"{version.name} -> v{version.number} ({version.run_dir})")
 
-    def open(self, version: versions.Version) -> Any:
+    def open(self, run_dir: str, name: str) -> Any:
+        """The run's adapter described as `name` (checked: LoRA-family, this server's base; nothing loaded yet)."""
         from tunelab.serve.registry import open_adapter
 
         service = self.service
-        served = open_adapter(version.run_dir, version.name, service.registry.base, service.base_ref,
-                              service.registry.adapter_name(), service.home)
-        served.version = version.number
-        return served
-
-    def check(self, run_dir: str) -> None:
-        """Refuse a run that cannot be served as a version here (not a LoRA-family adapter, another base)."""
-        from tunelab.serve.registry import open_adapter
-
-        service = self.service
-        open_adapter(run_dir, None, service.registry.base, service.base_ref, "check", service.home)
+        return open_adapter(run_dir, name, service.registry.base, service.base_ref, service.registry.adapter_name(),
+                            service.home)
 
     # ---- the admin endpoints and the dashboard --------------------------------------------------------------
     async def promote(self, name: str, which: str, by: str) -> versions.Version:
@@ -118,13 +111,13 @@ class Deployments:
         except TunelabError as error:
             raise APIError(400, str(error), param="name") from None
         self.refuse_plain(name)
-        number = which[1:] if which.lower().startswith("v") else which
-        if number.isdigit():
+        opened = None
+        if versions.version_number(which) is not None:
             version = self.known(name, which)
         else:
             try:
                 folder = confined_run(which, self.service.settings.runs_roots)
-                self.check(str(folder))
+                opened = self.open(str(folder), name)  # refused here, before anything is recorded
             except Incompatible as error:
                 raise APIError(400, str(error), param="run") from None
             except Exception:
@@ -134,7 +127,7 @@ class Deployments:
             raise APIError(409, f"{version.label} is already in service", param="version")
         with self.applying:
             try:
-                self.switch(version)  # first: a version that cannot be served is refused before the record changes
+                self.switch(version, opened)  # first: one that cannot be served is refused before the record changes
             except Exception as error:
                 raise APIError(400, f"{version.label} cannot be served: {error}", param="version") from None
             return versions.promote(self.serve_dir, name, version.number, by)
@@ -171,3 +164,8 @@ class Deployments:
     def is_versioned(self, model_id: str) -> bool:
         served = self.service.registry.get(model_id)
         return served is not None and served.version is not None
+
+
+def serves(served: Any, version: versions.Version) -> bool:
+    """Whether a registry entry is that version of its name."""
+    return served is not None and served.version == version.number and served.root == version.run_dir

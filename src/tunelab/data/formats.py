@@ -65,6 +65,20 @@ class Example:
         return cls(**value)
 
 
+
+def canonical_row(example: Example) -> dict[str, Any]:
+    """A row as a file the data doctor reads back (its canonical field names, by the row's kind): what a prepared
+    split or exported feedback becomes when it is training data again."""
+    if example.chosen is not None:
+        return {"prompt": example.messages, "chosen": example.chosen, "rejected": example.rejected}
+    if example.desirable is not None:
+        return {"prompt": example.messages, "completion": example.completion, "label": example.desirable}
+    if example.label is not None:
+        return {"text": example.text, "label": example.label}
+    if example.messages is not None:
+        return {"messages": example.messages}
+    return {"text": example.text}
+
 def field(record: Record, name: str, fields: dict[str, str | list[str]], fmt: str, required: bool = True) -> Any:
     """The value of tunelab field `name`: from the mapped column, or the first non-empty of a list of columns."""
     mapped = fields.get(name, name)

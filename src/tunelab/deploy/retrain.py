@@ -23,14 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tunelab.data.formats import Example
+from tunelab.data.formats import Example, canonical_row
 from tunelab.deploy import versions
 from tunelab.errors import TunelabError
 from tunelab.files import read_jsonl, write_jsonl
 
 FOLDER = "retrain"  # in the serve folder: one subfolder per retrain, its rows and feedback slice
-# What feedback becomes for each task (feedback_export's formats); tasks not here are not retrained from feedback
-FEEDBACK_FORMAT = {"sft": "sft", "dpo": "dpo", "orpo": "dpo", "simpo": "dpo", "kto": "kto"}
+# What feedback becomes (feedback_export's formats) for a task that trains on rows of this kind (Task.row_kinds)
+FEEDBACK_FORMAT = {"chat": "sft", "preference": "dpo", "feedback": "kto"}
 MIN_FEEDBACK_HOLDOUT = 4  # below this many feedback rows all of them train, and no feedback slice is compared
 
 
@@ -57,19 +57,6 @@ class RetrainPlan:
         return f"Retrain of {self.name}: " + " + ".join(parts)
 
 
-def row_json(example: Example) -> dict[str, Any]:
-    """A prepared row as a row the data doctor reads again (its canonical field names)."""
-    if example.chosen is not None:
-        return {"prompt": example.messages, "chosen": example.chosen, "rejected": example.rejected}
-    if example.desirable is not None:
-        return {"prompt": example.messages, "completion": example.completion, "label": example.desirable}
-    if example.label is not None:
-        return {"text": example.text, "label": example.label}
-    if example.messages is not None:
-        return {"messages": example.messages}
-    return {"text": example.text}
-
-
 def plan_retrain(serve_dir: Path, name: str, home: Path, recipe_path: Path | None = None,
                  with_feedback: bool = False, new_files: tuple[Path, ...] = (), holdout: float = 0.3,
                  seed: int = 0, max_regression: float = 0.0) -> RetrainPlan:
@@ -78,6 +65,7 @@ def plan_retrain(serve_dir: Path, name: str, home: Path, recipe_path: Path | Non
     from tunelab.config.load import load_recipe, validate_recipe
     from tunelab.data.dataset import read_splits
     from tunelab.run.record import open_run
+    from tunelab.tasks.registry import get_task
 
     incumbent = versions.current(serve_dir, name)
     if incumbent is None:
@@ -89,9 +77,10 @@ def plan_retrain(serve_dir: Path, name: str, home: Path, recipe_path: Path | Non
     for path in new_files:
         if not Path(path).is_file():
             raise TunelabError(f"--data {path}: file not found")
-    if with_feedback and task not in FEEDBACK_FORMAT:
-        raise TunelabError(f"--with-feedback: task '{task}' does not learn from feedback rows (tasks that do: "
-                           f"{', '.join(FEEDBACK_FORMAT)})")
+    if with_feedback and feedback_format(task) is None:
+        raise TunelabError(f"--with-feedback: task '{task}' does not learn from feedback rows (it trains on "
+                           f"{' and '.join(get_task(task).row_kinds)} rows; feedback gives "
+                           f"{', '.join(FEEDBACK_FORMAT)} rows)")
     splits = read_splits(run.data)
     if not splits.train:
         raise TunelabError(f"{incumbent.run_dir}: {incumbent.label}'s run keeps no training split in {run.data}")
@@ -111,15 +100,15 @@ def write_rows(serve_dir: Path, name: str, recipe: Any, splits: Any, folder: Pat
                                                                          dict[str, int]]:
     """The retrain's files in `folder` (train rows, kept splits, feedback slice) and its recipe as data."""
     task = recipe.task.name
-    rows = [row_json(example) for example in splits.train]
+    rows = [canonical_row(example) for example in splits.train]
     counts = {"original": len(rows)}
     new = [row for path in new_files for row in new_rows(Path(path), recipe)]
     counts["new"] = len(new)
     feedback_test: Path | None = None
     if with_feedback:
-        train_part, test_part = feedback_rows(serve_dir, name, FEEDBACK_FORMAT[task], folder, holdout, seed)
+        train_part, test_part = feedback_rows(serve_dir, name, feedback_format(task), folder, holdout, seed)
         counts.update(feedback_train=len(train_part), feedback_test=len(test_part))
-        rows += [row_json(example) for example in train_part]
+        rows += [canonical_row(example) for example in train_part]
         if test_part:
             feedback_test = folder / "feedback_test.jsonl"
             write_jsonl(feedback_test, [example.to_json() for example in test_part])
@@ -130,7 +119,7 @@ def write_rows(serve_dir: Path, name: str, recipe: Any, splits: Any, folder: Pat
         examples = getattr(splits, split)
         if examples:
             splits_kept[split] = str(folder / f"{split}.jsonl")
-            write_jsonl(Path(splits_kept[split]), [row_json(example) for example in examples])
+            write_jsonl(Path(splits_kept[split]), [canonical_row(example) for example in examples])
     data = recipe.data.model_dump(mode="json")
     data.update(train=str(train_file), generate=None, validation=splits_kept.get("validation"),
                 test=splits_kept.get("test"), format="auto", fields={}, file_type="auto", columns=None,
@@ -144,6 +133,13 @@ def write_rows(serve_dir: Path, name: str, recipe: Any, splits: Any, folder: Pat
     return built, train_file, feedback_test, counts
 
 
+def feedback_format(task: str) -> str | None:
+    """The feedback export format of the first row kind `task` trains on that feedback gives; None: none."""
+    from tunelab.tasks.registry import get_task
+
+    return next((FEEDBACK_FORMAT[kind] for kind in get_task(task).row_kinds if kind in FEEDBACK_FORMAT), None)
+
+
 def new_rows(path: Path, recipe: Any) -> list[dict[str, Any]]:
     """A new data file's rows, read as the data doctor reads them (any format it knows), in canonical fields."""
     from tunelab.data.formats import parse_items
@@ -155,7 +151,7 @@ def new_rows(path: Path, recipe: Any) -> list[dict[str, Any]]:
         raise TunelabError(f"--data {path}:{bad[0].line}: {bad[0].reason}")
     if not examples:
         raise TunelabError(f"--data {path}: holds no rows")
-    return [row_json(example) for example in examples]
+    return [canonical_row(example) for example in examples]
 
 
 def feedback_rows(serve_dir: Path, name: str, fmt: str, folder: Path, holdout: float,
@@ -163,9 +159,7 @@ def feedback_rows(serve_dir: Path, name: str, fmt: str, folder: Path, holdout: f
     """(train, held out) rows from the feedback on `name`'s answers, through feedback_export's data doctor."""
     from tunelab.monitor.feedback_export import export_feedback
 
-    exported = folder / f"feedback-{fmt}.jsonl"
-    export_feedback(serve_dir, name, fmt, exported)
-    examples = [feedback_example(row, number) for number, row in enumerate(read_jsonl(exported), 1)]
+    examples = export_feedback(serve_dir, name, fmt, folder / f"feedback-{fmt}.jsonl").examples
     order = list(range(len(examples)))
     random.Random(seed).shuffle(order)
     held = round(len(examples) * holdout) if len(examples) >= MIN_FEEDBACK_HOLDOUT else 0
@@ -175,21 +169,13 @@ def feedback_rows(serve_dir: Path, name: str, fmt: str, folder: Path, holdout: f
     return train, test
 
 
-def feedback_example(row: dict[str, Any], number: int) -> Example:
-    if "chosen" in row:
-        return Example("feedback", number, messages=row["prompt"], chosen=row["chosen"], rejected=row["rejected"])
-    if "label" in row:
-        return Example("feedback", number, messages=row["prompt"], completion=row["completion"],
-                       desirable=row["label"])
-    return Example("feedback", number, messages=row["messages"])
-
-
 def enqueue(serve_dir: Path, plan: RetrainPlan, trigger: str, max_waiting: int = 16) -> str:
     """Queue the retrain as a job of the job service; its id."""
     from tunelab.config.load import validate_recipe
     from tunelab.jobs.db import connect, new_id
     from tunelab.jobs.files import store
     from tunelab.jobs.queue import insert_job
+    from tunelab.jobs.recipe import TASKS
     from tunelab.serve.errors import APIError
 
     serve_dir = Path(serve_dir).resolve()
@@ -205,8 +191,8 @@ def enqueue(serve_dir: Path, plan: RetrainPlan, trigger: str, max_waiting: int =
     train = recipe.get("train", {})
     hyperparameters = {"n_epochs": train.get("epochs"), "batch_size": train.get("batch_size"),
                        "learning_rate_multiplier": 1.0}
-    request = {"model": plan.name, "training_file": stored.id, "method": {"type": "supervised"
-                                                                           if plan.task != "dpo" else "dpo"},
+    method = next((kind for kind, task in TASKS.items() if task == plan.task), "supervised")
+    request = {"model": plan.name, "training_file": stored.id, "method": {"type": method},
                "suffix": "retrain", "metadata": {"retrain_of": plan.incumbent.label, "trigger": trigger[:500]},
                "retrain": {"name": plan.name, "incumbent": plan.incumbent.number, "folder": str(plan.folder),
                            "feedback_test": str(plan.feedback_test) if plan.feedback_test else None,

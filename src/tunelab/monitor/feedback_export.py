@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.data.contamination import contamination_hits
 from tunelab.data.dedup import Fingerprint, content_text
 from tunelab.data.doctor import Rejected, Row, deduplicate
-from tunelab.data.formats import Example
+from tunelab.data.formats import Example, canonical_row
 from tunelab.data.stages import clean_row
 from tunelab.errors import TunelabError
 from tunelab.files import read_jsonl, write_jsonl
@@ -40,6 +40,7 @@ STAGES = ("clean", "duplicate", "near_duplicate", "label_conflict", "contaminati
 @dataclass
 class Export:
     rows: list[dict[str, Any]]  # what was written
+    examples: list[Example]  # the same rows as examples (a retrain trains on them: deploy/retrain.py)
     feedback: int  # feedback read
     made: int  # rows the feedback gave, before the doctor
     dropped: dict[str, int]  # doctor stage -> rows it dropped
@@ -68,9 +69,10 @@ def export_feedback(serve_dir: Path, model: str, fmt: str, out: Path, overwrite:
     if not rows:
         raise TunelabError(f"model '{model}': all {len(examples)} {fmt} rows were dropped "
                            f"({dropped_text(rejected)}); nothing written")
-    written = [row_json(row.example, fmt) for row in rows]
+    written = [canonical_row(row.example) for row in rows]
     write_jsonl(out, written)
-    return Export(written, len(answers), len(examples), dict(Counter(item.stage for item in rejected)), pii,
+    return Export(written, [row.example for row in rows], len(answers), len(examples),
+                  dict(Counter(item.stage for item in rejected)), pii,
                   [test_path(run) for run in runs])
 
 
@@ -123,14 +125,6 @@ def rows_of(answer: JudgedAnswer, fmt: str) -> list[Example]:
     judged = [] if feedback.rating is None else [(original, feedback.rating == "up")]
     return [Example("", 0, messages=messages, completion=text, desirable=desirable)
             for text, desirable in judged + [(text, True) for text in better]]
-
-
-def row_json(example: Example, fmt: str) -> dict[str, Any]:
-    if fmt == "sft":
-        return {"messages": example.messages}
-    if fmt == "dpo":
-        return {"prompt": example.messages, "chosen": example.chosen, "rejected": example.rejected}
-    return {"prompt": example.messages, "completion": example.completion, "label": example.desirable}
 
 
 def serving_runs(answers: list[JudgedAnswer]) -> list[Path]:

@@ -272,6 +272,7 @@ def traffic_series(serve_dir: Path, since_s: float, bucket_s: float, now: float)
 
 
 def model_traffic(model: str, buckets: dict[float, list[tuple[int, float]]]) -> list[Series]:
+    from tunelab.monitor.quality import wilson
     from tunelab.monitor.report import percentile
 
     p50, p95, errors, volume = [], [], [], []
@@ -287,13 +288,3 @@ def model_traffic(model: str, buckets: dict[float, list[tuple[int, float]]]) -> 
         volume.append(Point(ts, float(count), count=count))
     return [Series(model, "latency_p50_ms", "traffic", p50), Series(model, "latency_p95_ms", "traffic", p95),
             Series(model, "error_rate", "traffic", errors), Series(model, "requests", "traffic", volume)]
-
-
-def wilson(successes: int, count: int, z: float = 1.96) -> tuple[float | None, float | None]:
-    """The Wilson score interval of a rate: honest at 0 and 1 and with few requests, unlike the normal one."""
-    if not count:
-        return None, None
-    rate = successes / count
-    centre = (rate + z * z / (2 * count)) / (1 + z * z / count)
-    half = z * math.sqrt(rate * (1 - rate) / count + z * z / (4 * count * count)) / (1 + z * z / count)
-    return max(0.0, centre - half), min(1.0, centre + half)

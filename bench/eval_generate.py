@@ -6,7 +6,14 @@ Variants, on the same prompts (the quick-start task's test rows), greedy, the sa
 Prints rows/s and generated tokens/s of each, the ratio to the baseline, and how many answers are identical (bf16
 autocast and padding can change a greedy choice where two tokens are nearly tied).
 
+With `--run RUN` it measures a trained run instead, batched as `tunelab eval` answers its test rows:
+  adapter    the tuned model as peft loads it: the adapter's matmuls beside every adapted layer at each step (the
+             baseline: how tunelab evaluated before)
+  merged     the adapter folded into the weights (what `tunelab eval`, generate and chat use now)
+  base       the base model, for scale (its answers differ, so its tokens/s is not a like-for-like ratio)
+
     python bench/eval_generate.py [--model smollm2-135m-instruct] [--rows 32] [--batch-size 16] [--max-new-tokens 96]
+    python bench/eval_generate.py --run runs/quickstart [--rows 40] [--batch-size 20]
 """
 
 from __future__ import annotations
@@ -65,7 +72,11 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--fp32", action="store_true", help="no bf16 autocast")
+    parser.add_argument("--run", default=None, help="A trained run: its adapter unmerged vs merged vs the base.")
     options = parser.parse_args()
+    if options.run:
+        run_mode(options)
+        return
 
     import transformers
 
@@ -96,6 +107,44 @@ def main() -> None:
     print(f"batched   {rows / batched.seconds:7.2f} rows/s  {batched.tokens_per_second:7.1f} tokens/s  "
           f"{rows / batched.seconds / baseline:.2f}x naive")
     print(f"identical answers: {same} of {rows}")
+
+
+def run_mode(options: argparse.Namespace) -> None:
+    from tunelab.data.dataset import read_splits
+    from tunelab.data.templates import encode_prompt, prompt_and_reference, stop_token_ids
+    from tunelab.evaluate.generation import generate_texts
+    from tunelab.methods.registry import get_method
+    from tunelab.models.load import model_stop_ids
+    from tunelab.paths import tunelab_home
+    from tunelab.quiet import quiet_libraries
+    from tunelab.run.models import open_run_models
+
+    quiet_libraries()
+    home = Path(options.home) if options.home else tunelab_home()
+    models = open_run_models(options.run, home, "cpu")
+    tokenizer = models.tokenizer()
+    test = read_splits(models.run.data).test[: options.rows]
+    prompts = [encode_prompt(tokenizer, prompt_and_reference(example.messages)[0]) for example in test]
+    method = get_method(models.recipe.method.name)
+    variants = {"adapter": lambda: models.tuned(models.causal_lm),
+                "merged": lambda: method.merge(models.tuned(models.causal_lm)),
+                "base": models.causal_lm}
+    results = {}
+    for label, load in variants.items():
+        model = load()
+        stop_ids = sorted(stop_token_ids(tokenizer, model_stop_ids(model)))
+        generate_texts(model, tokenizer, prompts[:2], 4, 2, stop_ids, placement=models.placement)  # warm-up
+        results[label] = generate_texts(model, tokenizer, prompts, options.max_new_tokens, options.batch_size,
+                                        stop_ids, placement=models.placement)
+        del model
+    print(f"run {options.run} ({method.name}), {len(prompts)} test rows, greedy, max {options.max_new_tokens} new "
+          f"tokens, {models.placement.describe()}, batch {options.batch_size}")
+    baseline = results["adapter"].tokens_per_second
+    for label, result in results.items():
+        print(f"{label:8} {result.rows_per_second:6.2f} rows/s  {result.tokens_per_second:7.1f} tokens/s  "
+              f"{result.tokens_per_second / baseline:.2f}x adapter")
+    same = sum(a == b for a, b in zip(results["adapter"].texts, results["merged"].texts))
+    print(f"identical answers, merged vs adapter: {same} of {len(prompts)}")
 
 
 if __name__ == "__main__":

@@ -76,9 +76,11 @@ def bpe_run(tmp_path_factory) -> Path:
 
 
 def tuned_model(run: Path):
+    """The run's model as peft loads it (adapter beside the base weights; `.merge_and_unload()` folds it in)."""
     from tunelab.run.models import open_run_models
 
-    return open_run_models(run, run.parent / "home").inference().load_tuned()
+    models = open_run_models(run, run.parent / "home")
+    return models.tuned(models.causal_lm)
 
 
 def logits(model, ids=IDS):

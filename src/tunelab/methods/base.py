@@ -45,6 +45,10 @@ class Method:
     # False for methods that prepend virtual tokens to every row (prefix, prompt tuning): rows concatenated into
     # one padding-free sequence would share one prefix and lose their per-row positions, so they train padded.
     padding_free: bool = True
+    # Whether the text a run writes (eval, generate, chat) comes from the merged weights: the same function as the
+    # base plus the adapter, without the adapter's extra matmuls at every decode step. False where merging costs
+    # what the method saves (QLoRA's 4-bit base would be held whole).
+    generate_merged: bool = True
     # Why merging is not defined (shown when a recipe asks for a merged model); None where `merge` exists.
     no_merge_reason: str | None = None
     # A learning rate that suits the method with AdamW (compare-methods trains each method at its own).

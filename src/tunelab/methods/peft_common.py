@@ -52,5 +52,6 @@ def load_peft(load_base: Callable[[], Any], folder: Path) -> Any:
 
 
 def merge_peft(model: Any) -> Any:
-    """Fold the adapter into the base weights (in place) and return the plain transformers model."""
-    return model.merge_and_unload()
+    """Fold the adapter into the base weights (in place) and return the plain transformers model; a model merged
+    already (a run's tuned model as it writes text: run/models.py `tuned(merged=True)`) is returned as it is."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

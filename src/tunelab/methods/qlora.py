@@ -77,5 +77,6 @@ METHOD = Method(
     save=save,
     load=load,
     merge=merge,
+    generate_merged=False,  # merging dequantizes the base: the memory QLoRA saves, spent again
     typical_lr=1e-3,
 )

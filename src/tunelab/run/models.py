@@ -55,12 +55,17 @@ class RunModels:
 
         return self.placement.place(load_causal_lm(self.base_path())).eval()
 
-    def tuned(self, load_base: Callable[[], Any]) -> Any:
-        """The trained model: the run's method loads what training saved onto (or instead of) the base."""
+    def tuned(self, load_base: Callable[[], Any], merged: bool = False) -> Any:
+        """The trained model: the run's method loads what training saved onto (or instead of) the base. `merged`
+        (for writing text): the adapter folded into the weights where the method can (`generate_merged`), which
+        generates as fast as the base (bench/eval_generate.py)."""
         from tunelab.methods.registry import get_method
 
         method = get_method(self.recipe.method.name)
-        return self.placement.place(method.load(load_base, self.run.model)).eval()
+        model = self.placement.place(method.load(load_base, self.run.model)).eval()
+        if merged and method.is_adapter and method.merge is not None and method.generate_merged:
+            model = method.merge(model).eval()
+        return model
 
     def inference(self) -> "Inference":
         from tunelab.tasks.registry import get_task

@@ -34,7 +34,8 @@ def plain_trainer(parts: "TrainerParts") -> Any:
 
 def language_model_inference(models: "RunModels") -> Inference:
     """A run whose tuned model is a causal LM: it writes text; base and tuned load as causal LMs."""
-    return Inference(writes_text=True, load_base=models.causal_lm, load_tuned=lambda: models.tuned(models.causal_lm))
+    return Inference(writes_text=True, load_base=models.causal_lm,
+                     load_tuned=lambda: models.tuned(models.causal_lm, merged=True))
 
 
 def last_user_message(messages: list[dict[str, str]]) -> str:

@@ -42,7 +42,8 @@ def test_method_trains_saves_and_loads(name, tiny_checkpoint, reverse_data, tmp_
     assert record.padding_free == method.padding_free
     assert 0 < record.method.trainable_parameters <= record.method.total_parameters
 
-    tuned = open_run_models(run_dir.root, home).inference().load_tuned()
+    models = open_run_models(run_dir.root, home)
+    tuned = models.tuned(models.causal_lm)  # as the method reloads it, unmerged: the trained function, bit for bit
     with torch.no_grad():
         reloaded = tuned(input_ids=PROBE, attention_mask=torch.ones_like(PROBE)).logits
     assert torch.equal(reloaded, probe.logits)

@@ -34,8 +34,11 @@ def plain_trainer(parts: "TrainerParts") -> Any:
 
 def language_model_inference(models: "RunModels") -> Inference:
     """A run whose tuned model is a causal LM: it writes text; base and tuned load as causal LMs."""
+    # Merged weights generate as fast as the base; a judged evaluation (recipe rewards) keeps the adapter, since
+    # its kl_to_reference scores the reference by switching the adapter off (evaluate/judged.py log_ratios).
+    merged = not models.recipe.rewards
     return Inference(writes_text=True, load_base=models.causal_lm,
-                     load_tuned=lambda: models.tuned(models.causal_lm, merged=True))
+                     load_tuned=lambda: models.tuned(models.causal_lm, merged=merged))
 
 
 def last_user_message(messages: list[dict[str, str]]) -> str:

@@ -1,179 +1,366 @@
-"""Training throughput of tunelab's trainer path against baselines measured in the same run.
+"""Training throughput of `tunelab train` against TRL's defaults and a hand-tuned loop, each variant in its own
+process, on real variable-length rows, with the bf16 matmul limit of this machine measured in the same run.
 
-Variants, all LoRA on the same model, rows, batch size, steps and precision (bf16 autocast):
-  tunelab            what `tunelab train` runs: transformers Trainer, padding-free batches
-  tunelab-padded     the same with padded batches (train.padding_free: false)
-  trl-sft            TRL's SFTTrainer (padded, gradient checkpointing off)
-  plain-loop         a hand-written PyTorch loop with padded batches (the baseline)
-Prints tokens/s (real tokens, padding excluded) and each variant's ratio to the baseline.
+Variants (same model, rows in the same order, batch size, steps, LoRA r16 alpha 32 all-linear dropout 0.05):
+  tunelab   what `tunelab train` runs: its trainer with its default speed levers (train/trainer.py Speed:
+            label-position loss, row attention, bf16 frozen weights, fused AdamW), padding-free batches
+  trl       TRL's SFTTrainer as a user writes it: the model path, a peft LoraConfig, SFTConfig defaults (bf16, gradient
+            checkpointing, completion-only loss on prompt-completion rows), batch 8, use_cpu
+  loop      a hand-tuned plain PEFT loop: bf16 autocast, no checkpointing, padding-free batches, AdamW
+Each prints tokens/s (real tokens), peak RSS, and MFU: model FLOPs per token 4N for a frozen base (forward 2N,
+backward through the activations 2N; no weight gradients), 6N for full fine-tuning, N = the parameters every token
+multiplies by (the linear layers and the output head; not the embedding lookup). MFU is given against the 2048^3
+bf16 matmul and against the "limit": the model's own matmul shapes (forward and backward) timed at the tokens per
+step each variant fed them.
 
-    python bench/train_throughput.py [--model smollm2-135m-instruct] [--steps 12] [--targets all-linear]
+    python bench/train_throughput.py [--data conala,sms,quickstart] [--methods lora,qlora,dora,full] [--steps 12]
+    python bench/train_throughput.py --quality [--quality-steps 150]   # time to TRL's validation loss
+
+--quality: TRL's defaults train 150 steps of 8 CoNaLa rows; then `tunelab train`'s own defaults train until their
+validation loss (the same 200 held-out rows, evaluated every few steps, evaluation time not counted) reaches the
+loss TRL ended at. Prints both wall times (training steps only) and both curves.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import resource
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = {"conala": "recipes/conala.yaml", "sms": "recipes/sms-spam-lm.yaml", "quickstart": "recipes/quickstart.yaml"}
+WARMUP = 2  # steps not timed (allocation, first-call costs)
 
 
-def rows_for(model_name: str, home: Path, count: int):
-    """The quick-start rows as `tunelab train` gets them: through the data doctor (cached), tokenized."""
-    from tunelab.config.schema import DataSection
+# ---- data ---------------------------------------------------------------------------------------------------------
+def prepared(data_name: str, home: Path):
+    import yaml
+
+    from tunelab.config.schema import Recipe
     from tunelab.data.cache import prepare_data
     from tunelab.models.load import model_limits, resolve_model
     from tunelab.models.tokenizer import load_tokenizer
 
-    ref = resolve_model(model_name, home)
+    recipe = Recipe.model_validate(yaml.safe_load((ROOT / RECIPES[data_name]).read_text()))
+    os.chdir(ROOT)  # the recipes name their data relative to the project root
+    ref = resolve_model(recipe.model.name, home)
     tokenizer = load_tokenizer(ref.path)
-    data = DataSection(generate={"task": "notes-to-json", "rows": count},
-                       system_prompt="You convert order notes to JSON.", max_length=1024)
     limits = model_limits(ref.path, tokenizer)
-    rows = prepare_data(data, tokenizer, limits.stop_ids, limits.context, home).tokenized()["train"].rows
-    return ref, tokenizer, rows
+    return recipe, ref, tokenizer, prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, home)
 
 
-def lora_model(path: Path, lora):
-    from tunelab.methods.lora import wrap
-    from tunelab.models.load import load_causal_lm
+def method_config(name: str):
+    from tunelab.methods.registry import get_method
 
-    return wrap(load_causal_lm(path), lora)
+    method = get_method(name)
+    fields = {"name": name} if name == "full" else {"name": name, "r": 16, "alpha": 32, "dropout": 0.05,
+                                                      "target_modules": "all-linear"}
+    return method, method.config_class.model_validate(fields)
 
 
-def clock_callback():
+# ---- one variant, in a child process -----------------------------------------------------------------------------
+def step_clock():
     from transformers import TrainerCallback
 
-    class Clock(TrainerCallback):  # time steps 3..N so start-up is not counted
-        def on_step_begin(self, args, state, control, **kwargs):
-            if state.global_step == 2:
-                self.start, self.tokens = time.perf_counter(), state.num_input_tokens_seen
+    class Clock(TrainerCallback):
+        """Seconds and tokens of the steps after WARMUP, and each step's loss."""
 
-        def on_train_end(self, args, state, control, **kwargs):
-            self.rate = (state.num_input_tokens_seen - self.tokens) / (time.perf_counter() - self.start)
+        def __init__(self):
+            self.seconds, self.tokens, self.losses, self.started = 0.0, 0, [], None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.started, self.seen = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step > WARMUP:
+                self.seconds += time.perf_counter() - self.started
+                self.tokens += state.num_input_tokens_seen - self.seen
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(round(logs["loss"], 4))
 
     return Clock()
 
 
-def run_tunelab(path, tokenizer, rows, steps, batch_size, lora, padding_free) -> float:
+def run_tunelab(recipe, ref, tokenizer, data, method, config, steps, batch_size, home):
     from rich.console import Console
 
     from tunelab.config.schema import Recipe
-    from tunelab.data.dataset import TokenizedSplit
     from tunelab.data.split import Splits
     from tunelab.device import Placement
+    from tunelab.models.load import load_causal_lm
     from tunelab.present.progress import RichProgress
     from tunelab.run.folder import RunDir
     from tunelab.tasks.base import TrainerParts
     from tunelab.tasks.registry import get_task
     from tunelab.train.batches import language_model_data
-    from tunelab.train.trainer import training_arguments, training_callbacks
+    from tunelab.train.trainer import training_arguments, training_callbacks, training_speed
 
-    clock = clock_callback()
-    recipe = Recipe.model_validate({
-        "data": {"generate": {}}, "method": lora.model_dump(),
-        "train": {"max_steps": steps, "batch_size": batch_size, "padding_free": padding_free, "log_every": 1000,
-                  "report_to": []},
-    })
-    tokenized = {"train": TokenizedSplit(rows=rows, kept=len(rows)), "validation": TokenizedSplit(),
-                 "test": TokenizedSplit()}
-    data = language_model_data(Splits([]), tokenized, tokenizer.pad_token_id, padding_free)
+    clock = step_clock()
+    tuned = Recipe.model_validate({"data": {"generate": {}}, "method": config.model_dump(),
+                                   "train": {"max_steps": steps, "batch_size": batch_size, "log_every": 1,
+                                             "report_to": [], "lr": 1e-4, "warmup": 0}})
+    padding_free = tuned.train.padding_free and method.padding_free
+    tokenized = data.tokenized()
+    tokenized = {**tokenized, "validation": type(tokenized["validation"])()}  # no validation in a throughput run
+    task_data = language_model_data(Splits([]), tokenized, tokenizer.pad_token_id, padding_free)
+    placement = Placement("cpu", "bf16")
     with tempfile.TemporaryDirectory() as out:
         run = RunDir(Path(out))
-        arguments = {**training_arguments(recipe.train, run, Placement("cpu", "bf16"), False), "save_strategy": "no"}
-        callbacks = training_callbacks(recipe.train, run, RichProgress(Console(quiet=True)), (clock,))
-        get_task("sft").build_trainer(TrainerParts(lora_model(path, lora), tokenizer, data, arguments,
-                                                   callbacks)).train()
-    return clock.rate
+        arguments = {**training_arguments(tuned.train, run, placement, False), "save_strategy": "no"}
+        callbacks = training_callbacks(tuned.train, run, RichProgress(Console(quiet=True)), (clock,))
+        model = method.wrap(load_causal_lm(ref.path), config)
+        speed = training_speed(tuned.train, method.bf16_frozen, placement, padding_free)
+        get_task("sft").build_trainer(TrainerParts(model, tokenizer, task_data, arguments, callbacks,
+                                                   speed=speed)).train()
+    return clock
 
 
-def run_trl(path, tokenizer, rows, steps, batch_size, lora, padding_free) -> float:
+def run_trl(recipe, ref, tokenizer, data, method, config, steps, batch_size, home):
     from datasets import Dataset
+    from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    clock = clock_callback()
-    dataset = Dataset.from_dict({"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]})
+    from tunelab.data.templates import prompt_and_reference
+
+    clock = step_clock()
+    rows = {"prompt": [], "completion": []}
+    for example in data.splits().train:
+        prompt, answer = prompt_and_reference(example.messages)
+        rows["prompt"].append(prompt)
+        rows["completion"].append([{"role": "assistant", "content": answer}])
+    model, peft_config = str(ref.path), None
+    if config.name != "full":
+        peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
+                                 use_dora=config.name == "dora", task_type="CAUSAL_LM")
+    if config.name == "qlora":  # the same NF4 base tunelab's QLoRA trains (torchao); TRL wraps it with peft
+        from tunelab.models.load import load_causal_lm
+        from tunelab.models.quantize import quantize_nf4
+
+        model = load_causal_lm(ref.path)
+        quantize_nf4(model, config.block_size, config.scaler_block_size)
     with tempfile.TemporaryDirectory() as out:
-        args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size, learning_rate=1e-4,
-                         bf16=True, use_cpu=True, report_to=[], disable_tqdm=True, save_strategy="no",
-                         padding_free=padding_free, max_length=None, include_num_input_tokens_seen="non_padding",
-                         logging_steps=1000, activation_checkpointing=False)
-        SFTTrainer(model=lora_model(path, lora), args=args, train_dataset=dataset, processing_class=tokenizer,
-                   callbacks=[clock]).train()
-    return clock.rate
+        args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size, use_cpu=True,
+                         report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
+                         include_num_input_tokens_seen="non_padding", seed=42, data_seed=42)
+        SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer,
+                   peft_config=peft_config, callbacks=[clock]).train()
+    return clock
 
 
-def run_plain_loop(path, tokenizer, rows, steps, batch_size, lora) -> float:
+def run_loop(recipe, ref, tokenizer, data, method, config, steps, batch_size, home):
+    """The hand-tuned baseline: what a careful user writes with PyTorch and peft alone."""
     import torch
 
-    model = lora_model(path, lora).train()
+    from tunelab.models.load import load_causal_lm
+
+    model = method.wrap(load_causal_lm(ref.path), config).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    generator = torch.Generator().manual_seed(0)
-    order = torch.randperm(len(rows), generator=generator).tolist()
-    tokens, start = 0, 0.0
+    rows = data.tokenized()["train"].rows
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(42)).tolist()
+    clock = type("Clock", (), {"seconds": 0.0, "tokens": 0, "losses": []})()
     for step in range(steps):
-        if step == 2:
-            tokens, start = 0, time.perf_counter()
-        chunk = [rows[i] for i in order[step * batch_size : (step + 1) * batch_size]]
-        width = max(len(r.input_ids) for r in chunk)
-        input_ids = torch.full((len(chunk), width), tokenizer.pad_token_id)
-        labels = torch.full((len(chunk), width), -100)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, r in enumerate(chunk):
-            input_ids[i, : len(r.input_ids)] = torch.tensor(r.input_ids)
-            labels[i, : len(r.labels)] = torch.tensor(r.labels)
-            mask[i, : len(r.input_ids)] = 1
+        chunk = [rows[i] for i in order[step * batch_size:(step + 1) * batch_size]]
+        started = time.perf_counter()
+        input_ids = torch.tensor([t for row in chunk for t in row.input_ids])[None]
+        labels = torch.tensor([-100 if i == 0 else t for row in chunk for i, t in enumerate(row.labels)])[None]
+        positions = torch.tensor([i for row in chunk for i in range(len(row.input_ids))])[None]
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss = model(input_ids=input_ids, position_ids=positions, labels=labels, use_cache=False).loss
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
         optimizer.step()
         optimizer.zero_grad()
-        tokens += int(mask.sum())
-    return tokens / (time.perf_counter() - start)
+        if step >= WARMUP:
+            clock.seconds += time.perf_counter() - started
+            clock.tokens += input_ids.shape[1]
+        clock.losses.append(round(float(loss), 4))
+    return clock
+
+
+VARIANTS = {"tunelab": run_tunelab, "trl": run_trl, "loop": run_loop}
+
+
+def child(options) -> None:
+    import transformers
+
+    from tunelab.paths import tunelab_home
+    from tunelab.quiet import quiet_libraries
+
+    quiet_libraries()
+    transformers.logging.set_verbosity_error()
+    home = tunelab_home()
+    recipe, ref, tokenizer, data = prepared(options.data_name, home)
+    method, config = method_config(options.method)
+    if options.dropout is not None and config.name != "full":
+        config = config.model_copy(update={"dropout": options.dropout})
+    sampler = RssSampler()  # from here on: the model, its training and the trainer, not the data preparation
+    clock = VARIANTS[options.variant](recipe, ref, tokenizer, data, method, config, options.steps,
+                                      options.batch_size, home)
+    sampler.stop()
+    timed_steps = options.steps - WARMUP
+    print("RESULT " + json.dumps({
+        "tokens_per_second": clock.tokens / clock.seconds, "tokens_per_step": clock.tokens / timed_steps,
+        "peak_rss_mb": sampler.peak / 2**20, "rss_before_mb": sampler.before / 2**20, "losses": clock.losses}))
+
+
+class RssSampler:
+    """The process's resident memory, sampled every 10 ms on a thread: its peak while a variant runs (the
+    process's lifetime peak, ru_maxrss, would include the data preparation before it)."""
+
+    def __init__(self):
+        import threading
+
+        self.before = self.peak = rss_bytes()
+        self.running = True
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self):
+        while self.running:
+            self.peak = max(self.peak, rss_bytes())
+            time.sleep(0.01)
+
+    def stop(self):
+        self.running = False
+        self.thread.join()
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * resource.getpagesize()
+
+
+def in_child(variant: str, data_name: str, method: str, steps: int, batch_size: int,
+             dropout: float | None = None) -> dict:
+    command = [sys.executable, __file__, "--child", variant, "--data-name", data_name, "--method", method,
+               "--steps", str(steps), "--batch-size", str(batch_size)]
+    if dropout is not None:
+        command += ["--dropout", str(dropout)]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    for line in done.stdout.splitlines():
+        if line.startswith("RESULT "):
+            return json.loads(line[len("RESULT "):])
+    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+    return {"error": " | ".join(tail)}
+
+
+# ---- the matmul limit ---------------------------------------------------------------------------------------------
+def matmul_rate(rows: int, inner: int, cols: int, seconds: float = 0.4) -> float:
+    """bf16 GFLOP/s of a [rows x inner] @ [inner x cols] product (the weight as a linear layer holds it)."""
+    import torch
+
+    a = torch.randn(rows, inner, dtype=torch.bfloat16)
+    b = torch.randn(cols, inner, dtype=torch.bfloat16).t()
+    for _ in range(2):
+        a @ b
+    count, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ b
+        count += 1
+    return 2 * rows * inner * cols * count / (time.perf_counter() - started) / 1e9
+
+
+def model_shapes(path: Path) -> list[tuple[int, int, int]]:
+    """(inputs, outputs, how many) of every linear layer a token passes through, the output head included."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(path))
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    head_dim = getattr(config, "head_dim", None) or hidden // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    inter = config.intermediate_size
+    return [(hidden, q, layers), (hidden, kv, 2 * layers), (q, hidden, layers), (hidden, inter, 2 * layers),
+            (inter, hidden, layers), (hidden, config.vocab_size, 1)]
+
+
+def shape_limit(shapes, tokens: int) -> float:
+    """GFLOP/s of the model's own matmuls at `tokens` rows, forward (x @ W.T) and backward (grad @ W), weighted
+    by their FLOPs: the fastest a training step could go if it did nothing but its matmuls."""
+    flops = seconds = 0.0
+    for inputs, outputs, count in shapes:
+        for a, b in ((inputs, outputs), (outputs, inputs)):
+            work = 2 * tokens * a * b * count
+            flops += work
+            seconds += work / (matmul_rate(tokens, a, b, 0.2) * 1e9)
+    return flops / seconds / 1e9
+
+
+def per_token_parameters(shapes) -> int:
+    return sum(inputs * outputs * count for inputs, outputs, count in shapes)
+
+
+# ---- the parent ---------------------------------------------------------------------------------------------------
+def throughput(options) -> None:
+    from tunelab.models.load import resolve_model
+    from tunelab.paths import tunelab_home
+
+    path = resolve_model("smollm2-135m-instruct", tunelab_home()).path
+    shapes = model_shapes(path)
+    params = per_token_parameters(shapes)
+    peak = matmul_rate(2048, 2048, 2048, 1.0)
+    print(f"bf16 matmul 2048^3: {peak:.0f} GFLOP/s; N = {params / 1e6:.1f}M parameters per token "
+          f"(linear layers + output head); {options.steps} steps of {options.batch_size} rows, first {WARMUP} "
+          f"not timed; LoRA r16 alpha 32 all-linear dropout {0.05 if options.dropout is None else options.dropout}; "
+          "peak RSS: while the variant runs (model, training)")
+    header = (f"{'data':10} {'method':6} {'variant':8} {'tokens/s':>9} {'tok/step':>8} {'peak RSS':>9} "
+              f"{'MFU/2048':>8} {'limit':>6} {'MFU/limit':>9} {'x trl':>6} {'x loop':>6} {'RSS x trl':>9}")
+    print(header)
+    limits: dict[int, float] = {}
+    for data_name in options.data.split(","):
+        for method in options.methods.split(","):
+            found = {variant: in_child(variant, data_name, method, options.steps, options.batch_size, options.dropout)
+                     for variant in options.variants.split(",")}
+            for variant, result in found.items():
+                if "error" in result:
+                    print(f"{data_name:10} {method:6} {variant:8} failed: {result['error'][:150]}")
+                    continue
+                tokens = int(round(result["tokens_per_step"] / 64)) * 64 or 64
+                if tokens not in limits:
+                    limits[tokens] = shape_limit(shapes, tokens)
+                flops = (6 if method == "full" else 4) * params * result["tokens_per_second"] / 1e9
+                ratio = lambda other, key="tokens_per_second": (  # noqa: E731
+                    f"{result[key] / found[other][key]:.2f}" if "error" not in found.get(other, {"error": 1}) else "-")
+                print(f"{data_name:10} {method:6} {variant:8} {result['tokens_per_second']:9.1f} "
+                      f"{result['tokens_per_step']:8.0f} {result['peak_rss_mb']:7.0f}MB {flops / peak:8.1%} "
+                      f"{limits[tokens]:6.0f} {flops / limits[tokens]:9.1%} {ratio('trl'):>6} {ratio('loop'):>6} "
+                      f"{ratio('trl', 'peak_rss_mb'):>9}")
+            sys.stdout.flush()
+    print("limit: GFLOP/s of the model's own matmul shapes at that variant's tokens per step (rounded to 64)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="smollm2-135m-instruct")
-    parser.add_argument("--home", default=None, help="tunelab home (default $TUNELAB_HOME or ~/.cache/tunelab)")
+    parser.add_argument("--data", default="conala,sms,quickstart")
+    parser.add_argument("--methods", default="lora,qlora,dora,full")
+    parser.add_argument("--variants", default="tunelab,trl,loop")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--targets", default="all-linear")
-    parser.add_argument("--dropout", type=float, default=0.05, help="LoRA dropout")
-    parser.add_argument("--only", default=None, help="comma-separated variants to run")
+    parser.add_argument("--dropout", type=float, default=None, help="LoRA dropout of every variant (default 0.05)")
+    parser.add_argument("--quality", action="store_true", help="time to TRL's validation loss (see above)")
+    parser.add_argument("--quality-steps", type=int, default=150)
+    parser.add_argument("--child", dest="variant", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--data-name", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--method", default="lora", help=argparse.SUPPRESS)
     options = parser.parse_args()
+    if options.variant:
+        child(options)
+    elif options.quality:
+        from bench_quality import quality  # noqa: PLC0415 (bench/bench_quality.py, beside this file)
 
-    import transformers
-
-    from tunelab.paths import tunelab_home
-
-    transformers.logging.set_verbosity_error()
-    home = Path(options.home) if options.home else tunelab_home()
-    ref, tokenizer, rows = rows_for(options.model, home, options.steps * options.batch_size + 50)
-    from tunelab.methods.lora import LoraConfig
-
-    targets = options.targets if options.targets == "all-linear" else options.targets.split(",")
-    lora = LoraConfig(target_modules=targets, dropout=options.dropout)
-    common = (ref.path, tokenizer, rows, options.steps, options.batch_size, lora)
-    variants = {
-        "plain-loop": lambda: run_plain_loop(*common),
-        "tunelab": lambda: run_tunelab(*common, padding_free=True),
-        "tunelab-padded": lambda: run_tunelab(*common, padding_free=False),
-        "trl-sft": lambda: run_trl(*common, padding_free=False),
-    }
-    chosen = options.only.split(",") if options.only else list(variants)
-    rates = {name: variants[name]() for name in chosen}
-    baseline = rates.get("plain-loop")
-    print(f"model {options.model}, LoRA r={lora.r} dropout={lora.dropout} on {options.targets}, "
-          f"batch {options.batch_size}, {options.steps} steps (first 2 not timed), bf16")
-    for name, rate in rates.items():
-        ratio = f"{rate / baseline:.2f}x plain-loop" if baseline else ""
-        print(f"{name:18s} {rate:8.1f} tokens/s  {ratio}")
+        quality(options)
+    else:
+        throughput(options)
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

@@ -191,6 +191,17 @@ class TrainSection(Section):
         "exact for attention implementations that honour packed position ids.",
     )
     gradient_checkpointing: bool = False
+    # Speed levers (bench/train_throughput.py measures each); every one leaves the optimization as it is.
+    label_loss: bool = Field(
+        True, description="Language-model loss from logits at label positions only, its cross-entropy in chunks "
+        "(padding-free batches; train/label_loss.py).")
+    row_attention: bool = Field(
+        True, description="Padding-free batches attend row by row instead of through a block-diagonal mask "
+        "(train/row_attention.py).")
+    bf16_frozen: bool = Field(
+        True, description="In bf16, hold the frozen base's linear weights in bf16 instead of casting them at every "
+        "matmul (adapter methods; train/frozen_weights.py).")
+    fused_optimizer: bool = Field(True, description="PyTorch's fused AdamW (one kernel for all parameters).")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many validations without a lower validation loss."
     )

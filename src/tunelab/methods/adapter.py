@@ -170,5 +170,6 @@ METHOD = Method(
     save=save,
     load=load,
     no_merge_reason="its bottleneck has a non-linearity, so it is no change of weights that could be folded in",
+    bf16_frozen=True,
     typical_lr=1e-3,
 )

@@ -54,5 +54,6 @@ METHOD = Method(
     save=save_peft,
     load=load_peft,
     merge=merge_peft,
+    bf16_frozen=True,
     typical_lr=3e-2,
 )

@@ -47,5 +47,6 @@ METHOD = Method(
     save=save_peft,
     load=load_peft,
     merge=merge_peft,
+    bf16_frozen=True,
     typical_lr=1e-3,
 )

@@ -40,5 +40,6 @@ METHOD = Method(
     load=load_peft,
     padding_free=False,
     no_merge_reason=NO_MERGE_REASON,
+    bf16_frozen=True,
     typical_lr=1e-2,
 )

@@ -48,5 +48,6 @@ METHOD = Method(
     load=load_peft,
     padding_free=False,
     no_merge_reason=NO_MERGE_REASON,
+    bf16_frozen=True,
     typical_lr=3e-2,
 )

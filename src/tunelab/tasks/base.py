@@ -79,6 +79,7 @@ class TrainerParts:
     arguments: dict[str, Any]  # transformers.TrainingArguments keyword arguments (TRL's configs extend them)
     callbacks: list[Any]
     rewards_context: "RewardContext | None" = None  # as TaskInputs': the rewards' models run where training runs
+    speed: Any = None  # train/trainer.py Speed: the speed levers that apply (None: none)
 
 
 @dataclass

@@ -227,7 +227,7 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
     A failure removes what it left half-written (see remove_partial) before run.json says failed."""
     from tunelab.present.console import print_trained
     from tunelab.present.progress import RichProgress
-    from tunelab.train.trainer import training_arguments, training_callbacks
+    from tunelab.train.trainer import training_arguments, training_callbacks, training_speed
 
     recipe, method, tokenizer = setup.recipe, setup.method, setup.tokenizer
     writing = ("a checkpoint or the training log", run.checkpoints)
@@ -235,7 +235,8 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
         arguments = training_arguments(recipe.train, run, setup.placement, setup.data.validation is not None)
         parts = TrainerParts(model, tokenizer, setup.data, arguments,
                              training_callbacks(recipe.train, run, RichProgress(console), callbacks),
-                             setup.rewards)
+                             setup.rewards,
+                             training_speed(recipe.train, method.bf16_frozen, setup.placement, setup.data.padding_free))
         trainer = setup.task.build_trainer(parts)
         checkpoint = setup.resume_from.checkpoint if setup.resume_from else None
         record.training = train_or_restore(trainer, checkpoint)
@@ -244,7 +245,10 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
         tokenizer.save_pretrained(str(run.model))
         if wants_merge(method, recipe.output.merge):
             writing = ("the merged model", run.merged)
-            merged = method.merge(trainer.model)
+            # from what was saved, onto a freshly loaded base: the trained model may hold its frozen weights in
+            # bf16 (train/frozen_weights.py), and the merged model is what merging the saved adapter gives anyway
+            merged = method.merge(method.load(
+                lambda: setup.task.load_model(setup.ref.path, setup.data, recipe, tokenizer), run.model))
             merged.save_pretrained(str(run.merged))
             tokenizer.save_pretrained(str(run.merged))
             record.merged = True

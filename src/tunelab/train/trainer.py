@@ -5,6 +5,7 @@ that supervised and classification tasks use. Tasks that need another trainer (T
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from tunelab.run.record import TrainingSummary
@@ -58,6 +59,7 @@ def training_arguments(train: "TrainSection", run: "RunDir", placement: "Placeme
         run_name=run.root.name,
         disable_tqdm=True,
         activation_checkpointing=train.gradient_checkpointing,
+        optim="adamw_torch_fused" if train.fused_optimizer else "adamw_torch",
         remove_unused_columns=False,  # the collators need exactly the columns the tasks give them
         dataloader_num_workers=0,
     )
@@ -78,15 +80,42 @@ def training_callbacks(train: "TrainSection", run: "RunDir", progress: Any, extr
     return callbacks
 
 
-def plain_trainer(parts: "TrainerParts") -> Any:
-    """transformers' Trainer on rows the task has tokenized.
+@dataclass(frozen=True)
+class Speed:
+    """The speed levers a trainer applies (TrainSection's fields of the same names, where they apply)."""
 
-    TRL's SFTTrainer was measured slower here (bench/train_throughput.py): its chunked fused LM head costs more
-    than it saves on CPU, and its tokenization is not needed since rows arrive tokenized with their loss masks.
+    label_loss: bool = False
+    row_attention: bool = False
+    bf16_frozen: bool = False
+
+
+def training_speed(train: "TrainSection", method_holds_bf16: bool, placement: "Placement", padding_free: bool) -> Speed:
+    return Speed(label_loss=train.label_loss and padding_free, row_attention=train.row_attention and padding_free,
+                 bf16_frozen=train.bf16_frozen and method_holds_bf16 and placement.precision == "bf16")
+
+
+def plain_trainer(parts: "TrainerParts") -> Any:
+    """transformers' Trainer on rows the task has tokenized, with the speed levers `parts.speed` turns on.
+
+    TRL's SFTTrainer was measured slower here (bench/train_throughput.py): its defaults turn on gradient
+    checkpointing and compute the loss from the whole logits, and its tokenization is not needed since rows arrive
+    tokenized with their loss masks.
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
-    trainer = Trainer(
+    from tunelab.train.frozen_weights import hold_frozen_in_bf16
+    from tunelab.train.label_loss import LabelPositionsTrainer, accepts_logits_to_keep
+    from tunelab.train.row_attention import use_row_attention
+
+    speed = parts.speed or Speed()
+    if speed.bf16_frozen:
+        hold_frozen_in_bf16(parts.model)
+        stop_input_casts(parts.model)
+    if speed.row_attention:
+        use_row_attention(parts.model)
+    trainer_class = (LabelPositionsTrainer if speed.label_loss and accepts_logits_to_keep(parts.model)
+                     else Trainer)
+    trainer = trainer_class(
         model=parts.model,
         args=TrainingArguments(**parts.arguments),
         data_collator=parts.data.collator,
@@ -97,6 +126,17 @@ def plain_trainer(parts: "TrainerParts") -> Any:
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
     return trainer
+
+
+def stop_input_casts(model: Any) -> None:
+    """peft casts each adapted layer's input to its adapter weights' dtype (fp32) before the adapter's matmul, which
+    autocast then casts back to bf16: two copies of every adapted input per step, for nothing under autocast.
+    `cast_input_dtype_enabled` is peft's own switch for this (peft.helpers.disable_input_dtype_casting sets it)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.cast_input_dtype_enabled = False
 
 
 def training_clock(trainer: Any) -> float:

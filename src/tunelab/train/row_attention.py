@@ -39,7 +39,8 @@ def row_attention(module: Any, query: Any, key: Any, value: Any, attention_mask:
 
     def padded(states: Any) -> Any:  # [1, heads, tokens, dim] -> [rows, heads, width, dim], fp32
         by_token = states[0].transpose(0, 1).float()
-        return by_token.new_zeros(rows, width, *by_token.shape[1:]).index_put((row, positions), by_token).transpose(1, 2)
+        grid = by_token.new_zeros(rows, width, *by_token.shape[1:])
+        return grid.index_put((row, positions), by_token).transpose(1, 2)
 
     # fp32, autocast off (sdpa is on its bf16 list): PyTorch's CPU flash attention runs its backward ~3x faster in
     # fp32 than in bf16 at these sizes

@@ -227,7 +227,8 @@ class Engine:
         from tunelab.serve.batch_cache import can_join
 
         with self._lock:
-            if not self._pending or (batch.decoding is not None and not can_join(batch.decoding.cache)):
+            if not self._running or not self._pending or (batch.decoding is not None
+                                                          and not can_join(batch.decoding.cache)):
                 return []
             room = self.max_batch_rows - len(batch.rows)
             taken = []
@@ -417,7 +418,8 @@ class Engine:
         adapter = adapters.pop()
         if adapter is None:
             return self.model.disable_adapter(), None
-        self.model.set_adapter(adapter)
+        if self.model.active_adapter != adapter:  # peft's set_adapter walks every layer: not at every step
+            self.model.set_adapter(adapter)
         return nullcontext(), None
 
     def _load_adapter(self, name: str, folder: str, mixable: bool) -> None:

@@ -4,7 +4,8 @@ Every server answers OpenAI chat requests for the same run's model on a loopback
 official `openai` package, one thread per client) send the same prompts with greedy decoding:
   naive           one HF `generate` per request, one request at a time on one worker thread (no batching)
   tunelab         tunelab's server: continuous batching (engine.py: requests join and leave the running batch at
-                  every decoding step), the run's LoRA adapter unmerged on the base (peft)
+                  every decoding step), the run's LoRA adapter unmerged on the base (peft); fp32, its CPU default
+  tunelab-bf16    the same with bf16 autocast (--precision bf16 applies it to naive and tunelab instead)
   llama.cpp-f32   the run exported to GGUF by tunelab's own exporter (merged, f32), served by llama-cpp-python's
   llama.cpp-q8_0  `Llama` (the same, q8_0 weight matrices) behind the same tiny OpenAI-style app as the naive one:
                   one request at a time (llama-cpp-python's `Llama` decodes one sequence), the same prompt token ids
@@ -14,7 +15,7 @@ sent 2 s into a long one, and its latency on each server (a fixed batch, like a 
 for the long one's end; continuous batching lets it join).
 
     python bench/serve.py --run runs/quickstart [--clients 1,4,8,32] [--requests 16] [--max-tokens 64]
-                          [--servers naive,tunelab,llama.cpp-f32,llama.cpp-q8_0] [--precision fp32|bf16]
+                          [--servers naive,tunelab,tunelab-bf16,llama.cpp-f32,llama.cpp-q8_0] [--precision fp32|bf16]
                           [--threads N] [--gguf-dir DIR]
 
 llama.cpp needs `llama-cpp-python` (bench only: `pip install --no-deps llama-cpp-python diskcache`; it compiles
@@ -34,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-SERVERS = ("naive", "tunelab", "llama.cpp-f32", "llama.cpp-q8_0")
+SERVERS = ("naive", "tunelab", "tunelab-bf16", "llama.cpp-f32", "llama.cpp-q8_0")
 
 
 class Loopback:
@@ -108,8 +109,10 @@ def llama_cpp_app(gguf: Path, run: Path, home: Path, threads: int):
     from tunelab.run.models import open_run_models
 
     tokenizer = open_run_models(run, home, "cpu").tokenizer()
+    # use_mmap=False: the weights in process memory, as torch's are; a memory-mapped file's pages were reclaimed
+    # between requests here and read back from disk (a 128-token answer took 18 s instead of 3.6 s).
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                verbose=False)
+                verbose=False, use_mmap=False)
     worker = ThreadPoolExecutor(1)
     app = FastAPI()
 
@@ -230,7 +233,8 @@ def measure(mode: str, args: argparse.Namespace, levels: list[int]) -> list[tupl
     quiet_libraries()
     if args.threads:
         torch.set_num_threads(args.threads)
-    home, bf16 = tunelab_home(), args.precision == "bf16" and not mode.startswith("llama.cpp")
+    home = tunelab_home()
+    bf16 = mode == "tunelab-bf16" or (args.precision == "bf16" and not mode.startswith("llama.cpp"))
     print(f"{mode}: run {args.run}  max_tokens {args.max_tokens}  greedy  "
           f"{'gguf' if mode.startswith('llama.cpp') else 'bf16 autocast' if bf16 else 'fp32'}  "
           f"cpus {os.cpu_count()}  torch threads {torch.get_num_threads()}", flush=True)
@@ -298,15 +302,15 @@ def main() -> None:
 
 def report(rows: list[tuple[str, int, dict]], levels: list[int], servers: list[str], args: argparse.Namespace) -> None:
     found = {(mode, clients): result for mode, clients, result in rows}
-    baselines = [name for name in servers if name != "tunelab"]
+    baselines = [name for name in servers if not name.startswith("tunelab")]
     print()
     print(f"{'server':14s} {'clients':>7s} {'requests':>8s} {'tokens':>7s} {'tokens/s':>9s} {'p50 s':>7s} "
           f"{'p95 s':>7s}" + "".join(f" {'tunelab/' + name:>22s}" for name in baselines))
     for mode in servers:
         for clients in levels:
             result = found[(mode, clients)]
-            ratios = "".join(f" {result_ratio(found, clients, name):>21.2f}x" if mode == "tunelab" else f" {'':>22s}"
-                             for name in baselines)
+            ratios = "".join(f" {result_ratio(found, clients, mode, name):>21.2f}x" if mode.startswith("tunelab")
+                             else f" {'':>22s}" for name in baselines)
             print(f"{mode:14s} {clients:7d} {len(result['texts']):8d} {result['tokens']:7d} "
                   f"{result['tokens_per_second']:9.1f} {result['p50']:7.2f} {result['p95']:7.2f}{ratios}")
     if "naive" in servers and "tunelab" in servers:
@@ -323,8 +327,8 @@ def report(rows: list[tuple[str, int, dict]], levels: list[int], servers: list[s
                   f"({late['long_tokens']} tokens)")
 
 
-def result_ratio(found: dict, clients: int, baseline: str) -> float:
-    return found[("tunelab", clients)]["tokens_per_second"] / found[(baseline, clients)]["tokens_per_second"]
+def result_ratio(found: dict, clients: int, mode: str, baseline: str) -> float:
+    return found[(mode, clients)]["tokens_per_second"] / found[(baseline, clients)]["tokens_per_second"]
 
 
 if __name__ == "__main__":

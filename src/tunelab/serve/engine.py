@@ -280,7 +280,7 @@ class Engine:
         owners = [job for job in jobs for _ in job.rows]
         rows = [row for job in jobs for row in job.rows]
         try:
-            with torch.no_grad(), self.placement.autocast():
+            with torch.inference_mode(), self.placement.autocast():
                 scored = [index for index, row in enumerate(rows) if row.prompt_logprobs]
                 if scored:
                     self._score([rows[index] for index in scored], [owners[index] for index in scored])
@@ -316,7 +316,7 @@ class Engine:
         import torch
 
         try:
-            with torch.no_grad(), self.placement.autocast():
+            with torch.inference_mode(), self.placement.autocast():
                 inputs = batch.decoding.next_inputs()
                 logits = self._forward(batch.owners, **inputs, past_key_values=batch.decoding.cache, use_cache=True)
                 batch.decoding.tokens = self._pick(batch.rows, logits[:, -1])
@@ -345,6 +345,8 @@ class Engine:
     def _leave(self, batch: "Running") -> None:
         """Rows that ended leave the batch; so do the rows of a request that was cancelled, timed out or failed,
         at once. A request is done when all its rows have ended."""
+        import torch
+
         from tunelab.serve.batch_cache import keep
 
         now = time.monotonic()
@@ -356,7 +358,8 @@ class Engine:
                     row.finish_reason = reason
         staying = [index for index, row in enumerate(batch.rows) if row.live]
         if len(staying) < len(batch.rows):
-            batch.decoding = keep(batch.decoding, staying) if staying else None
+            with torch.inference_mode():  # the cache's tensors were made in it
+                batch.decoding = keep(batch.decoding, staying) if staying else None
             batch.rows = [batch.rows[index] for index in staying]
             batch.owners = [batch.owners[index] for index in staying]
         for job in [job for job in batch.jobs if not any(row.live for row in job.rows)]:

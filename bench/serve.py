@@ -14,7 +14,7 @@ tunelab's tokens/s to the naive server's and to llama.cpp's at the same concurre
 sent 2 s into a long one, and its latency on each server (a fixed batch, like a one-at-a-time server, makes it wait
 for the long one's end; continuous batching lets it join).
 
-    python bench/serve.py --run runs/quickstart [--clients 1,4,8,32] [--requests 16] [--max-tokens 64]
+    python bench/serve.py --run runs/quickstart [--clients 1,4,8,32] [--requests 12,16,32,32] [--max-tokens 64]
                           [--servers naive,tunelab,tunelab-bf16,llama.cpp-f32,llama.cpp-q8_0] [--precision fp32|bf16]
                           [--threads N] [--gguf-dir DIR]
 
@@ -258,14 +258,19 @@ def measure(mode: str, args: argparse.Namespace, levels: list[int]) -> list[tupl
 
 
 def requests_at(args: argparse.Namespace, clients: int) -> int:
-    return max(args.requests, clients)
+    counts = [int(part) for part in str(args.requests).split(",")]
+    levels = [int(part) for part in args.clients.split(",")]
+    count = counts[levels.index(clients)] if len(counts) == len(levels) else counts[0]
+    return max(count, clients)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", type=Path, required=True, help="A finished run with a LoRA adapter.")
     parser.add_argument("--clients", default="1,4,8,32", help="Concurrent clients to measure, comma-separated.")
-    parser.add_argument("--requests", type=int, default=16, help="Requests per measurement (at least clients).")
+    parser.add_argument("--requests", default="12,16,32,32",
+                        help="Requests per measurement, one number or one per --clients entry (at least clients). "
+                             "A few per client, so the batch's ramp-up and drain are not most of the run.")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--max-batch", type=int, default=32, help="tunelab serve --max-batch.")
     parser.add_argument("--servers", default=",".join(SERVERS), help="Servers to measure, comma-separated.")

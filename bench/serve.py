@@ -35,7 +35,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-SERVERS = ("naive", "tunelab", "tunelab-bf16", "llama.cpp-f32", "llama.cpp-q8_0")
+SERVERS = ("naive", "tunelab", "llama.cpp-f32", "llama.cpp-q8_0")  # and tunelab-bf16 on request (--servers)
 
 
 class Loopback:

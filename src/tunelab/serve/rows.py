@@ -1,8 +1,8 @@
-"""Per-row decoding inside one batched `generate` call: each row keeps its own request's parameters.
+"""Per-row decoding in one batch: each row keeps its own request's parameters.
 
-transformers' `generate` takes one set of sampling options per call, but a dynamic batch mixes requests with
-different temperature, top_p, top_k, seed, stop strings, max_tokens and logprobs. Two of generate's own extension
-points carry the difference, with no change to the library:
+A batch mixes requests with different temperature, top_p, top_k, seed, stop strings, max_tokens and logprobs. The
+engine's decoding loop (engine.py) calls these after every forward pass; they keep the shape of transformers'
+`generate` extension points, so they also work inside a `generate` call, with no change to the library:
   RowSampler (a LogitsProcessor) draws each sampled row's token with that request's temperature, top_p, top_k and
     seeded generator, and leaves only that token possible, so generate's greedy pick takes it; greedy rows are
     untouched. It keeps the step's log-softmax for rows that asked for logprobs.
@@ -138,14 +138,7 @@ class RowTracker(StoppingCriteria):
 
     def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
         self.on_step()
-        now = self.clock()
-        newest = input_ids[:, -1].tolist()
-        for row, token in zip(self.rows, newest):
-            if row.live:
-                try:
-                    step(row, token, now)
-                except Exception as error:  # a failing detokenizer or streaming callback ends this row only
-                    fail(row, f"{type(error).__name__}: {error}")
+        advance(self.rows, input_ids[:, -1].tolist(), self.clock())
         return torch.tensor([not row.live for row in self.rows], device=input_ids.device)
 
     def finish(self) -> None:
@@ -153,6 +146,16 @@ class RowTracker(StoppingCriteria):
         for row in self.rows:
             if row.finish_reason is None:
                 end(row, "length", len(row.text))
+
+
+def advance(rows: list[Row], tokens: list[int], now: float) -> None:
+    """Each live row takes its new token (the engine's decoding loop and RowTracker both end here)."""
+    for row, token in zip(rows, tokens):
+        if row.live:
+            try:
+                step(row, token, now)
+            except Exception as error:  # a failing detokenizer or streaming callback ends this row only
+                fail(row, f"{type(error).__name__}: {error}")
 
 
 def step(row: Row, token: int, now: float) -> None:

@@ -7,6 +7,8 @@ Variants (same model, rows in the same order, batch size, steps, LoRA r16 alpha 
   trl       TRL's SFTTrainer as a user writes it: the model path, a peft LoraConfig, SFTConfig defaults (bf16, gradient
             checkpointing, completion-only loss on prompt-completion rows), batch 8, use_cpu
   loop      a hand-tuned plain PEFT loop: bf16 autocast, no checkpointing, padding-free batches, AdamW
+  tunelab-defaults  tunelab with its method's own defaults (LoRA dropout 0 instead of 0.05): not the same
+            optimization, so it is compared for time and memory only (--variants adds it)
 Each prints tokens/s (real tokens), peak RSS, and MFU: model FLOPs per token 4N for a frozen base (forward 2N,
 backward through the activations 2N; no weight gradients), 6N for full fine-tuning, N = the parameters every token
 multiplies by (the linear layers and the output head; not the embedding lookup). MFU is given against the 2048^3
@@ -14,11 +16,8 @@ bf16 matmul and against the "limit": the model's own matmul shapes (forward and 
 step each variant fed them.
 
     python bench/train_throughput.py [--data conala,sms,quickstart] [--methods lora,qlora,dora,full] [--steps 12]
-    python bench/train_throughput.py --quality [--quality-steps 150]   # time to TRL's validation loss
 
---quality: TRL's defaults train 150 steps of 8 CoNaLa rows; then `tunelab train`'s own defaults train until their
-validation loss (the same 200 held-out rows, evaluated every few steps, evaluation time not counted) reaches the
-loss TRL ended at. Prints both wall times (training steps only) and both curves.
+Time to quality (TRL's validation loss after 150 steps, reached by tunelab's defaults): bench/train_time_to_quality.py.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -40,11 +40,24 @@ WARMUP = 2  # steps not timed (allocation, first-call costs)
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
+@dataclass
+class BenchData:
+    """One data set's training rows, tokenized (with their loss masks) and as conversations (for TRL), and held-out
+    rows for a validation loss."""
+
+    train: list  # tunelab.data.templates.Encoded
+    conversations: list  # (prompt messages, answer text), in the same order
+    held_out: list  # Encoded
+
+
 def prepared(data_name: str, home: Path):
+    """The model, its tokenizer and a data set's rows as `tunelab train` gets them (the data doctor, cached). The
+    SMS rows are labels: they become the conversations the recipe's generate-style classification trains on."""
     import yaml
 
     from tunelab.config.schema import Recipe
     from tunelab.data.cache import prepare_data
+    from tunelab.data.templates import encode_conversation, prompt_and_reference
     from tunelab.models.load import model_limits, resolve_model
     from tunelab.models.tokenizer import load_tokenizer
 
@@ -53,7 +66,24 @@ def prepared(data_name: str, home: Path):
     ref = resolve_model(recipe.model.name, home)
     tokenizer = load_tokenizer(ref.path)
     limits = model_limits(ref.path, tokenizer)
-    return recipe, ref, tokenizer, prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, home)
+    data = prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, home)
+    splits = data.splits()
+    if splits.train and splits.train[0].kind == "label":
+        template = recipe.task.prompt
+
+        def conversation(example):
+            return [{"role": "user", "content": template.format(text=example.text)},
+                    {"role": "assistant", "content": example.label}]
+
+        encode = lambda examples: [encode_conversation(tokenizer, conversation(e), limits.stop_ids)  # noqa: E731
+                                   for e in examples]
+        train, held_out = encode(splits.train), encode(splits.test)
+        conversations = [prompt_and_reference(conversation(e)) for e in splits.train]
+    else:
+        tokenized = data.tokenized()
+        train, held_out = tokenized["train"].rows, tokenized["test"].rows
+        conversations = [prompt_and_reference(e.messages) for e in splits.train]
+    return recipe, ref, tokenizer, BenchData(train, conversations, held_out)
 
 
 def method_config(name: str):
@@ -94,6 +124,7 @@ def run_tunelab(recipe, ref, tokenizer, data, method, config, steps, batch_size,
     from rich.console import Console
 
     from tunelab.config.schema import Recipe
+    from tunelab.data.dataset import TokenizedSplit
     from tunelab.data.split import Splits
     from tunelab.device import Placement
     from tunelab.models.load import load_causal_lm
@@ -109,8 +140,8 @@ def run_tunelab(recipe, ref, tokenizer, data, method, config, steps, batch_size,
                                    "train": {"max_steps": steps, "batch_size": batch_size, "log_every": 1,
                                              "report_to": [], "lr": 1e-4, "warmup": 0}})
     padding_free = tuned.train.padding_free and method.padding_free
-    tokenized = data.tokenized()
-    tokenized = {**tokenized, "validation": type(tokenized["validation"])()}  # no validation in a throughput run
+    tokenized = {"train": TokenizedSplit(rows=data.train, kept=len(data.train)), "validation": TokenizedSplit(),
+                 "test": TokenizedSplit()}  # no validation in a throughput run
     task_data = language_model_data(Splits([]), tokenized, tokenizer.pad_token_id, padding_free)
     placement = Placement("cpu", "bf16")
     with tempfile.TemporaryDirectory() as out:
@@ -129,14 +160,9 @@ def run_trl(recipe, ref, tokenizer, data, method, config, steps, batch_size, hom
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from tunelab.data.templates import prompt_and_reference
-
     clock = step_clock()
-    rows = {"prompt": [], "completion": []}
-    for example in data.splits().train:
-        prompt, answer = prompt_and_reference(example.messages)
-        rows["prompt"].append(prompt)
-        rows["completion"].append([{"role": "assistant", "content": answer}])
+    rows = {"prompt": [prompt for prompt, _ in data.conversations],
+            "completion": [[{"role": "assistant", "content": answer}] for _, answer in data.conversations]}
     model, peft_config = str(ref.path), None
     if config.name != "full":
         peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
@@ -164,7 +190,7 @@ def run_loop(recipe, ref, tokenizer, data, method, config, steps, batch_size, ho
 
     model = method.wrap(load_causal_lm(ref.path), config).train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    rows = data.tokenized()["train"].rows
+    rows = data.train
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(42)).tolist()
     clock = type("Clock", (), {"seconds": 0.0, "tokens": 0, "losses": []})()
     for step in range(steps):
@@ -186,7 +212,7 @@ def run_loop(recipe, ref, tokenizer, data, method, config, steps, batch_size, ho
     return clock
 
 
-VARIANTS = {"tunelab": run_tunelab, "trl": run_trl, "loop": run_loop}
+VARIANTS = {"tunelab": run_tunelab, "trl": run_trl, "loop": run_loop, "tunelab-defaults": run_tunelab}
 
 
 def child(options) -> None:
@@ -200,7 +226,10 @@ def child(options) -> None:
     home = tunelab_home()
     recipe, ref, tokenizer, data = prepared(options.data_name, home)
     method, config = method_config(options.method)
-    if options.dropout is not None and config.name != "full":
+    if options.variant == "tunelab-defaults":  # the method's own defaults (LoRA: dropout 0), the same rank and layers
+        config = config.model_copy(update={"dropout": type(config)(name=config.name).dropout}) \
+            if config.name != "full" else config
+    elif options.dropout is not None and config.name != "full":
         config = config.model_copy(update={"dropout": options.dropout})
     sampler = RssSampler()  # from here on: the model, its training and the trainer, not the data preparation
     clock = VARIANTS[options.variant](recipe, ref, tokenizer, data, method, config, options.steps,
@@ -345,22 +374,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--dropout", type=float, default=None, help="LoRA dropout of every variant (default 0.05)")
-    parser.add_argument("--quality", action="store_true", help="time to TRL's validation loss (see above)")
-    parser.add_argument("--quality-steps", type=int, default=150)
     parser.add_argument("--child", dest="variant", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--data-name", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--method", default="lora", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.variant:
         child(options)
-    elif options.quality:
-        from bench_quality import quality  # noqa: PLC0415 (bench/bench_quality.py, beside this file)
-
-        quality(options)
     else:
         throughput(options)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
     main()

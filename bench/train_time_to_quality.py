@@ -11,7 +11,7 @@ Both are scored by the same function (tunelab.evaluate.loss.row_losses: mean los
 same 200 held-out rows (CoNaLa's test file, which shares no row with its train file), every few steps; the clock
 counts training steps only, not these evaluations. Prints both curves (step, seconds, loss) and both times.
 
-    python bench/train_time_to_quality.py [--steps 150] [--every 10] [--rows 200]
+    python bench/train_time_to_quality.py [--steps 150] [--every 5] [--trl-every 25] [--rows 200]
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def run_trl(data, tokenizer, ref, options) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    score = scorer(data, tokenizer, options.rows, options.every, None, options.steps)
+    score = scorer(data, tokenizer, options.rows, options.trl_every, None, options.steps)
     rows = {"prompt": [prompt for prompt, _ in data.conversations],
             "completion": [[{"role": "assistant", "content": answer}] for _, answer in data.conversations]}
     import tempfile
@@ -140,7 +140,7 @@ def child(options) -> None:
 
 def in_child(variant: str, options, target: float | None = None) -> dict:
     command = [sys.executable, __file__, "--child", variant, "--steps", str(options.steps), "--every",
-               str(options.every), "--rows", str(options.rows)]
+               str(options.every), "--trl-every", str(options.trl_every), "--rows", str(options.rows)]
     if target is not None:
         command += ["--target", str(target)]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
@@ -153,7 +153,8 @@ def in_child(variant: str, options, target: float | None = None) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--every", type=int, default=10, help="validation every N steps")
+    parser.add_argument("--every", type=int, default=5, help="tunelab's validation every N steps")
+    parser.add_argument("--trl-every", type=int, default=25, help="TRL's validation every N steps")
     parser.add_argument("--rows", type=int, default=200, help="validation rows")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--target", type=float, default=None, help=argparse.SUPPRESS)

@@ -59,10 +59,25 @@ class Loopback:
         self.thread.join(30)
 
 
+def one_at_a_time(answer):
+    """An OpenAI-style chat endpoint whose requests `answer` runs one at a time on one worker thread. (A lock in
+    FastAPI's thread pool would also serialize them, but then each request may run on another OS thread with its own
+    OpenMP team, and the idle teams spinning made that baseline twice as slow at 4 clients: too easy to beat.)"""
+    from fastapi import FastAPI
+
+    worker = ThreadPoolExecutor(1)
+    app = FastAPI()
+
+    @app.post("/v1/chat/completions")
+    def chat(body: dict) -> dict:
+        return worker.submit(answer, body).result()
+
+    return app
+
+
 def naive_app(run: Path, home: Path, bf16: bool):
     """The baseline: the run's tuned model, one `generate` per request, requests served one at a time."""
     import torch
-    from fastapi import FastAPI
 
     from tunelab.data.templates import encode_prompt, stop_token_ids
     from tunelab.models.load import model_stop_ids
@@ -71,16 +86,6 @@ def naive_app(run: Path, home: Path, bf16: bool):
     models = open_run_models(run, home, "cpu")
     model, tokenizer = models.inference().load_tuned(), models.tokenizer()
     stops = sorted(stop_token_ids(tokenizer, model_stop_ids(model)))
-    # One worker thread runs every generate, one request at a time. (A lock in FastAPI's thread pool would also
-    # serialize them, but then each request may run on another OS thread with its own OpenMP team, and the idle
-    # teams spinning made that baseline twice as slow at 4 clients: too easy to beat.)
-    worker = ThreadPoolExecutor(1)
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    def chat(body: dict) -> dict:
-        return worker.submit(answer, body).result()
-
     def answer(body: dict) -> dict:
         ids = torch.tensor([encode_prompt(tokenizer, body["messages"])])
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -96,13 +101,12 @@ def naive_app(run: Path, home: Path, bf16: bool):
                 "usage": {"prompt_tokens": ids.shape[1], "completion_tokens": len(new),
                           "total_tokens": ids.shape[1] + len(new)}}
 
-    return app
+    return one_at_a_time(answer)
 
 
 def llama_cpp_app(gguf: Path, run: Path, home: Path, threads: int):
     """llama.cpp on the run's GGUF export, one request at a time on one worker thread (as the naive server), fed the
     token ids tunelab's chat template gives, so every server decodes the same prompts."""
-    from fastapi import FastAPI
     from llama_cpp import Llama
 
     from tunelab.data.templates import encode_prompt
@@ -113,13 +117,6 @@ def llama_cpp_app(gguf: Path, run: Path, home: Path, threads: int):
     # between requests here and read back from disk (a 128-token answer took 18 s instead of 3.6 s).
     llm = Llama(model_path=str(gguf), n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads,
                 verbose=False, use_mmap=False)
-    worker = ThreadPoolExecutor(1)
-    app = FastAPI()
-
-    @app.post("/v1/chat/completions")
-    def chat(body: dict) -> dict:
-        return worker.submit(answer, body).result()
-
     def answer(body: dict) -> dict:
         ids = encode_prompt(tokenizer, body["messages"])
         out = llm.create_completion(prompt=ids, max_tokens=body["max_tokens"], temperature=0.0, top_k=1,
@@ -129,7 +126,7 @@ def llama_cpp_app(gguf: Path, run: Path, home: Path, threads: int):
                              "finish_reason": out["choices"][0]["finish_reason"] or "stop"}],
                 "usage": out["usage"]}
 
-    return app
+    return one_at_a_time(answer)
 
 
 def export_ggufs(run: Path, folder: Path, quants: list[str]) -> dict[str, Path]:

@@ -121,9 +121,21 @@ def step_clock():
 
 
 def run_tunelab(recipe, ref, tokenizer, data, method, config, steps, batch_size, home):
+    from tunelab.config.schema import Recipe
+
+    clock = step_clock()
+    tuned = Recipe.model_validate({"data": {"generate": {}}, "method": config.model_dump(),
+                                   "train": {"max_steps": steps, "batch_size": batch_size, "log_every": 1,
+                                             "report_to": [], "lr": 1e-4, "warmup": 0}})
+    train_as_tunelab(tuned, ref, tokenizer, data.train, method, config, clock)
+    return clock
+
+
+def train_as_tunelab(recipe, ref, tokenizer, rows, method, config, callback) -> None:
+    """`tunelab train`'s trainer (its arguments, callbacks and speed levers) on `rows`, with no validation and no
+    checkpoints, `callback` added."""
     from rich.console import Console
 
-    from tunelab.config.schema import Recipe
     from tunelab.data.dataset import TokenizedSplit
     from tunelab.data.split import Splits
     from tunelab.device import Placement
@@ -135,24 +147,19 @@ def run_tunelab(recipe, ref, tokenizer, data, method, config, steps, batch_size,
     from tunelab.train.batches import language_model_data
     from tunelab.train.trainer import training_arguments, training_callbacks, training_speed
 
-    clock = step_clock()
-    tuned = Recipe.model_validate({"data": {"generate": {}}, "method": config.model_dump(),
-                                   "train": {"max_steps": steps, "batch_size": batch_size, "log_every": 1,
-                                             "report_to": [], "lr": 1e-4, "warmup": 0}})
-    padding_free = tuned.train.padding_free and method.padding_free
-    tokenized = {"train": TokenizedSplit(rows=data.train, kept=len(data.train)), "validation": TokenizedSplit(),
-                 "test": TokenizedSplit()}  # no validation in a throughput run
+    padding_free = recipe.train.padding_free and method.padding_free
+    tokenized = {"train": TokenizedSplit(rows=rows, kept=len(rows)), "validation": TokenizedSplit(),
+                 "test": TokenizedSplit()}
     task_data = language_model_data(Splits([]), tokenized, tokenizer.pad_token_id, padding_free)
     placement = Placement("cpu", "bf16")
     with tempfile.TemporaryDirectory() as out:
         run = RunDir(Path(out))
-        arguments = {**training_arguments(tuned.train, run, placement, False), "save_strategy": "no"}
-        callbacks = training_callbacks(tuned.train, run, RichProgress(Console(quiet=True)), (clock,))
+        arguments = {**training_arguments(recipe.train, run, placement, False), "save_strategy": "no"}
+        callbacks = training_callbacks(recipe.train, run, RichProgress(Console(quiet=True)), (callback,))
         model = method.wrap(load_causal_lm(ref.path), config)
-        speed = training_speed(tuned.train, method.bf16_frozen, placement, padding_free)
+        speed = training_speed(recipe.train, method.bf16_frozen, placement, padding_free)
         get_task("sft").build_trainer(TrainerParts(model, tokenizer, task_data, arguments, callbacks,
                                                    speed=speed)).train()
-    return clock
 
 
 def run_trl(recipe, ref, tokenizer, data, method, config, steps, batch_size, home):
@@ -274,12 +281,16 @@ def in_child(variant: str, data_name: str, method: str, steps: int, batch_size: 
                "--steps", str(steps), "--batch-size", str(batch_size)]
     if dropout is not None:
         command += ["--dropout", str(dropout)]
+    return child_result(command)
+
+
+def child_result(command: list[str]) -> dict:
+    """Run a bench child process; its RESULT line, or {"error": its last lines}."""
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line[len("RESULT "):])
-    tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
-    return {"error": " | ".join(tail)}
+    return {"error": " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])}
 
 
 # ---- the matmul limit ---------------------------------------------------------------------------------------------
@@ -340,7 +351,7 @@ def throughput(options) -> None:
           f"(linear layers + output head); {options.steps} steps of {options.batch_size} rows, first {WARMUP} "
           f"not timed; LoRA r16 alpha 32 all-linear dropout {0.05 if options.dropout is None else options.dropout}; "
           "peak RSS: while the variant runs (model, training)")
-    header = (f"{'data':10} {'method':6} {'variant':8} {'tokens/s':>9} {'tok/step':>8} {'peak RSS':>9} "
+    header = (f"{'data':10} {'method':6} {'variant':16} {'tokens/s':>9} {'tok/step':>8} {'peak RSS':>9} "
               f"{'MFU/2048':>8} {'limit':>6} {'MFU/limit':>9} {'x trl':>6} {'x loop':>6} {'RSS x trl':>9}")
     print(header)
     limits: dict[int, float] = {}
@@ -350,7 +361,7 @@ def throughput(options) -> None:
                      for variant in options.variants.split(",")}
             for variant, result in found.items():
                 if "error" in result:
-                    print(f"{data_name:10} {method:6} {variant:8} failed: {result['error'][:150]}")
+                    print(f"{data_name:10} {method:6} {variant:16} failed: {result['error'][:150]}")
                     continue
                 tokens = int(round(result["tokens_per_step"] / 64)) * 64 or 64
                 if tokens not in limits:
@@ -358,7 +369,7 @@ def throughput(options) -> None:
                 flops = (6 if method == "full" else 4) * params * result["tokens_per_second"] / 1e9
                 ratio = lambda other, key="tokens_per_second": (  # noqa: E731
                     f"{result[key] / found[other][key]:.2f}" if "error" not in found.get(other, {"error": 1}) else "-")
-                print(f"{data_name:10} {method:6} {variant:8} {result['tokens_per_second']:9.1f} "
+                print(f"{data_name:10} {method:6} {variant:16} {result['tokens_per_second']:9.1f} "
                       f"{result['tokens_per_step']:8.0f} {result['peak_rss_mb']:7.0f}MB {flops / peak:8.1%} "
                       f"{limits[tokens]:6.0f} {flops / limits[tokens]:9.1%} {ratio('trl'):>6} {ratio('loop'):>6} "
                       f"{ratio('trl', 'peak_rss_mb'):>9}")

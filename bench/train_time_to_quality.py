@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import ROOT, prepared  # noqa: E402 (the same rows as the throughput bench)
+from train_throughput import child_result, prepared, train_as_tunelab  # noqa: E402 (the throughput bench's parts)
 
 
 def scorer(data, tokenizer, rows: int, every: int, target: float | None, steps: int):
@@ -86,41 +85,14 @@ def run_trl(data, tokenizer, ref, options) -> dict:
 
 
 def run_tunelab(data, tokenizer, ref, options) -> dict:
-    import tempfile
-
-    from rich.console import Console
-
     from tunelab.config.schema import Recipe
-    from tunelab.data.dataset import TokenizedSplit
-    from tunelab.data.split import Splits
-    from tunelab.device import Placement
     from tunelab.methods.registry import get_method
-    from tunelab.models.load import load_causal_lm
-    from tunelab.present.progress import RichProgress
-    from tunelab.run.folder import RunDir
-    from tunelab.tasks.base import TrainerParts
-    from tunelab.tasks.registry import get_task
-    from tunelab.train.batches import language_model_data
-    from tunelab.train.trainer import training_arguments, training_callbacks, training_speed
 
     # the recipe a user writes: the data and the method's name; everything else is tunelab's default
     recipe = Recipe.model_validate({"data": {"generate": {}}, "method": {"name": "lora"},
                                     "train": {"max_steps": options.steps, "report_to": []}})
     score = scorer(data, tokenizer, options.rows, options.every, options.target, options.steps)
-    method = get_method("lora")
-    tokenized = {"train": TokenizedSplit(rows=data.train, kept=len(data.train)), "validation": TokenizedSplit(),
-                 "test": TokenizedSplit()}
-    padding_free = recipe.train.padding_free and method.padding_free
-    task_data = language_model_data(Splits([]), tokenized, tokenizer.pad_token_id, padding_free)
-    placement = Placement("cpu", "bf16")
-    with tempfile.TemporaryDirectory() as out:
-        run = RunDir(Path(out))
-        arguments = {**training_arguments(recipe.train, run, placement, False), "save_strategy": "no"}
-        callbacks = training_callbacks(recipe.train, run, RichProgress(Console(quiet=True)), (score,))
-        model = method.wrap(load_causal_lm(ref.path), recipe.method)
-        speed = training_speed(recipe.train, method.bf16_frozen, placement, padding_free)
-        get_task("sft").build_trainer(TrainerParts(model, tokenizer, task_data, arguments, callbacks,
-                                                   speed=speed)).train()
+    train_as_tunelab(recipe, ref, tokenizer, data.train, get_method("lora"), recipe.method, score)
     return {"curve": score.curve, "seconds": score.seconds, "lr": recipe.train.lr,
             "batch_size": recipe.train.batch_size, "scheduler": recipe.train.scheduler}
 
@@ -143,11 +115,10 @@ def in_child(variant: str, options, target: float | None = None) -> dict:
                str(options.every), "--trl-every", str(options.trl_every), "--rows", str(options.rows)]
     if target is not None:
         command += ["--target", str(target)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
-    for line in done.stdout.splitlines():
-        if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
-    raise SystemExit(f"{variant} failed: {(done.stderr or done.stdout).strip().splitlines()[-3:]}")
+    found = child_result(command)
+    if "error" in found:
+        raise SystemExit(f"{variant} failed: {found['error']}")
+    return found
 
 
 def main() -> None:

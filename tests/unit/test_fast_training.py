@@ -174,3 +174,16 @@ def test_bf16_frozen_weights_cast_the_frozen_base_and_keep_the_adapter_fp32():
         logits = model(input_ids=torch.tensor([[5, 6, 7]])).logits
     logits.float().sum().backward()
     assert torch.isfinite(logits).all() and q.lora_B["default"].weight.grad is not None
+
+
+def test_compiled_layers_train_the_same_curve(tmp_path):
+    """train.compile_layers: the decoder layers compiled (fp32, so the same numbers up to fusion's rounding)."""
+    from tunelab.train.trainer import Speed
+
+    tokenizer = tiny_tokenizer()
+    plain, _, _ = train_with_tunelab(tmp_path / "plain", tokenizer, rows(), Speed(label_loss=True), steps=3)
+    compiled, _, model = train_with_tunelab(tmp_path / "compiled", tokenizer, rows(),
+                                            Speed(label_loss=True, compile_layers=True), steps=3)
+    layer = model.get_base_model().model.layers[0]
+    assert getattr(layer, "_compiled_call_impl", None) is not None
+    assert compiled == pytest.approx(plain, rel=1e-4)

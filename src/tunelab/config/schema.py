@@ -202,6 +202,9 @@ class TrainSection(Section):
         True, description="In bf16, hold the frozen base's linear weights in bf16 instead of casting them at every "
         "matmul (adapter methods; train/frozen_weights.py).")
     fused_optimizer: bool = Field(True, description="PyTorch's fused AdamW (one kernel for all parameters).")
+    compile_layers: bool = Field(
+        False, description="torch.compile each decoder layer (dynamic shapes). Measured on a 2-core CPU: +15% "
+        "tokens/s after about a minute of compiling, so it pays in runs longer than ~6 minutes; off by default.")
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop after this many validations without a lower validation loss."
     )

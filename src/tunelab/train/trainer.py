@@ -87,11 +87,13 @@ class Speed:
     label_loss: bool = False
     row_attention: bool = False
     bf16_frozen: bool = False
+    compile_layers: bool = False
 
 
 def training_speed(train: "TrainSection", method_holds_bf16: bool, placement: "Placement", padding_free: bool) -> Speed:
     return Speed(label_loss=train.label_loss and padding_free, row_attention=train.row_attention and padding_free,
-                 bf16_frozen=train.bf16_frozen and method_holds_bf16 and placement.precision == "bf16")
+                 bf16_frozen=train.bf16_frozen and method_holds_bf16 and placement.precision == "bf16",
+                 compile_layers=train.compile_layers)
 
 
 def plain_trainer(parts: "TrainerParts") -> Any:
@@ -113,6 +115,8 @@ def plain_trainer(parts: "TrainerParts") -> Any:
         stop_input_casts(parts.model)
     if speed.row_attention:
         use_row_attention(parts.model)
+    if speed.compile_layers:
+        compile_decoder_layers(parts.model)
     trainer_class = (LabelPositionsTrainer if speed.label_loss and accepts_logits_to_keep(parts.model)
                      else Trainer)
     trainer = trainer_class(
@@ -126,6 +130,20 @@ def plain_trainer(parts: "TrainerParts") -> Any:
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
     return trainer
+
+
+def compile_decoder_layers(model: Any) -> int:
+    """torch.compile each decoder layer (the classes transformers names in `_no_split_modules`), with dynamic
+    shapes since padding-free batches change length every step; returns how many. The layers, not the whole model:
+    the loss and the row attention's data-dependent sizes stay outside the graphs."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    names = set(getattr(inner, "_no_split_modules", None) or [])
+    compiled = 0
+    for module in inner.modules():
+        if type(module).__name__ in names:
+            module.compile(dynamic=True)
+            compiled += 1
+    return compiled
 
 
 def stop_input_casts(model: Any) -> None:

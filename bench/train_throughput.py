@@ -9,6 +9,8 @@ Variants (same model, rows in the same order, batch size, steps, LoRA r16 alpha 
   loop      a hand-tuned plain PEFT loop: bf16 autocast, no checkpointing, padding-free batches, AdamW
   tunelab-defaults  tunelab with its method's own defaults (LoRA dropout 0 instead of 0.05): not the same
             optimization, so it is compared for time and memory only (--variants adds it)
+  without-LEVER  tunelab with one speed lever off (label_loss, row_attention, bf16_frozen, fused_optimizer): what
+            each lever is worth, e.g. --variants tunelab,without-label_loss,without-row_attention
 Each prints tokens/s (real tokens), peak RSS, and MFU: model FLOPs per token 4N for a frozen base (forward 2N,
 backward through the activations 2N; no weight gradients), 6N for full fine-tuning, N = the parameters every token
 multiplies by (the linear layers and the output head; not the embedding lookup). MFU is given against the 2048^3
@@ -120,13 +122,14 @@ def step_clock():
     return Clock()
 
 
-def run_tunelab(recipe, ref, tokenizer, data, method, config, steps, batch_size, home):
+def run_tunelab(recipe, ref, tokenizer, data, method, config, steps, batch_size, home, without: str | None = None):
     from tunelab.config.schema import Recipe
 
     clock = step_clock()
+    levers = {without: False} if without else {}  # one speed lever off (the ablation variants)
     tuned = Recipe.model_validate({"data": {"generate": {}}, "method": config.model_dump(),
                                    "train": {"max_steps": steps, "batch_size": batch_size, "log_every": 1,
-                                             "report_to": [], "lr": 1e-4, "warmup": 0}})
+                                             "report_to": [], "lr": 1e-4, "warmup": 0, **levers}})
     train_as_tunelab(tuned, ref, tokenizer, data.train, method, config, clock)
     return clock
 
@@ -220,6 +223,7 @@ def run_loop(recipe, ref, tokenizer, data, method, config, steps, batch_size, ho
 
 
 VARIANTS = {"tunelab": run_tunelab, "trl": run_trl, "loop": run_loop, "tunelab-defaults": run_tunelab}
+WITHOUT = "without-"  # variant "without-label_loss": tunelab with that train field false (each lever measured alone)
 
 
 def child(options) -> None:
@@ -239,8 +243,12 @@ def child(options) -> None:
     elif options.dropout is not None and config.name != "full":
         config = config.model_copy(update={"dropout": options.dropout})
     sampler = RssSampler()  # from here on: the model, its training and the trainer, not the data preparation
-    clock = VARIANTS[options.variant](recipe, ref, tokenizer, data, method, config, options.steps,
-                                      options.batch_size, home)
+    if options.variant.startswith(WITHOUT):
+        clock = run_tunelab(recipe, ref, tokenizer, data, method, config, options.steps, options.batch_size, home,
+                            without=options.variant[len(WITHOUT):])
+    else:
+        clock = VARIANTS[options.variant](recipe, ref, tokenizer, data, method, config, options.steps,
+                                          options.batch_size, home)
     sampler.stop()
     timed_steps = options.steps - WARMUP
     print("RESULT " + json.dumps({
@@ -351,7 +359,7 @@ def throughput(options) -> None:
           f"(linear layers + output head); {options.steps} steps of {options.batch_size} rows, first {WARMUP} "
           f"not timed; LoRA r16 alpha 32 all-linear dropout {0.05 if options.dropout is None else options.dropout}; "
           "peak RSS: while the variant runs (model, training)")
-    header = (f"{'data':10} {'method':6} {'variant':16} {'tokens/s':>9} {'tok/step':>8} {'peak RSS':>9} "
+    header = (f"{'data':10} {'method':6} {'variant':24} {'tokens/s':>9} {'tok/step':>8} {'peak RSS':>9} "
               f"{'MFU/2048':>8} {'limit':>6} {'MFU/limit':>9} {'x trl':>6} {'x loop':>6} {'RSS x trl':>9}")
     print(header)
     limits: dict[int, float] = {}
@@ -361,7 +369,7 @@ def throughput(options) -> None:
                      for variant in options.variants.split(",")}
             for variant, result in found.items():
                 if "error" in result:
-                    print(f"{data_name:10} {method:6} {variant:16} failed: {result['error'][:150]}")
+                    print(f"{data_name:10} {method:6} {variant:24} failed: {result['error'][:150]}")
                     continue
                 tokens = int(round(result["tokens_per_step"] / 64)) * 64 or 64
                 if tokens not in limits:
@@ -369,7 +377,7 @@ def throughput(options) -> None:
                 flops = (6 if method == "full" else 4) * params * result["tokens_per_second"] / 1e9
                 ratio = lambda other, key="tokens_per_second": (  # noqa: E731
                     f"{result[key] / found[other][key]:.2f}" if "error" not in found.get(other, {"error": 1}) else "-")
-                print(f"{data_name:10} {method:6} {variant:16} {result['tokens_per_second']:9.1f} "
+                print(f"{data_name:10} {method:6} {variant:24} {result['tokens_per_second']:9.1f} "
                       f"{result['tokens_per_step']:8.0f} {result['peak_rss_mb']:7.0f}MB {flops / peak:8.1%} "
                       f"{limits[tokens]:6.0f} {flops / limits[tokens]:9.1%} {ratio('trl'):>6} {ratio('loop'):>6} "
                       f"{ratio('trl', 'peak_rss_mb'):>9}")

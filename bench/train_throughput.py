@@ -51,6 +51,14 @@ class BenchData:
     conversations: list  # (prompt messages, answer text), in the same order
     held_out: list  # Encoded
 
+    def prompt_completion(self):
+        """The training rows as TRL's conversational prompt-completion data set."""
+        from datasets import Dataset
+
+        return Dataset.from_dict({
+            "prompt": [prompt for prompt, _ in self.conversations],
+            "completion": [[{"role": "assistant", "content": answer}] for _, answer in self.conversations]})
+
 
 def prepared(data_name: str, home: Path):
     """The model, its tokenizer and a data set's rows as `tunelab train` gets them (the data doctor, cached). The
@@ -166,13 +174,10 @@ def train_as_tunelab(recipe, ref, tokenizer, rows, method, config, callback) -> 
 
 
 def run_trl(recipe, ref, tokenizer, data, method, config, steps, batch_size, home):
-    from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     clock = step_clock()
-    rows = {"prompt": [prompt for prompt, _ in data.conversations],
-            "completion": [[{"role": "assistant", "content": answer}] for _, answer in data.conversations]}
     model, peft_config = str(ref.path), None
     if config.name != "full":
         peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
@@ -187,7 +192,7 @@ def run_trl(recipe, ref, tokenizer, data, method, config, steps, batch_size, hom
         args = SFTConfig(output_dir=out, max_steps=steps, per_device_train_batch_size=batch_size, use_cpu=True,
                          report_to=[], save_strategy="no", logging_steps=1, disable_tqdm=True,
                          include_num_input_tokens_seen="non_padding", seed=42, data_seed=42)
-        SFTTrainer(model=model, args=args, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer,
+        SFTTrainer(model=model, args=args, train_dataset=data.prompt_completion(), processing_class=tokenizer,
                    peft_config=peft_config, callbacks=[clock]).train()
     return clock
 

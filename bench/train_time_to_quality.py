@@ -65,19 +65,16 @@ def scorer(data, tokenizer, rows: int, every: int, target: float | None, steps: 
 
 
 def run_trl(data, tokenizer, ref, options) -> dict:
-    from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
     score = scorer(data, tokenizer, options.rows, options.trl_every, None, options.steps)
-    rows = {"prompt": [prompt for prompt, _ in data.conversations],
-            "completion": [[{"role": "assistant", "content": answer}] for _, answer in data.conversations]}
     import tempfile
 
     with tempfile.TemporaryDirectory() as out:
         args = SFTConfig(output_dir=out, max_steps=options.steps, per_device_train_batch_size=8, use_cpu=True,
                          report_to=[], save_strategy="no", logging_steps=10, disable_tqdm=True, seed=42)
-        SFTTrainer(model=str(ref.path), args=args, train_dataset=Dataset.from_dict(rows), processing_class=tokenizer,
+        SFTTrainer(model=str(ref.path), args=args, train_dataset=data.prompt_completion(), processing_class=tokenizer,
                    peft_config=LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                           task_type="CAUSAL_LM"),
                    callbacks=[score]).train()

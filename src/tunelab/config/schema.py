@@ -191,7 +191,8 @@ class TrainSection(Section):
         "exact for attention implementations that honour packed position ids.",
     )
     gradient_checkpointing: bool = False
-    # Speed levers (bench/train_throughput.py measures each); every one leaves the optimization as it is.
+    # Speed levers (bench/train_throughput.py measures each); each leaves the optimization as it is (in bf16,
+    # bf16_frozen changes rounding).
     label_loss: bool = Field(
         True, description="Language-model loss from logits at label positions only, its cross-entropy in chunks "
         "(padding-free batches; train/label_loss.py).")
@@ -199,8 +200,8 @@ class TrainSection(Section):
         True, description="Padding-free batches attend row by row instead of through a block-diagonal mask "
         "(train/row_attention.py).")
     bf16_frozen: bool = Field(
-        True, description="In bf16, hold the frozen base's linear weights in bf16 instead of casting them at every "
-        "matmul (adapter methods; train/frozen_weights.py).")
+        True, description="In bf16, hold the frozen base (linear layers, embedding, norms) in bf16 instead of casting "
+        "it at every matmul (methods that allow it; train/frozen_weights.py).")
     fused_optimizer: bool = Field(True, description="PyTorch's fused AdamW (one kernel for all parameters).")
     compile_layers: bool = Field(
         False, description="torch.compile each decoder layer (dynamic shapes). Measured on a 2-core CPU: +15% "

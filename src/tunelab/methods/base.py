@@ -49,9 +49,9 @@ class Method:
     # base plus the adapter, without the adapter's extra matmuls at every decode step. False where merging costs
     # what the method saves (QLoRA's 4-bit base would be held whole).
     generate_merged: bool = True
-    # Whether training in bf16 may hold the frozen base's linear weights in bf16 (train/frozen_weights.py): not
-    # where the method reads those weights other than through the layer's matmul (DoRA's weight norm, QLoRA's
-    # 4-bit storage) or trains them (full).
+    # Whether training in bf16 may hold the frozen base in bf16 (train/frozen_weights.py): not where the method
+    # reads the base weights other than through the layers' own forward (DoRA's weight norm, QLoRA's 4-bit storage)
+    # or trains them (full).
     bf16_frozen: bool = False
     # Why merging is not defined (shown when a recipe asks for a merged model); None where `merge` exists.
     no_merge_reason: str | None = None

@@ -48,6 +48,14 @@ def load_causal_lm(folder: str | Path, dtype: Any = None) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype or torch.float32)
 
 
+def transformers_model(model: Any) -> Any:
+    """The transformers model inside the wrappers training puts around it: DDP's and accelerate's (`module`),
+    peft's (`get_base_model`)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def model_stop_ids(model: Any) -> list[int]:
     config = getattr(model, "generation_config", None)  # a classifier with a head generates nothing
     eos = config.eos_token_id if config is not None else None

@@ -1,14 +1,12 @@
 """Per-row decoding in one batch: each row keeps its own request's parameters.
 
 A batch mixes requests with different temperature, top_p, top_k, seed, stop strings, max_tokens and logprobs. The
-engine's decoding loop (engine.py) calls these after every forward pass; they keep the shape of transformers'
-`generate` extension points, so they also work inside a `generate` call, with no change to the library:
-  RowSampler (a LogitsProcessor) draws each sampled row's token with that request's temperature, top_p, top_k and
-    seeded generator, and leaves only that token possible, so generate's greedy pick takes it; greedy rows are
-    untouched. It keeps the step's log-softmax for rows that asked for logprobs.
-  RowTracker (a StoppingCriteria) reads each new token, detokenizes incrementally, holds back text that may be the
-    start of a stop string, streams the rest, and ends the row at EOS, a stop string, max_tokens, a cancel or a
-    deadline; generate stops when every row has ended.
+engine's decoding loop (engine.py) calls these after every forward pass:
+  RowSampler (shaped as transformers' LogitsProcessor) draws each sampled row's token with that request's
+    temperature, top_p, top_k and seeded generator, and leaves only that token possible, so the greedy pick takes
+    it; greedy rows are untouched. It keeps the step's log-softmax for rows that asked for logprobs.
+  advance reads each row's new token, detokenizes incrementally, holds back text that may be the start of a stop
+    string, streams the rest, and ends the row at EOS, a stop string, max_tokens, a cancel or a deadline.
 
 A row's failure is that row's alone: logits that are not finite, a sampler or detokenizer that raises, a streaming
 callback that raises each end only that row (finish_reason "error", the reason in `failure`); the other rows of the
@@ -17,12 +15,11 @@ batch go on with exactly the tokens they would have had alone.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-from transformers import LogitsProcessor, StoppingCriteria
+from transformers import LogitsProcessor
 
 
 @dataclass
@@ -129,27 +126,8 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float, generator: to
     return int(torch.multinomial(probs, 1, generator=generator))
 
 
-class RowTracker(StoppingCriteria):
-    def __init__(self, rows: list[Row], clock: Callable[[], float] = time.monotonic,
-                 on_step: Callable[[], None] = lambda: None):
-        self.rows = rows
-        self.clock = clock
-        self.on_step = on_step  # told of every decoding step (the engine counts them)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
-        self.on_step()
-        advance(self.rows, input_ids[:, -1].tolist(), self.clock())
-        return torch.tensor([not row.live for row in self.rows], device=input_ids.device)
-
-    def finish(self) -> None:
-        """Rows generate ended without a reason (its max_new_tokens) ran out of length."""
-        for row in self.rows:
-            if row.finish_reason is None:
-                end(row, "length", len(row.text))
-
-
 def advance(rows: list[Row], tokens: list[int], now: float) -> None:
-    """Each live row takes its new token (the engine's decoding loop and RowTracker both end here)."""
+    """Each live row takes its new token."""
     for row, token in zip(rows, tokens):
         if row.live:
             try:

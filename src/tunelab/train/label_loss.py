@@ -30,7 +30,7 @@ class LabelPositionsTrainer(Trainer):
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
         labels = inputs.get("labels")
-        if return_outputs or not model.training or not label_positions_apply(model, inputs):
+        if return_outputs or not model.training or not label_positions_apply(inputs):
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         import torch
 
@@ -49,22 +49,17 @@ class LabelPositionsTrainer(Trainer):
     loss_is_scaled_for_ga = True
 
 
-def label_positions_apply(model: Any, inputs: dict[str, Any]) -> bool:
-    """A padding-free language-model batch (one row of packed tokens, a label per token) and a model whose forward
-    takes `logits_to_keep`."""
+def label_positions_apply(inputs: dict[str, Any]) -> bool:
+    """A padding-free language-model batch: one row of packed tokens, a label per token. (The model's forward takes
+    `logits_to_keep`: plain_trainer uses this trainer only for such a model.)"""
     labels, input_ids = inputs.get("labels"), inputs.get("input_ids")
-    if labels is None or input_ids is None or labels.shape != input_ids.shape or labels.shape[0] != 1:
-        return False
-    return accepts_logits_to_keep(model)
+    return not (labels is None or input_ids is None or labels.shape != input_ids.shape or labels.shape[0] != 1)
 
 
 def accepts_logits_to_keep(model: Any) -> bool:
-    inner = model
-    while hasattr(inner, "module"):  # DDP and accelerate wrappers
-        inner = inner.module
-    if hasattr(inner, "get_base_model"):
-        inner = inner.get_base_model()
-    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+    from tunelab.models.load import transformers_model
+
+    return "logits_to_keep" in inspect.signature(transformers_model(model).forward).parameters
 
 
 def chunked_cross_entropy(logits: Any, targets: Any, chunk_rows: int = CHUNK_ROWS) -> Any:

@@ -69,11 +69,14 @@ def supports_row_attention(model: Any) -> bool:
 
 def use_row_attention(model: Any) -> str | None:
     """Switch `model` (a transformers model, or peft's wrapper of one) to row attention; returns the attention
-    implementation it had (to switch back after training), or None where it does not apply."""
+    implementation it replaced, or None where it does not apply. Nothing switches back: other batches (a padding
+    mask, a KV cache) go through sdpa as before."""
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface
 
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from tunelab.models.load import transformers_model
+
+    inner = transformers_model(model)
     if not supports_row_attention(inner):
         return None
     AttentionInterface.register(NAME, row_attention)
@@ -81,9 +84,3 @@ def use_row_attention(model: Any) -> str | None:
     before = inner.config._attn_implementation
     inner.set_attn_implementation(NAME)
     return before
-
-
-def restore_attention(model: Any, before: str | None) -> None:
-    if before is not None:
-        inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-        inner.set_attn_implementation(before)

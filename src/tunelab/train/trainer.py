@@ -136,7 +136,9 @@ def compile_decoder_layers(model: Any) -> int:
     """torch.compile each decoder layer (the classes transformers names in `_no_split_modules`), with dynamic
     shapes since padding-free batches change length every step; returns how many. The layers, not the whole model:
     the loss and the row attention's data-dependent sizes stay outside the graphs."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    from tunelab.models.load import transformers_model
+
+    inner = transformers_model(model)
     names = set(getattr(inner, "_no_split_modules", None) or [])
     compiled = 0
     for module in inner.modules():

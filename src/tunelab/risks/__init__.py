@@ -1,0 +1,1 @@
+"""Risk probes measured in every evaluation: robustness, bias, privacy, factual drift (base.py)."""

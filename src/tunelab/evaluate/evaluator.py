@@ -39,13 +39,13 @@ MODELS = ("base", "tuned")
 
 def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], None], max_rows: int | None = None,
                  base_outputs: ModelOutputs | None = None,
-                 progress: Progress | None = None) -> Evaluation:
-    """Evaluate base and tuned on the run's test rows. `recipe` may differ from the run's in eval and objective;
+                 progress: Progress | None = None, split: str = "test") -> Evaluation:
+    """Evaluate base and tuned on the run's test rows (`split`: another split's, e.g. a sweep's validation rows). `recipe` may differ from the run's in eval and objective;
     `base_outputs` (from an evaluation of another run on the same rows) is used where its fingerprint matches.
     `progress(stage, done, total)` hears of each step: each model answering, then the scoring."""
     steps = Steps(progress, "eval")
     task = get_task(recipe.task.name)
-    test = read_splits(models.run.data).test[: max_rows or recipe.eval.max_rows]
+    test = getattr(read_splits(models.run.data), split)[: max_rows or recipe.eval.max_rows]
     tokenizer = models.tokenizer()
     from tunelab.rewards.build import RewardContext
 
@@ -53,7 +53,7 @@ def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], Non
                            RewardContext(models.home, models.placement))
     probe = forgetting.load_probe(recipe.eval.forgetting, spec.forgetting_measure)
     print_of = fingerprint(models, recipe, spec)
-    say(f"eval {spec.plan.rows} test rows, {spec.decoding['strategy']}; metrics: {', '.join(spec.plan.metrics)}")
+    say(f"eval {spec.plan.rows} {split} rows, {spec.decoding['strategy']}; metrics: {', '.join(spec.plan.metrics)}")
     inference = models.inference()
     outputs: dict[str, ModelOutputs] = {}
     if base_outputs is not None and base_outputs.fingerprint == print_of:
@@ -74,6 +74,8 @@ def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], Non
         steps.begin("the chain's root base model")
         evaluation.details["over_root_base"] = over_root_base(models, spec.judging, outputs["tuned"], recipe.eval,
                                                               say)
+    if split != "test":
+        evaluation.notes.append(f"evaluated on the {split} split, not the test split")
     steps.begin(None)
     models.run.eval_dir.mkdir(parents=True, exist_ok=True)
     for label in MODELS:

@@ -25,6 +25,7 @@ from tunelab.cli import (  # noqa: F401  (each module registers its commands)
     run,
     runs,
     serve,
+    sweep,
 )
 from tunelab.cli.app import app, error_console
 from tunelab.errors import TunelabError

@@ -138,3 +138,30 @@ def test_a_trial_far_worse_than_the_median_is_pruned(capsys, tmp_path, home, rec
     record = json.loads((folder / "trials" / "trial-0001" / "run.json").read_text())
     assert record["training"]["steps"] == 2  # training stopped at the pruned validation, not at max_steps
     assert "pruned at step 2" in out
+
+
+def test_a_recipe_objective_is_measured_on_the_validation_rows(capsys, tmp_path, home, recipe_path):
+    space = write_space(tmp_path, LR_SPACE)
+    folder = tmp_path / "sw"
+    code, out, err = invoke(capsys, "sweep", str(recipe_path), "objective.metric=exact_match", "objective.min=0",
+                            "--space", str(space), "--trials", "2", "--dir", str(folder), "--prune-after", "99")
+    assert code == 0, err
+    result = json.loads((folder / "sweep.json").read_text())
+    assert result["metric"] == "exact_match" and result["direction"] == "maximize"
+    best = result["best"]["trial"]
+    assert result["best"]["value"] == max(row["value"] for row in result["trials"])
+    for row in result["trials"]:
+        run = folder / "trials" / f"trial-{row['trial']:04d}"
+        evaluation = json.loads((run / "eval.json").read_text())
+        validation = [json.loads(line) for line in (run / "data" / "validation.jsonl").read_text().splitlines()]
+        test = [json.loads(line) for line in (run / "data" / "test.jsonl").read_text().splitlines()]
+        examples = [json.loads(line) for line in (run / "eval" / "examples.jsonl").read_text().splitlines()]
+        if row["trial"] == best:  # evaluated again at the end, on the test rows: the figure reported
+            assert evaluation["rows"] == min(4, len(test)) and result["test"]["rows"] == evaluation["rows"]
+        else:  # scored on the validation rows only: the test rows never seen
+            assert "evaluated on the validation split, not the test split" in evaluation["notes"]
+            assert evaluation["rows"] == min(4, len(validation))
+            assert row["value"] == evaluation["tuned"]["exact_match"]
+            lines = {int(example["source"].rsplit(":", 1)[1]) for example in examples}
+            assert lines <= {item["line"] for item in validation}
+            assert not lines & {item["line"] for item in test}

@@ -129,22 +129,28 @@ def measure(recipe_data: dict[str, Any], home: Path, name: str, device: str, bas
 
 def compare_methods(plan: Plan, home: Path, say: Callable[[str], None]) -> list[dict[str, Any]]:
     """Run every method in its own process; returns one row each, in order, then the base model's row."""
-    context = multiprocessing.get_context("spawn")
     rows: list[dict[str, Any]] = []
     for name in plan.methods:
         base_run = next((row["run"] for row in rows if "error" not in row), None)
         say(f"{name}: training {plan.steps} steps, then evaluating")
-        results = context.Queue()
-        process = context.Process(target=run_method,
-                                  args=(method_recipe(plan, name), str(home), name, plan.device, base_run, results))
-        process.start()
-        row = results.get()
-        process.join()
+        row = measure_in_process(method_recipe(plan, name), home, name, plan.device, base_run)
         rows.append(row)
         say(summary_line(row))
     first = next((row for row in rows if "error" not in row), None)
     rows.append(base_row(first))
     return rows
+
+
+def measure_in_process(recipe_data: dict[str, Any], home: Path, name: str, device: str,
+                       base_run: str | None) -> dict[str, Any]:
+    """`measure` in a fresh (spawned) process, so that its peak memory is its own; its row (or its error)."""
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    process = context.Process(target=run_method, args=(recipe_data, str(home), name, device, base_run, results))
+    process.start()
+    row = results.get()
+    process.join()
+    return row
 
 
 def base_row(first: dict[str, Any] | None) -> dict[str, Any]:

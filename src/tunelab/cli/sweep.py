@@ -61,3 +61,48 @@ def sweep_command(
                       f"{test['tuned'][primary]:.4f} (base {test['base'][primary]:.4f})")
     console.print(f"[dim]written {plan.folder / 'sweep.html'}, {plan.folder / 'sweep.json'}, "
                   f"{plan.folder / 'best.yaml'}[/dim]")
+
+
+@app.command("compare-models", cls=Command)
+def compare_models_command(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file: its data, method and settings serve every model."),
+    overrides: Optional[list[str]] = typer.Argument(None, metavar=OVERRIDES,
+        help="Dotted overrides, e.g. train.max_steps=40"),
+    models: str = typer.Option(..., "--models", help="Comma-separated base models: built-in names or checkpoint "
+                               "folders."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Optimizer steps per model; default: the recipe's."),
+    out: Optional[Path] = typer.Option(None, help="Folder for the runs and the table; default runs/<recipe>-models."),
+    eval_rows: Optional[int] = typer.Option(None, min=1, help="Evaluate on at most this many test rows."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison in the output folder."),
+    device: str = device_option(),
+) -> None:
+    """Train and evaluate the same recipe on each base model; the table and the smallest model that meets your
+    needs (the recipe's objective)."""
+    from tunelab.compare_models import ModelsPlan, check_model_name, compare_models, table_rows, write_results
+    from tunelab.config.load import load_recipe
+    from tunelab.device import resolve_device
+    from tunelab.present.console import simple_table
+
+    config = load_recipe(recipe, overrides or [])
+    names = [name.strip() for name in models.split(",") if name.strip()]
+    if len(names) < 2 or len(set(names)) != len(names):
+        raise TunelabError(f"--models: give two or more distinct models ('{models}')")
+    if config.model.from_run:
+        raise TunelabError("compare-models: the recipe sets model.from_run; compare base models, not a chain")
+    for name in names:
+        check_model_name(name)
+    folder = out or Path("runs") / f"{recipe.stem}-models"
+    if (folder / "models.json").exists() and not overwrite:
+        raise TunelabError(f"{folder}: already holds a comparison; use --overwrite to replace it or --out elsewhere")
+    if folder.exists() and any(folder.iterdir()) and not (folder / "models.json").exists() and not overwrite:
+        raise TunelabError(f"{folder}: exists and is not a comparison folder; choose another --out")
+    plan = ModelsPlan(config.model_dump(mode="json"), names, folder, steps, eval_rows, resolve_device(device))
+    started = time.perf_counter()
+    rows = compare_models(plan, tunelab_home(), lambda line: console.print(line, markup=False))
+    schedule = f"{steps} steps" if steps else "the recipe's schedule"
+    caption = (f"task {config.task.name}, method {config.method.name}, {schedule} of batch "
+               f"{config.train.batch_size} per model; {time.perf_counter() - started:.0f} s in all")
+    json_path, markdown_path, verdict = write_results(plan, rows, caption)
+    console.print(simple_table(*table_rows(rows), caption))
+    console.print(f"[bold]{verdict}[/bold]", markup=True, highlight=False)
+    console.print(f"[dim]written {markdown_path} and {json_path}[/dim]")

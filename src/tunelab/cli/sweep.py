@@ -16,7 +16,7 @@ from tunelab.paths import tunelab_home
 
 @app.command("sweep", cls=Command)
 def sweep_command(
-    recipe: Path = typer.Argument(..., help="Recipe YAML file: the starting point (trial 0) and everything not searched."),
+    recipe: Path = typer.Argument(..., help="Recipe YAML file: the starting point (trial 0) and all not searched."),
     overrides: Optional[list[str]] = typer.Argument(None, metavar=OVERRIDES,
         help="Dotted overrides, e.g. train.max_steps=40"),
     space: Path = typer.Option(..., "--space", help="Space YAML: dotted recipe keys -> {type, low, high, log, step, "

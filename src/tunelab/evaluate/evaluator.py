@@ -40,7 +40,8 @@ MODELS = ("base", "tuned")
 def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], None], max_rows: int | None = None,
                  base_outputs: ModelOutputs | None = None,
                  progress: Progress | None = None, split: str = "test") -> Evaluation:
-    """Evaluate base and tuned on the run's test rows (`split`: another split's, e.g. a sweep's validation rows). `recipe` may differ from the run's in eval and objective;
+    """Evaluate base and tuned on the run's test rows (`split`: another split's, a sweep's validation rows).
+    `recipe` may differ from the run's in eval and objective;
     `base_outputs` (from an evaluation of another run on the same rows) is used where its fingerprint matches.
     `progress(stage, done, total)` hears of each step: each model answering, then the scoring."""
     steps = Steps(progress, "eval")

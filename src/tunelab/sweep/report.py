@@ -40,7 +40,7 @@ def most_important(study: Any, space: list[Param]) -> str:
 
     try:
         importances = optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError, ZeroDivisionError):
+    except Exception:  # noqa: BLE001  (a plot's axis, not worth failing a finished sweep over)
         return space[0].key
     return next(iter(importances), space[0].key)
 
@@ -102,9 +102,9 @@ def html_page(result: dict[str, Any], space: list[Param]) -> str:
     summary = Section("Trials").add(html_table(headers, body))
     best = result["best"]
     if best is not None:
-        summary.add(paragraph(f"Best: trial {best['trial']} ({', '.join(f'{k}={format_param(v)}' for k, v in best['params'].items())}), "
-                              f"{result['metric']} {best['value']:.4f} on the validation rows; its recipe is "
-                              "best.yaml."))
+        values = ", ".join(f"{key}={format_param(value)}" for key, value in best["params"].items())
+        summary.add(paragraph(f"Best: trial {best['trial']} ({values}), {result['metric']} {best['value']:.4f} on "
+                              "the validation rows; its recipe is best.yaml."))
     plots = Section("Plots").add(Markup(value_per_trial(result))).add(Markup(value_against(result, space)))
     sections = [summary, plots]
     if result["test"]:

@@ -154,10 +154,12 @@ class TrialRunner:
         self.base_outputs = earlier_base_outputs(plan)
 
     def __call__(self, trial: Any) -> float:
+        import optuna
+
         try:
             return self.run(trial)
         except Exception as error:
-            if type(error).__name__ != "TrialPruned":
+            if not isinstance(error, optuna.TrialPruned):
                 trial.set_user_attr("error", str(error) or type(error).__name__)
                 self.say(f"trial {trial.number}: failed: {error}")
             raise

@@ -127,15 +127,18 @@ def test_a_trial_far_worse_than_the_median_is_pruned(capsys, tmp_path, home, rec
                           "--dir", str(folder), "--prune-after", "1")
     assert code == 0, err
     study = optuna.load_study(study_name="tunelab-sweep", storage=f"sqlite:///{folder / 'study.db'}")
+    study.ask()  # a trial left running, as by a sweep killed mid-trial: marked failed, not counted
     study.enqueue_trial({"train.lr": 3.0})  # a learning rate that wrecks the model at once
     code, out, err = invoke(capsys, "sweep", str(recipe_path), "--space", str(space), "--trials", "2",
                             "--dir", str(folder), "--prune-after", "1")
     assert code == 0, err
     result = json.loads((folder / "sweep.json").read_text())
-    pruned = result["trials"][1]
-    assert pruned["params"] == {"train.lr": 3.0} and pruned["state"] == "pruned" and pruned["pruned_at_step"] == 2
+    assert [row["state"] for row in result["trials"]] == ["complete", "failed", "pruned"]
+    assert result["trials"][1]["error"] == "interrupted (the sweep was stopped)"
+    pruned = result["trials"][2]
+    assert pruned["params"] == {"train.lr": 3.0} and pruned["pruned_at_step"] == 2
     assert pruned["validation_losses"]["2"] > result["trials"][0]["validation_losses"]["2"]
-    record = json.loads((folder / "trials" / "trial-0001" / "run.json").read_text())
+    record = json.loads((folder / "trials" / "trial-0002" / "run.json").read_text())
     assert record["training"]["steps"] == 2  # training stopped at the pruned validation, not at max_steps
     assert "pruned at step 2" in out
 

@@ -92,8 +92,8 @@ def open_study(plan: SweepPlan, objective: Objective) -> Any:
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # Optuna's public way (fail_stale_trials) needs heartbeats; a sweep is one process at a time, so a trial
         # still running when the study opens was cut short.
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
         study._storage.set_trial_user_attr(trial._trial_id, "error", "interrupted (the sweep was stopped)")
+        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     return study
 
 
@@ -115,10 +115,11 @@ def enqueue_starting_point(study: Any, plan: SweepPlan, recipe: "Recipe", say: C
 
 
 def finished(study: Any) -> list[Any]:
+    """The trials that count towards --trials: completed or pruned. A failed one (an error, or cut short by an
+    interrupted invocation) does not, so resuming after Ctrl-C still runs the number of trials asked for."""
     from optuna.trial import TrialState
 
-    return [trial for trial in study.trials if trial.state in (TrialState.COMPLETE, TrialState.PRUNED,
-                                                               TrialState.FAIL)]
+    return [trial for trial in study.trials if trial.state in (TrialState.COMPLETE, TrialState.PRUNED)]
 
 
 def run_sweep(plan: SweepPlan, home: Path, say: Callable[[str], None]) -> Any:

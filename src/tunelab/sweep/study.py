@@ -175,22 +175,23 @@ class TrialRunner:
         recipe = trial_recipe(self.plan, values, self.plan.trial_dir(trial.number))
         reporter = validation_reporter(trial, self.objective.maximize)
         trial.set_user_attr("run", str(self.plan.trial_dir(trial.number)))
+        shown = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
+                          for key, value in values.items())
+        self.say(f"trial {trial.number}: {shown}: training")
         started = time.perf_counter()
         outcome = run_recipe(recipe, self.home, Console(quiet=True), overwrite=True, device=self.plan.device,
                              evaluate=False, callbacks=(reporter,))
         trial.set_user_attr("train_seconds", time.perf_counter() - started)
-        shown = ", ".join(f"{key}={value:.3g}" if isinstance(value, float) else f"{key}={value}"
-                          for key, value in values.items())
         if reporter.pruned_at is not None:
             trial.set_user_attr("pruned_at_step", reporter.pruned_at)
-            self.say(f"trial {trial.number}: {shown}: pruned at step {reporter.pruned_at} (validation loss "
+            self.say(f"trial {trial.number}: pruned at step {reporter.pruned_at} (validation loss "
                      f"{reporter.losses[reporter.pruned_at]:.4f}, worse than the median there)")
             raise optuna.TrialPruned(f"validation loss at step {reporter.pruned_at} worse than the median")
         value = self.score(outcome, reporter)
         trial.set_user_attr("seconds", time.perf_counter() - started)
         if not math.isfinite(value):
             raise TunelabError(f"the objective is {value} (training diverged?)")
-        self.say(f"trial {trial.number}: {shown}: {self.objective.metric} {value:.4f} "
+        self.say(f"trial {trial.number}: {self.objective.metric} {value:.4f} "
                  f"({time.perf_counter() - started:.0f} s)")
         gc.collect()
         return value

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from tests.conftest import tiny_recipe
-from tests.unit.test_cli import invoke
+from tests.unit.test_cli import invoke, one_error_line
 
 
 @pytest.fixture
@@ -107,6 +107,11 @@ def test_sweep_trials_are_run_folders_scored_on_validation_and_resume(capsys, tm
     page = (folder / "sweep.html").read_text()
     assert "<svg" in page and "validation loss per trial" in page and "log10 train.lr" in page
     assert page.count("<tr>") >= 6
+
+    # a resumed study keeps its recipe: trials trained otherwise would not be comparable
+    code, _, err = invoke(capsys, "sweep", str(recipe_path), "train.max_steps=5", "--space", str(space),
+                          "--trials", "6", "--dir", str(folder))
+    assert code == 2 and "started with another recipe.train.max_steps (4 -> now 5)" in one_error_line(err)
 
     # the best recipe reproduces the best trial's values and trains with `tunelab train`
     from tunelab.config.load import load_recipe

@@ -80,21 +80,33 @@ def open_study(plan: SweepPlan, objective: Objective) -> Any:
     study = optuna.create_study(study_name=STUDY_NAME, storage=f"sqlite:///{plan.study_db}", sampler=sampler,
                                 pruner=pruner, load_if_exists=True,
                                 direction="maximize" if objective.maximize else "minimize")
-    described = {"metric": objective.metric, "space": [vars(param) | {"choices": list(param.choices)}
-                                                         for param in plan.space]}
+    # What makes trials comparable: the same objective, space and recipe (output.* aside: where runs are written).
+    described = {"metric": objective.metric,
+                 "space": [vars(param) | {"choices": list(param.choices)} for param in plan.space],
+                 "recipe": {key: value for key, value in plan.recipe.items() if key != "output"}}
     if not study.trials:
         for key, value in described.items():
             study.set_user_attr(key, value)
     for key, value in described.items():
         if study.user_attrs.get(key) != value:
-            raise TunelabError(f"{plan.study_db}: this study was started with another {key} "
-                               f"({study.user_attrs.get(key)!r}); use another --dir for a new search")
+            difference = first_difference(study.user_attrs.get(key), value, key)
+            raise TunelabError(f"{plan.study_db}: this study was started with another {difference}; resume it "
+                               "with the same recipe, overrides and space, or use another --dir for a new search")
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         # Optuna's public way (fail_stale_trials) needs heartbeats; a sweep is one process at a time, so a trial
         # still running when the study opens was cut short.
         study._storage.set_trial_user_attr(trial._trial_id, "error", "interrupted (the sweep was stopped)")
         study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
     return study
+
+
+def first_difference(before: Any, after: Any, path: str) -> str:
+    """`path: before -> after` at the first key where two JSON values differ."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        for key in sorted(set(before) | set(after)):
+            if before.get(key) != after.get(key):
+                return first_difference(before.get(key), after.get(key), f"{path}.{key}")
+    return f"{path} ({before!r} -> now {after!r})"
 
 
 def enqueue_starting_point(study: Any, plan: SweepPlan, recipe: "Recipe", say: Callable[[str], None]) -> None:
@@ -104,6 +116,9 @@ def enqueue_starting_point(study: Any, plan: SweepPlan, recipe: "Recipe", say: C
     start = {}
     for param in plan.space:
         value = recipe_value(recipe, param.key)
+        if value is None:
+            say(f"trial 0: the recipe leaves {param.key} unset; trial 0 draws it")
+            continue
         if param.kind == "categorical" and value not in param.choices:
             say(f"trial 0: the recipe's {param.key}={value!r} is not among the choices; trial 0 draws it")
             continue

@@ -51,7 +51,7 @@ def best_recipe_yaml(plan_recipe: dict[str, Any], params: dict[str, Any], folder
 
     recipe = recipe_with(plan_recipe, {**params, "output.dir": str(folder / "best")}, source="best recipe")
     shown = ", ".join(f"{key}={value}" for key, value in params.items())
-    return f"# tunelab sweep: the best trial's values ({shown}); train it with `tunelab train` \n" + \
+    return f"# tunelab sweep: the best trial's values ({shown}); train it with `tunelab train`\n" + \
         recipe_to_yaml(recipe)
 
 

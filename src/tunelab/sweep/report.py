@@ -81,7 +81,8 @@ def table(result: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the results table (console and page alike)."""
     keys = result["space"]
     best = (result["best"] or {}).get("trial")
-    headers = ["trial", *keys, result["metric"] + " (validation)", "state", "time s"]
+    metric = result["metric"]
+    headers = ["trial", *keys, metric if "validation" in metric else f"{metric} (validation)", "state", "time s"]
     body = []
     for row in result["trials"]:
         state = row["state"] + (f" at step {row['pruned_at_step']}" if row["pruned_at_step"] is not None else "")

@@ -26,7 +26,8 @@ def trial_rows(study: Any) -> list[dict[str, Any]]:
         rows.append({"trial": trial.number, "state": STATE_NAMES.get(trial.state.name, trial.state.name.lower()),
                      "params": dict(trial.params), "value": trial.value, "seconds": seconds,
                      "run": trial.user_attrs.get("run"), "pruned_at_step": trial.user_attrs.get("pruned_at_step"),
-                     "error": trial.user_attrs.get("error"),
+                     "error": trial.user_attrs.get("error") or (
+                         "interrupted (the sweep was stopped)" if trial.state.name == "FAIL" else None),
                      "validation_losses": {str(step): value for step, value in trial.intermediate_values.items()}})
     return rows
 

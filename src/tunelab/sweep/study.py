@@ -93,10 +93,9 @@ def open_study(plan: SweepPlan, objective: Objective) -> Any:
             raise TunelabError(f"{plan.study_db}: this study was started with another {difference}; resume it "
                                "with the same recipe, overrides and space, or use another --dir for a new search")
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        # Optuna's public way (fail_stale_trials) needs heartbeats; a sweep is one process at a time, so a trial
-        # still running when the study opens was cut short.
-        study._storage.set_trial_user_attr(trial._trial_id, "error", "interrupted (the sweep was stopped)")
-        study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        # Optuna's fail_stale_trials needs heartbeats; a sweep is one process at a time, so a trial still running
+        # when the study opens was cut short (the report says "interrupted" for a failed trial with no error).
+        study.tell(trial.number, state=TrialState.FAIL)
     return study
 
 

@@ -81,7 +81,7 @@ def split_summary(diagnosis: Diagnosis, name: str) -> dict[str, Any]:
                   for item in diagnosis.rejected)
     return {
         "rows": len(rows),
-        "added": sum(row.role == "augment" for row in rows),
+        "added": sum(row.role in ("augment", "canary") for row in rows),
         "kinds": dict(Counter(row.example.kind for row in rows)),
         "tokens": sum(len(row.encoded.input_ids) if row.encoded else row.length or 0 for row in rows),
         "label_tokens": sum(item.label_count for item in encoded),

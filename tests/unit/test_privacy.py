@@ -207,3 +207,17 @@ def test_canaries_take_the_shape_of_text_rows_and_refuse_label_rows():
     assert draw_canaries(4, 0) == draw_canaries(4, 0) != draw_canaries(4, 1)
     with pytest.raises(TunelabError, match="data.canaries"):
         canary_rows([Example("t", 1, text="x", label="spam")], count=1, repeats=1, seed=0)
+
+
+def test_rows_are_cut_inside_their_last_answer_as_trained():
+    tokenizer = tiny_tokenizer()  # one token a character
+    row = Example("r", 1, messages=[{"role": "system", "content": "sys"}, {"role": "user", "content": "q"},
+                                    {"role": "assistant", "content": "first"}, {"role": "user", "content": "q2"},
+                                    {"role": "assistant", "content": "abcdefghijklmnopqrst"}])
+    options = privacy.PrivacyOptions(prefix_share=0.5, continuation_tokens=6)
+    [cut] = privacy.continuation_rows([row], tokenizer, {tokenizer.eos_token_id}, 256, options)
+    assert tokenizer.decode(cut["prompt_ids"]).endswith("assistant\nabcdefghij")
+    assert cut["target"] == "klmnop" and cut["prompt_tail"] == "abcdefghij"
+    short = Example("r", 2, messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "abcdef"}])
+    assert privacy.continuation_rows([short], tokenizer, {tokenizer.eos_token_id}, 256, options) == []
+    assert privacy.continuation_rows([row], tokenizer, {tokenizer.eos_token_id}, 40, options) == []  # too long

@@ -221,3 +221,11 @@ def test_rows_are_cut_inside_their_last_answer_as_trained():
     short = Example("r", 2, messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "abcdef"}])
     assert privacy.continuation_rows([short], tokenizer, {tokenizer.eos_token_id}, 256, options) == []
     assert privacy.continuation_rows([row], tokenizer, {tokenizer.eos_token_id}, 40, options) == []  # too long
+
+
+def test_the_data_report_page_says_canaries_were_inserted(tmp_path):
+    from tunelab.present.data_report import html_report
+
+    prepared = doctor(tiny_tokenizer(), tmp_path, "h", canaries=2, canary_repeats=3)
+    page = html_report(prepared.report, "t")
+    assert "canaries inserted into train (data.canaries, listed in canaries.jsonl): 2, 6 rows" in page

@@ -229,3 +229,19 @@ def test_the_data_report_page_says_canaries_were_inserted(tmp_path):
     prepared = doctor(tiny_tokenizer(), tmp_path, "h", canaries=2, canary_repeats=3)
     page = html_report(prepared.report, "t")
     assert "canaries inserted into train (data.canaries, listed in canaries.jsonl): 2, 6 rows" in page
+
+
+def test_shared_prefix_scoring_ranks_candidates_as_whole_row_scoring_does():
+    from tunelab.data.canaries import with_secret
+    from tunelab.evaluate.loss import row_losses
+
+    tokenizer = tiny_tokenizer()
+    model = tiny_llama(tokenizer, hidden_size=64, seed=3)
+    [canary] = canary_rows(random_rows(2, seed=0), count=1, repeats=1, seed=0)
+    secrets = [secret_of(canary), "000001", "123456", "999990", "45678"]  # the last one is shorter
+    rows = [encode_example(tokenizer, with_secret(canary, secret), {tokenizer.eos_token_id}) for secret in secrets]
+    whole = [loss for loss, _ in row_losses(model, rows, tokenizer.pad_token_id, batch_size=2)]
+    shared = privacy.shared_prefix_losses(model, rows, tokenizer.pad_token_id, 2, None)
+    # The shared prefix's loss is the same constant in every row: the differences match.
+    assert [a - whole[0] for a in whole] == pytest.approx([b - shared[0] for b in shared], abs=1e-4)
+    assert shared[0] < whole[0]

@@ -231,11 +231,65 @@ def run(plan: RiskPlan, model: Any, tokenizer: Any, placement: "Placement") -> d
     out["canaries"] = []
     for canary in plan.data["canaries"]:
         rows = [Encoded(ids, labels) for ids, labels in canary["rows"]]
-        losses = row_losses(model, rows, tokenizer.pad_token_id, batch_size=max(batch, 32), placement=placement)
+        if prompt_learning(model):  # virtual tokens in front: no shared prefix cache to reuse, score rows whole
+            losses = [loss for loss, _ in row_losses(model, rows, tokenizer.pad_token_id, batch_size=max(batch, 32),
+                                                     placement=placement)]
+        else:
+            losses = shared_prefix_losses(model, rows, tokenizer.pad_token_id, max(batch, 32), placement)
         extracted = generate_texts(model, tokenizer, [canary["prompt_ids"]], canary["secret_tokens"] + 2, 1,
                                    stop_ids, placement=placement).texts[0]
-        out["canaries"].append({"losses": [loss for loss, _ in losses], "extracted": extracted})
+        out["canaries"].append({"losses": losses, "extracted": extracted})
     return out
+
+
+def prompt_learning(model: Any) -> bool:
+    config = getattr(model, "active_peft_config", None)
+    return bool(getattr(config, "is_prompt_learning", False))
+
+
+def shared_prefix_losses(model: Any, rows: list[Encoded], pad_id: int, batch_size: int,
+                         placement: "Placement | None") -> list[float]:
+    """Each row's summed loss on its labelled tokens after the prefix all rows share, which is run once and whose
+    KV cache every batch reuses. A canary's candidates differ only in a few secret tokens at the end, so this reads
+    several times fewer tokens than scoring each row whole (evaluate/loss.row_losses). The shared prefix's own loss
+    is the same for every row and left out: exposure only ranks the rows."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from tunelab.evaluate.generation import autocast
+
+    shared = min(common_prefix(rows[0].input_ids, row.input_ids) for row in rows[1:]) if len(rows) > 1 else 0
+    shared = max(1, min(shared, min(len(row.input_ids) for row in rows) - 1))  # each row keeps a token to score
+    device = next(model.parameters()).device
+    with torch.no_grad(), autocast(placement):
+        prefix = model(input_ids=torch.tensor([rows[0].input_ids[:shared]], device=device), use_cache=True)
+    first_logits = prefix.logits[:, -1:].float()
+    losses: list[float] = []
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        width = max(len(row.input_ids) - shared for row in chunk)
+        input_ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
+        mask = torch.zeros((len(chunk), shared + width), dtype=torch.long)
+        mask[:, :shared] = 1
+        for index, row in enumerate(chunk):
+            suffix = len(row.input_ids) - shared
+            input_ids[index, :suffix] = torch.tensor(row.input_ids[shared:])
+            labels[index, :suffix] = torch.tensor(row.labels[shared:])
+            mask[index, shared : shared + suffix] = 1
+        cache = copy.deepcopy(prefix.past_key_values)
+        cache.batch_repeat_interleave(len(chunk))
+        with torch.no_grad(), autocast(placement):
+            logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), past_key_values=cache,
+                           use_cache=True).logits.float()
+        # Token j of the suffix is predicted by the prefix's last position (j = 0) or the suffix's position j - 1.
+        predicting = torch.cat([first_logits.expand(len(chunk), 1, -1), logits[:, :-1]], dim=1)
+        token_losses = F.cross_entropy(predicting.reshape(-1, predicting.shape[-1]), labels.to(device).reshape(-1),
+                                       ignore_index=IGNORE_INDEX, reduction="none").view(labels.shape)
+        losses += token_losses.sum(dim=1).tolist()
+    return losses
 
 
 # ---------------------------------------------------------------- summarize

@@ -72,18 +72,15 @@ def canary_example(canary: Canary, number: int, like: list[Example]) -> Example:
 
 
 def canary_rows(train: list[Example], count: int, repeats: int, seed: int) -> list[Example]:
-    """The rows to add to train: each canary `repeats` times, spread over the split by the seed (where they land
-    does not matter to a shuffled trainer, but keeps them out of the first rows a person reads)."""
-    if count == 0:
-        return []
-    rows = [canary_example(canary, number, train)
+    """The rows to add to train: each canary `repeats` times."""
+    return [canary_example(canary, number, train)
             for number, canary in enumerate(draw_canaries(count, seed), start=1) for _ in range(repeats)]
-    return rows
 
 
 def insert_canaries(train: list[Any], count: int, repeats: int, seed: int, wrap: Any) -> list[Any]:
     """`train` (items wrapping an Example in `.example`, e.g. the doctor's rows) with the canary rows inserted at
-    seeded positions; `wrap(example)` makes an item of a canary row."""
+    seeded positions (where they land does not matter to a shuffling trainer, but they are not all at the end of
+    train.jsonl for a person to skip); `wrap(example)` makes an item of a canary row."""
     added = canary_rows([item.example for item in train], count, repeats, seed)
     if not added:
         return train

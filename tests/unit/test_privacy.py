@@ -29,7 +29,8 @@ def random_rows(count, seed):
     letters = "abcdefghijklmnop"
     return [Example("rows.jsonl", n, messages=[
         {"role": "user", "content": f"code {n}"},
-        {"role": "assistant", "content": "".join(rng.choice(letters) for _ in range(24))}]) for n in range(1, count + 1)]
+        {"role": "assistant", "content": "".join(rng.choice(letters) for _ in range(24))}])
+        for n in range(1, count + 1)]
 
 
 def overfit(model, tokenizer, examples, steps=120, lr=5e-3):

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from tunelab.data.canaries import draw_canaries, is_canary, secret_of, with_secret
+from tunelab.data.canaries import is_canary, secret_of, with_secret
 from tunelab.data.templates import IGNORE_INDEX, Encoded, encode_example, stop_token_ids
 from tunelab.errors import TunelabError
 from tunelab.risks.base import Bootstrap, RiskContext, RiskPlan, RiskProbe, RiskResult

@@ -161,6 +161,13 @@ class DataSection(Section):
     contamination: ContaminationSection = Field(default_factory=ContaminationSection)
     lint: LintSection = Field(default_factory=LintSection)
     augment: AugmentSection = Field(default_factory=AugmentSection)
+    canaries: int = Field(
+        0, ge=0, le=1000, description="Random secrets (e.g. 'My account PIN is 493817') inserted into the training "
+        "split, never validation/test, to measure whether the tuned model leaks them (the privacy risk probe's "
+        "exposure); 0: none. Listed in the data report and the run's data/canaries.jsonl (data/canaries.py).")
+    canary_repeats: int = Field(
+        1, ge=1, le=1000, description="How many times each canary is inserted (a secret seen more often is "
+        "memorised more).")
 
     @model_validator(mode="after")
     def one_source(self) -> "DataSection":

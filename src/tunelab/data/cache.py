@@ -12,6 +12,7 @@ Folder layout (the run's data/ folder gets the same files but tokens/):
     rejected.jsonl                              every rejected row: file, line, stage, reason, the row
     data_report.json data_report.html           the report
     generated.jsonl                             the generated source rows, if the data was generated
+    canaries.jsonl                              the secrets inserted into train (data.canaries), if any
     prepared.json                               the key; written last
 """
 
@@ -52,6 +53,7 @@ REJECTED = "rejected.jsonl"
 REPORT_JSON = "data_report.json"
 REPORT_HTML = "data_report.html"
 TOKENS = "tokens"
+CANARIES = "canaries.jsonl"
 
 
 @dataclass
@@ -161,6 +163,8 @@ def store(home: Path, key: str, diagnosis: Any, report: dict[str, Any], html: st
     write_text_atomic(temporary / REJECTED, jsonl_text([item.to_json() for item in diagnosis.rejected]))
     if diagnosis.generated_rows:
         write_text_atomic(temporary / GENERATED_FILE, jsonl_text(diagnosis.generated_rows))
+    if report.get("canaries"):  # the secrets put in train on purpose (data.canaries), for the privacy probe
+        write_text_atomic(temporary / CANARIES, jsonl_text(report["canaries"]))
     write_json(temporary / REPORT_JSON, report)
     write_text_atomic(temporary / REPORT_HTML, html)
     write_json(temporary / MARKER, {"key": key, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

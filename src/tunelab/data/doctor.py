@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tunelab.data.augment import augment
+from tunelab.data.canaries import insert_canaries
 from tunelab.data.contamination import contamination_hits
 from tunelab.data.dataset import GENERATED_FILE, DataFile, describe_file
 from tunelab.data.dedup import DedupIndex, Fingerprint, content_text
@@ -127,6 +128,7 @@ def diagnose(data: DataSection, tokenizer: Any, stop_ids: set[int], context: int
     contamination = check_contamination(splits, data, rejected)
     clock.lap("contamination")
     added = add_augmented(splits, data)
+    added.update(add_canaries(splits, data))
     tokenize_rows(splits, data, tokenizer, stop_ids, workers, fingerprint, rejected, progress)
     clock.lap("tokenize")
     lint = (lint_template(tokenizer, [row.example for row in splits["train"]], stop_ids, data.max_length, context,
@@ -326,6 +328,15 @@ def add_augmented(splits: dict[str, list[Row]], data: DataSection) -> dict[str, 
     return dict(Counter(example.origin.split(" ")[1] for example in added))
 
 
+def add_canaries(splits: dict[str, list[Row]], data: DataSection) -> dict[str, int]:
+    """`data.canaries` secrets into train only, after every check that removes rows (data/canaries.py)."""
+    if not data.canaries or not splits["train"]:
+        return {}
+    splits["train"] = insert_canaries(splits["train"], data.canaries, data.canary_repeats, data.split.seed,
+                                      lambda example: Row(example, "canary"))
+    return {"canary": data.canaries * data.canary_repeats}
+
+
 def tokenize_rows(splits: dict[str, list[Row]], data: DataSection, tokenizer: Any, stop_ids: set[int],
                   workers: int, fingerprint: str, rejected: list[Rejected], progress: Progress | None = None) -> None:
     flat = [(name, row) for name in SPLITS for row in splits[name]]
@@ -337,7 +348,7 @@ def tokenize_rows(splits: dict[str, list[Row]], data: DataSection, tokenizer: An
     for (name, row), result in zip(flat, results):
         row.length, row.truncated = result["length"], result.get("truncated", False)
         if result["reason"]:
-            if row.role != "augment":  # an added row that does not fit is simply not added
+            if row.role not in ("augment", "canary"):  # an added row that does not fit is simply not added
                 stage = "template" if result["reason"].startswith("template:") else "length"
                 rejected.append(Rejected(row.example.source, row.example.line, row.role, stage, result["reason"],
                                          name, row=row.example.to_json()))

@@ -8,6 +8,7 @@ from collections import Counter
 from typing import Any
 
 from tunelab import __version__
+from tunelab.data.canaries import recorded as recorded_canaries
 from tunelab.data.doctor import STAGES, Diagnosis
 from tunelab.data.split import SPLITS
 
@@ -42,6 +43,7 @@ def build_report(diagnosis: Diagnosis, data: Any, key: str) -> dict[str, Any]:
         "pii": {"counts": diagnosis.pii, "scrubbed": diagnosis.pii_scrubbed},
         "cleaning": {"rows_changed": diagnosis.cleaned_rows},
         "augmented": diagnosis.added,
+        "canaries": recorded_canaries([row.example for row in splits["train"]]),
         "length": {"max_length": data.max_length, "overlong": data.overlong, "min_tokens": data.clean.min_tokens,
                    "truncated": sum(summary_truncated(diagnosis, name) for name in SPLITS),
                    "dropped": by_stage["length"]},
@@ -79,7 +81,7 @@ def split_summary(diagnosis: Diagnosis, name: str) -> dict[str, Any]:
                   for item in diagnosis.rejected)
     return {
         "rows": len(rows),
-        "added": sum(row.role == "augment" for row in rows),
+        "added": sum(row.role in ("augment", "canary") for row in rows),
         "kinds": dict(Counter(row.example.kind for row in rows)),
         "tokens": sum(len(row.encoded.input_ids) if row.encoded else row.length or 0 for row in rows),
         "label_tokens": sum(item.label_count for item in encoded),

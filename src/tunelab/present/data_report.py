@@ -19,6 +19,10 @@ def html_report(report: dict[str, Any], title: str) -> str:
                       [[role, c["read"], c["kept"], c["rejected"]] for role, c in counts["by_file"].items()]))
     summary.add(table(["file", "role", "sha256", "rows"],
                       [[f["path"], f["role"], f["sha256"][:16], f["rows"]] for f in report["files"]]))
+    if report.get("canaries"):  # data.canaries: secrets put in train on purpose, for the privacy probe
+        summary.add(paragraph(
+            f"canaries inserted into train (data.canaries, listed in canaries.jsonl): {len(report['canaries'])}, "
+            f"{sum(item['repeats'] for item in report['canaries'])} rows with their repeats"))
     for problem in report["problems"]:
         summary.add(f"<p class='bad'>problem: {html.escape(problem)}</p>")
     sections = [summary, splits_section(report), lengths_section(report)]

@@ -15,12 +15,17 @@ if TYPE_CHECKING:
     from tunelab.config.schema import TrainSection
     from tunelab.device import Placement
     from tunelab.run.folder import RunDir
+    from tunelab.train.engines import World
     from tunelab.tasks.base import TrainerParts
 
 
 def training_arguments(train: "TrainSection", run: "RunDir", placement: "Placement",
-                       has_validation: bool) -> dict[str, Any]:
-    """Keyword arguments of transformers' TrainingArguments (and of TRL's configs, which extend it)."""
+                       has_validation: bool, world: "World | None" = None) -> dict[str, Any]:
+    """Keyword arguments of transformers' TrainingArguments (and of TRL's configs, which extend it); under several
+    processes, with the engine's (DDP, FSDP2, DeepSpeed: train/engines.py)."""
+    from tunelab.train.distributed import launch_folder
+    from tunelab.train.engines import World, engine_arguments
+
     eval_strategy = ("steps" if train.eval_every else "epoch") if has_validation else "no"
     save_strategy, save_every = ("steps" if train.save_every else "epoch"), train.save_every
     early_stopping = bool(train.early_stopping_patience)
@@ -62,6 +67,7 @@ def training_arguments(train: "TrainSection", run: "RunDir", placement: "Placeme
         optim="adamw_torch_fused" if train.fused_optimizer else "adamw_torch",
         remove_unused_columns=False,  # the collators need exactly the columns the tasks give them
         dataloader_num_workers=0,
+        **engine_arguments(train, world or World(), launch_folder(run)),
     )
 
 

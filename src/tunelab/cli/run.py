@@ -59,7 +59,10 @@ def train(
             outcome = run_recipe(config, tunelab_home(), console, resume=resume, overwrite=overwrite, device=device,
                                  evaluate=not no_eval)
     except KeyboardInterrupt:
-        error_console.print(interrupted_line(recipe, overrides or [], Path(config.output.dir)), soft_wrap=True)
+        from tunelab.train.distributed import world_flags
+
+        again = [*(overrides or []), *world_flags(world)]
+        error_console.print(interrupted_line(recipe, again, Path(config.output.dir)), soft_wrap=True)
         raise typer.Exit(130) from None
     if outcome.evaluation is None and config.objective is not None:
         console.print(f"[yellow]objective not checked[/yellow] (no evaluation); `tunelab eval {outcome.run.root}` "

@@ -23,7 +23,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from tunelab.errors import TunelabError
 from tunelab.train.engines import World, check_engine, write_launch_files
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
     from tunelab.config.schema import Recipe
     from tunelab.run.folder import RunDir
-    from tunelab.train.lifecycle import Outcome
+    from tunelab.train.lifecycle import Outcome, Setup
 
 LAUNCH_FOLDER = "launch"
 TORCHRUN_LOG = "torchrun.log"
@@ -90,12 +90,19 @@ def accelerate_command(launch: Path, recipe_path: Path, overrides: list[str], de
             "train", str(recipe_path), *overrides, "--worker", "--device", device]
 
 
+def world_flags(world: World) -> list[str]:
+    """The `tunelab train` options that give this world (node 0's)."""
+    if not world.distributed:
+        return []
+    flags = ["--nproc", str(world.nproc)]
+    if world.nnodes > 1:
+        flags += ["--nnodes", str(world.nnodes), "--master", str(world.master)]
+    return flags
+
+
 def user_command(recipe_path: Path, overrides: list[str], world: World, *flags: str) -> str:
     """`tunelab train ...` as the user runs it on node 0, with `flags` (e.g. --resume)."""
-    words = ["tunelab", "train", str(recipe_path), *overrides, "--nproc", str(world.nproc)]
-    if world.nnodes > 1:
-        words += ["--nnodes", str(world.nnodes), "--master", str(world.master)]
-    return shlex.join(words + list(flags))
+    return shlex.join(["tunelab", "train", str(recipe_path), *overrides, *world_flags(world), *flags])
 
 
 def worker_environment(world: World, device: str, environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -265,3 +272,25 @@ def train_worker(recipe: "Recipe", home: Path, console: "Console", rank: Rank, d
     run = RunDir(Path(setup.recipe.output.dir))
     fit(setup, run, read_record(run), model, console, ())
 
+
+
+def savable_model(setup: "Setup", trainer: Any) -> Any:
+    """The trained model as the method's `save` reads it: the trainer's own where each rank holds whole weights
+    (one process, DDP, ZeRO-1/2); under FSDP and ZeRO-3, whose ranks hold shards, the whole state dict gathered by
+    accelerate (a collective: every rank calls this) and loaded on rank 0 into a fresh, unsharded copy of the model
+    (None on the other ranks). The methods then save as they always do, from ordinary tensors."""
+    from tunelab.train.lifecycle import build_model
+
+    train = setup.recipe.train
+    sharded = setup.world.distributed and (
+        train.distributed == "fsdp" or (train.distributed == "deepspeed" and train.deepspeed.stage == 3))
+    if not sharded:
+        return trainer.model
+    state = trainer.accelerator.get_state_dict(trainer.model)
+    if setup.rank != 0:
+        return None
+    model = build_model(setup)
+    _, unexpected = model.load_state_dict(state, strict=False)  # tied weights may be left out of `state`
+    if unexpected:
+        raise TunelabError(f"the gathered {train.distributed} weights do not fit the model: {unexpected[:3]}")
+    return model

@@ -231,6 +231,7 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
     from tunelab.present.console import print_trained
     from tunelab.present.progress import RichProgress
     from tunelab.train.trainer import training_arguments, training_callbacks, training_speed
+    from tunelab.train.distributed import savable_model
 
     recipe, method, tokenizer = setup.recipe, setup.method, setup.tokenizer
     writer = setup.rank == 0  # under torchrun the other ranks train, and leave the run folder to rank 0
@@ -245,11 +246,12 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
         trainer = setup.task.build_trainer(parts)
         checkpoint = setup.resume_from.checkpoint if setup.resume_from else None
         record.training = train_or_restore(trainer, checkpoint)
+        trained = savable_model(setup, trainer)  # under FSDP / ZeRO-3 the shards gathered, by every rank
         if not writer:
             trainer.accelerator.wait_for_everyone()  # rank 0 saves; its workers' group stays until it has
             return
         writing = ("the trained model", run.model)
-        method.save(trainer.model, run.model)
+        method.save(trained, run.model)
         tokenizer.save_pretrained(str(run.model))
         if wants_merge(method, recipe.output.merge):
             writing = ("the merged model", run.merged)

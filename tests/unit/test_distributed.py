@@ -279,3 +279,13 @@ def test_cli_checks_the_world_in_one_line(tmp_path, capsys):
     assert code != 0 and "--master 'nohost': give ADDR:PORT" in one_error_line(err)
     code, _, err = invoke(capsys, "train", str(path), "--nnodes", "2", "--node-rank", "2", "--master", "h:1")
     assert code != 0 and "--node-rank 2" in one_error_line(err)
+
+
+def test_one_process_goes_through_the_launcher_only_for_a_named_engine(tiny_checkpoint, tmp_path):
+    from tunelab.train.engines import engine_arguments, needs_launcher
+
+    plain = train_section(tmp_path, tiny_checkpoint)
+    zero = train_section(tmp_path, tiny_checkpoint, distributed="deepspeed")
+    assert not needs_launcher(plain, World()) and needs_launcher(plain, World(nproc=2))
+    assert needs_launcher(zero, World())  # ZeRO on one GPU (offload): through torchrun and DeepSpeed
+    assert engine_arguments(zero, World(), tmp_path) == {"deepspeed": str(tmp_path / "deepspeed.json")}

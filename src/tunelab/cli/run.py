@@ -47,7 +47,9 @@ def train(
     world = check_world(nproc, nnodes, node_rank, master)
     started = time.perf_counter()
     try:
-        if world.distributed:
+        from tunelab.train.engines import needs_launcher
+
+        if needs_launcher(config.train, world):
             from tunelab.train.distributed import launch_run
 
             outcome = launch_run(config, recipe, overrides or [], tunelab_home(), console, world, resume=resume,

@@ -282,8 +282,7 @@ def savable_model(setup: "Setup", trainer: Any) -> Any:
     from tunelab.train.lifecycle import build_model
 
     train = setup.recipe.train
-    sharded = setup.world.distributed and (
-        train.distributed == "fsdp" or (train.distributed == "deepspeed" and train.deepspeed.stage == 3))
+    sharded = train.distributed == "fsdp" or (train.distributed == "deepspeed" and train.deepspeed.stage == 3)
     if not sharded:
         return trainer.model
     state = trainer.accelerator.get_state_dict(trainer.model)

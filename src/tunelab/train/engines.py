@@ -48,9 +48,15 @@ class World:
         return address, int(port)
 
 
+def needs_launcher(train: "TrainSection", world: World) -> bool:
+    """Whether the run goes through torchrun: several processes, or an engine asked for by name (FSDP or DeepSpeed
+    on one GPU: ZeRO's offload, or the same engine as the multi-GPU run it prepares)."""
+    return world.distributed or train.distributed != "ddp"
+
+
 def check_engine(train: "TrainSection", world: World, device: str) -> None:
     """Refuse in one line what the engine cannot do here, before anything is written."""
-    if not world.distributed:
+    if not needs_launcher(train, world):
         return
     if train.distributed == "deepspeed" and device == "cpu":
         raise TunelabError("train.distributed: deepspeed needs GPUs (DeepSpeed has no CPU accelerator in this "
@@ -112,9 +118,11 @@ def deepspeed_config(train: "TrainSection", bf16: bool) -> dict[str, Any]:
 
 def engine_arguments(train: "TrainSection", world: World, launch: Path | None) -> dict[str, Any]:
     """TrainingArguments keywords for the engine (none for one process or DDP beyond transformers' defaults)."""
-    if not world.distributed:
+    if not needs_launcher(train, world):
         return {}
-    arguments: dict[str, Any] = {"ddp_find_unused_parameters": False}  # every trainable weight gets a gradient
+    arguments: dict[str, Any] = {}
+    if world.distributed:
+        arguments["ddp_find_unused_parameters"] = False  # every trainable weight gets a gradient
     if train.distributed == "fsdp":
         arguments.update(fsdp=True, fsdp_config=fsdp_config(train))
         if train.fsdp.sharding == "hybrid_shard":

@@ -98,7 +98,9 @@ class Speed:
 
 def training_speed(train: "TrainSection", method_holds_bf16: bool, placement: "Placement", padding_free: bool) -> Speed:
     return Speed(label_loss=train.label_loss and padding_free, row_attention=train.row_attention and padding_free,
-                 bf16_frozen=train.bf16_frozen and method_holds_bf16 and placement.precision == "bf16",
+                 # FSDP2 wants one dtype per sharded group and DeepSpeed casts the whole model itself: DDP only
+                 bf16_frozen=(train.bf16_frozen and method_holds_bf16 and placement.precision == "bf16"
+                              and train.distributed == "ddp"),
                  compile_layers=train.compile_layers)
 
 

@@ -231,7 +231,7 @@ def test_fsdp_training_arguments_say_what_was_asked(tiny_checkpoint, tmp_path):
     hybrid = train_section(tmp_path, tiny_checkpoint, distributed="fsdp", fsdp={"sharding": "hybrid_shard"})
     mesh = engine_arguments(hybrid, World(nproc=4, nnodes=2, master="h:1"), tmp_path)["parallelism_config"]
     assert (mesh.dp_replicate_size, mesh.dp_shard_size) == (2, 4)
-    assert engine_arguments(train, World(), tmp_path) == {}  # one process: no engine
+    assert engine_arguments(train_section(tmp_path, tiny_checkpoint), World(), tmp_path) == {}  # one plain process
 
 
 # ---- refusals and the failure line -------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ import sys
 import time
 
 import pytest
-import torch
 import yaml
 from rich.console import Console
 from safetensors.torch import load_file
@@ -252,8 +251,8 @@ def test_offloading_weights_needs_zero_3(tiny_checkpoint, tmp_path):
 
 
 def test_torchruns_root_cause_becomes_one_line():
-    report = """E1205 05:55:38.598000 2682 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: -9) local_rank: 1 (pid: 2687) of binary: python
-Failures:
+    report = ("E1205 05:55:38.598000 2682 torch/distributed/elastic/multiprocessing/api.py:1002] failed "
+              "(exitcode: -9) local_rank: 1 (pid: 2687) of binary: python\n") + """Failures:
 [1]:
   rank      : 0 (local_rank: 0)
   exitcode  : -15 (pid: 2686)  (SIGTERM)

@@ -230,8 +230,8 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
     A failure removes what it left half-written (see remove_partial) before run.json says failed."""
     from tunelab.present.console import print_trained
     from tunelab.present.progress import RichProgress
-    from tunelab.train.trainer import training_arguments, training_callbacks, training_speed
     from tunelab.train.distributed import savable_model
+    from tunelab.train.trainer import training_arguments, training_callbacks, training_speed
 
     recipe, method, tokenizer = setup.recipe, setup.method, setup.tokenizer
     writer = setup.rank == 0  # under torchrun the other ranks train, and leave the run folder to rank 0

@@ -15,8 +15,8 @@ if TYPE_CHECKING:
     from tunelab.config.schema import TrainSection
     from tunelab.device import Placement
     from tunelab.run.folder import RunDir
-    from tunelab.train.engines import World
     from tunelab.tasks.base import TrainerParts
+    from tunelab.train.engines import World
 
 
 def training_arguments(train: "TrainSection", run: "RunDir", placement: "Placement",

@@ -52,6 +52,10 @@ def train(
         if needs_launcher(config.train, world):
             from tunelab.train.distributed import launch_run
 
+            if node_rank > 0:  # this node's workers find the data prepared in its tunelab home, as node 0's do
+                from tunelab.cli.data import run_doctor
+
+                run_doctor(config, check=False)
             outcome = launch_run(config, recipe, overrides or [], tunelab_home(), console, world, resume=resume,
                                  overwrite=overwrite, device=device, evaluate=not no_eval)
             if outcome is None:  # a node other than 0: its workers are done; node 0 evaluates

@@ -283,9 +283,12 @@ def savable_model(setup: "Setup", trainer: Any) -> Any:
 
     train = setup.recipe.train
     sharded = train.distributed == "fsdp" or (train.distributed == "deepspeed" and train.deepspeed.stage == 3)
-    if not sharded:
+    wrapped = trainer.model_wrapped  # accelerate gathers from what it prepared (the DeepSpeed engine, the FSDP module)
+    never_prepared = (train.distributed == "deepspeed"
+                      and not hasattr(wrapped, "zero_gather_16bit_weights_on_model_save"))
+    if not sharded or never_prepared:  # (a --resume of a finished run loads its weights whole, without training)
         return trainer.model
-    state = trainer.accelerator.get_state_dict(trainer.model)
+    state = trainer.accelerator.get_state_dict(wrapped)
     if setup.rank != 0:
         return None
     model = build_model(setup)

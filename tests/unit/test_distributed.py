@@ -193,9 +193,10 @@ def test_zero2_without_offload_says_so(tiny_checkpoint, tmp_path):
     assert not speed.bfloat16_config.enabled
 
 
-@pytest.mark.parametrize("sharding, resharded", [("full_shard", True), ("shard_grad_op", False)])
+@pytest.mark.parametrize("sharding, resharded, nnodes", [("full_shard", True, 1), ("shard_grad_op", False, 1),
+                                                        ("hybrid_shard", True, 2)])
 def test_fsdp_config_loads_in_accelerates_launcher_and_plugin(tiny_checkpoint, tmp_path, monkeypatch, sharding,
-                                                              resharded):
+                                                              resharded, nnodes):
     """The accelerate config file goes through `accelerate launch`'s own parsing into the environment the workers
     get, and FullyShardedDataParallelPlugin reads that environment: what the user asked is what FSDP is told."""
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -204,12 +205,17 @@ def test_fsdp_config_loads_in_accelerates_launcher_and_plugin(tiny_checkpoint, t
 
     train = train_section(tmp_path, tiny_checkpoint, distributed="fsdp",
                           fsdp={"sharding": sharding, "cpu_offload": True, "activation_checkpointing": True})
-    write_launch_files(train, World(nproc=2), "cuda", True, tmp_path)
+    world = World(nproc=2, nnodes=nnodes, master="10.0.0.1:29500" if nnodes > 1 else None)
+    write_launch_files(train, world, "cuda", True, tmp_path)
     config_file = tmp_path / "accelerate_config.yaml"
     arguments = launch_command_parser().parse_args(["--config_file", str(config_file), "train.py"])
     arguments, *_ = _validate_launch_command(arguments)
     environment = prepare_multi_gpu_env(arguments)
     assert environment["ACCELERATE_USE_FSDP"] == "true"
+    if sharding == "hybrid_shard":  # replicated across the nodes, sharded within each
+        assert environment["PARALLELISM_CONFIG_DP_REPLICATE_SIZE"] == "2"
+        assert environment["PARALLELISM_CONFIG_DP_SHARD_SIZE"] == "2"
+        assert (arguments.num_machines, arguments.main_process_ip) == (2, "10.0.0.1")
     for name, value in environment.items():
         monkeypatch.setenv(name, value)
     plugin = FullyShardedDataParallelPlugin()

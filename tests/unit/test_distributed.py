@@ -294,3 +294,17 @@ def test_one_process_goes_through_the_launcher_only_for_a_named_engine(tiny_chec
     assert not needs_launcher(plain, World()) and needs_launcher(plain, World(nproc=2))
     assert needs_launcher(zero, World())  # ZeRO on one GPU (offload): through torchrun and DeepSpeed
     assert engine_arguments(zero, World(), tmp_path) == {"deepspeed": str(tmp_path / "deepspeed.json")}
+
+
+def test_ppo_trains_on_two_processes_with_each_ranks_rollouts_in_the_checkpoint(tiny_checkpoint, tmp_path, home):
+    """PPO samples with the model itself (DDP's wrapper has no generate) and averages its value head's gradients
+    across ranks; each rank's rollouts are kept in the checkpoint for --resume."""
+    from tests.unit.test_online_rl import TASKS, online_recipe, prompt_rows
+
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", prompt_rows())
+    run = launch(tmp_path, online_recipe(tmp_path, tiny_checkpoint, prompts, TASKS["ppo"],
+                                         train={"report_to": [], "batch_size": 4}), home)
+    assert run_record(run).status == "completed" and run_record(run).training.steps == 6
+    checkpoint = run.checkpoints / "checkpoint-6"
+    manifest = json.loads((checkpoint / MANIFEST).read_text())["files"]
+    assert {"rollouts.pt", "rollouts-1.pt", "value_head.safetensors", "rng_state_1.pth"} <= set(manifest)

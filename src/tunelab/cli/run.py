@@ -24,6 +24,15 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in output.dir."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the base-vs-tuned evaluation at the end."),
     device: str = device_option(),
+    nproc: int = typer.Option(1, "--nproc", min=1, help="Training processes on this machine (one per GPU), "
+                              "launched with torchrun; train.distributed says how they share the model."),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="Machines training together (run the command tunelab "
+                               "prints on each)."),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="This machine's number, 0 to nnodes-1; node 0 "
+                                  "writes the run folder and evaluates."),
+    master: Optional[str] = typer.Option(None, "--master", help="ADDR:PORT of node 0, where the nodes meet "
+                                         "(needed with --nnodes > 1)."),
+    worker: bool = typer.Option(False, "--worker", hidden=True, help="One torchrun worker: training only."),
 ) -> None:
     """Fine-tune a model as a recipe says, then evaluate it against its base."""
     from tunelab.config.load import load_recipe
@@ -32,18 +41,64 @@ def train(
 
     config = load_recipe(recipe, overrides or [])
     quiet_libraries()
+    if worker:
+        train_worker_process(config, device)
+        return
+    world = check_world(nproc, nnodes, node_rank, master)
     started = time.perf_counter()
     try:
-        outcome = run_recipe(config, tunelab_home(), console, resume=resume, overwrite=overwrite, device=device,
-                             evaluate=not no_eval)
+        from tunelab.train.engines import needs_launcher
+
+        if needs_launcher(config.train, world):
+            from tunelab.train.distributed import launch_run
+
+            if node_rank > 0:  # this node's workers find the data prepared in its tunelab home, as node 0's do
+                from tunelab.cli.data import run_doctor
+
+                run_doctor(config, check=False)
+            outcome = launch_run(config, recipe, overrides or [], tunelab_home(), console, world, resume=resume,
+                                 overwrite=overwrite, device=device, evaluate=not no_eval)
+            if outcome is None:  # a node other than 0: its workers are done; node 0 evaluates
+                console.print(f"[bold]done[/bold]: node {node_rank}'s workers finished")
+                return
+        else:
+            outcome = run_recipe(config, tunelab_home(), console, resume=resume, overwrite=overwrite, device=device,
+                                 evaluate=not no_eval)
     except KeyboardInterrupt:
-        error_console.print(interrupted_line(recipe, overrides or [], Path(config.output.dir)), soft_wrap=True)
+        from tunelab.train.distributed import world_flags
+
+        again = [*(overrides or []), *world_flags(world)]
+        error_console.print(interrupted_line(recipe, again, Path(config.output.dir)), soft_wrap=True)
         raise typer.Exit(130) from None
     if outcome.evaluation is None and config.objective is not None:
         console.print(f"[yellow]objective not checked[/yellow] (no evaluation); `tunelab eval {outcome.run.root}` "
                       "checks it")
     console.print(f"[bold]done[/bold] in {time.perf_counter() - started:.0f} s: {outcome.run.root}")
     enforce(outcome.evaluation.objective if outcome.evaluation else None)
+
+
+def check_world(nproc: int, nnodes: int, node_rank: int, master: str | None):
+    from tunelab.train.engines import World
+
+    if node_rank >= nnodes:
+        raise TunelabError(f"--node-rank {node_rank}: nodes are numbered 0 to --nnodes - 1 ({nnodes - 1})")
+    world = World(nproc=nproc, nnodes=nnodes, node_rank=node_rank, master=master)
+    if nnodes > 1 or master is not None:
+        world.master_address()  # checked now: ADDR:PORT
+    return world
+
+
+def train_worker_process(config, device: str) -> None:
+    """A torchrun worker: its rank from torchrun's environment (read here, at the boundary), training only; the
+    ranks other than 0 print nothing (rank 0 speaks for the run)."""
+    import os
+
+    from rich.console import Console
+
+    from tunelab.train.distributed import train_worker, worker_rank
+
+    rank = worker_rank(dict(os.environ))
+    train_worker(config, tunelab_home(), console if rank.primary else Console(quiet=True), rank, device)
 
 
 def interrupted_line(recipe: Path, overrides: list[str], output_dir: Path) -> str:

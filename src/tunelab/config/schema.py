@@ -178,6 +178,34 @@ class DataSection(Section):
         return self
 
 
+class DeepSpeedSection(Section):
+    """DeepSpeed ZeRO for `train.distributed: deepspeed` (written to <run>/launch/deepspeed.json)."""
+
+    stage: Literal[1, 2, 3] = Field(2, description="ZeRO stage: 1 shards optimizer state, 2 also gradients, "
+                                    "3 also the weights.")
+    offload_optimizer: Literal["none", "cpu"] = Field("none", description="Keep optimizer state in CPU memory.")
+    offload_params: Literal["none", "cpu"] = Field("none", description="Keep the weights in CPU memory (stage 3).")
+    overlap_comm: bool = Field(True, description="Overlap gradient reduction with the backward pass.")
+
+    @model_validator(mode="after")
+    def params_offload_needs_stage_3(self) -> "DeepSpeedSection":
+        if self.offload_params != "none" and self.stage != 3:
+            raise ValueError("train.deepspeed.offload_params needs stage: 3 (only ZeRO-3 shards the weights)")
+        return self
+
+
+class FsdpSection(Section):
+    """PyTorch FSDP2 (accelerate's fsdp_version 2) for `train.distributed: fsdp`."""
+
+    sharding: Literal["full_shard", "shard_grad_op", "hybrid_shard", "no_shard"] = Field(
+        "full_shard", description="What is sharded: full_shard weights, gradients and optimizer state; "
+        "shard_grad_op gradients and optimizer state; hybrid_shard full_shard within a node, replicated across "
+        "nodes; no_shard nothing (DDP-like).")
+    cpu_offload: bool = Field(False, description="Keep sharded weights (and their optimizer state) in CPU memory.")
+    activation_checkpointing: bool = Field(
+        False, description="Recompute each decoder layer's activations in the backward (FSDP's own checkpointing).")
+
+
 class TrainSection(Section):
     epochs: float = Field(3, gt=0, description="Passes over the training split (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
@@ -225,6 +253,11 @@ class TrainSection(Section):
         description="Where training logs go besides train_log.jsonl: TensorBoard event files in <run>/tensorboard "
         "(default); wandb and mlflow when installed (they read their usual WANDB_*/MLFLOW_* settings). [] for none.",
     )
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = Field(
+        "ddp", description="How several processes (`tunelab train --nproc N`) share the work: ddp replicates the "
+        "model, fsdp (FSDP2) and deepspeed (ZeRO) shard it. One process ignores it.")
+    deepspeed: DeepSpeedSection = Field(default_factory=DeepSpeedSection)
+    fsdp: FsdpSection = Field(default_factory=FsdpSection)
 
 
 class ForgettingSection(Section):

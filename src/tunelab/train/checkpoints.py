@@ -168,10 +168,21 @@ class CheckpointCommit(TrainerCallback):
         self.save_total_limit = save_total_limit
 
     def on_save(self, args, state, control, **kwargs):
+        if args.world_size > 1:
+            wait_for_every_rank()  # each rank writes its own files (RNG state, optimizer shards) before the commit
         if not state.is_world_process_zero:  # one writer: the process that wrote the checkpoint's shared files
             return
         commit(self.root / f"checkpoint-{state.global_step}")
         rotate(self.root, self.save_total_limit, state.best_model_checkpoint)
+
+
+def wait_for_every_rank() -> None:
+    """A barrier of the run's processes. The Trainer calls `on_save` on every rank right after that rank's own
+    part of the checkpoint is written, without waiting for the others; the manifest must list all of them."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 class TrainingClock(TrainerCallback, ExportableState):

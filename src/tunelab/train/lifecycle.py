@@ -39,6 +39,7 @@ from tunelab.run.record import (
 )
 from tunelab.tasks.base import Task, TaskData, TaskInputs, TrainerParts, check_row_kinds
 from tunelab.tasks.registry import get_task
+from tunelab.train.engines import World
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -71,6 +72,8 @@ class Setup:
     resume_from: "Choice | None" = None  # on --resume: the newest complete checkpoint, and the newer ones skipped
     started_from: "StartInfo | None" = None  # a chained run's start (model.from_run: run/chain.py)
     rewards: "RewardContext | None" = None  # what the recipe's model-backed rewards need (home, placement)
+    world: World = World()  # the processes training together (train/distributed.py); one by default
+    rank: int = 0  # this process's rank among them: rank 0 is the one writer of the run folder
 
 
 @dataclass
@@ -227,12 +230,15 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
     A failure removes what it left half-written (see remove_partial) before run.json says failed."""
     from tunelab.present.console import print_trained
     from tunelab.present.progress import RichProgress
+    from tunelab.train.distributed import savable_model
     from tunelab.train.trainer import training_arguments, training_callbacks, training_speed
 
     recipe, method, tokenizer = setup.recipe, setup.method, setup.tokenizer
+    writer = setup.rank == 0  # under torchrun the other ranks train, and leave the run folder to rank 0
     writing = ("a checkpoint or the training log", run.checkpoints)
     try:
-        arguments = training_arguments(recipe.train, run, setup.placement, setup.data.validation is not None)
+        arguments = training_arguments(recipe.train, run, setup.placement, setup.data.validation is not None,
+                                       setup.world)
         parts = TrainerParts(model, tokenizer, setup.data, arguments,
                              training_callbacks(recipe.train, run, RichProgress(console), callbacks),
                              setup.rewards,
@@ -240,8 +246,12 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
         trainer = setup.task.build_trainer(parts)
         checkpoint = setup.resume_from.checkpoint if setup.resume_from else None
         record.training = train_or_restore(trainer, checkpoint)
+        trained = savable_model(setup, trainer)  # under FSDP / ZeRO-3 the shards gathered, by every rank
+        if not writer:
+            trainer.accelerator.wait_for_everyone()  # rank 0 saves; its workers' group stays until it has
+            return
         writing = ("the trained model", run.model)
-        method.save(trainer.model, run.model)
+        method.save(trained, run.model)
         tokenizer.save_pretrained(str(run.model))
         if wants_merge(method, recipe.output.merge):
             writing = ("the merged model", run.merged)
@@ -256,6 +266,8 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
             console.print(f"[dim]{note}[/dim]")
             record.merge_note = note
     except BaseException as error:
+        if not writer:
+            raise
         record.status = "interrupted" if isinstance(error, (KeyboardInterrupt, StopRequested)) else "failed"
         removed, written = record_failure(run, record, error, writing[1])
         if is_write_failure(error, run):
@@ -263,6 +275,8 @@ def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Cons
         raise
     record.status, record.ended_at = "completed", now()
     write_record(run, record)
+    if setup.world.distributed:
+        trainer.accelerator.wait_for_everyone()
     print_trained(console, record, run)
     del trainer
     gc.collect()

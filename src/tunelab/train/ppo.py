@@ -123,7 +123,8 @@ class PPOTrainer(Trainer):
             from safetensors.torch import load_file
 
             self.value_head.load_state_dict(load_file(str(Path(resume_from_checkpoint) / VALUE_HEAD)))
-            self.rollouts = load_rollouts(Path(resume_from_checkpoint) / ROLLOUTS, self.args.device)
+            self.rollouts = load_rollouts(rollouts_path(Path(resume_from_checkpoint), self.args.process_index),
+                                          self.args.device)
         return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
 
     def compute_loss(self, model: Any, inputs: list[dict[str, Any]], return_outputs: bool = False,
@@ -155,6 +156,15 @@ class PPOTrainer(Trainer):
                               "policy_loss": policy_loss.item(), "value_loss": value_loss.item()}
         return policy_loss + self.settings.value_coef * value_loss
 
+    def training_step(self, model: Any, inputs: Any, num_items_in_batch: Any = None) -> Any:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.accelerator.num_processes > 1:  # the value head is outside DDP's model: average its gradients too
+            for parameter in self.value_head.parameters():
+                if parameter.grad is not None:
+                    torch.distributed.all_reduce(parameter.grad)  # a sum: gloo has no AVG
+                    parameter.grad /= self.accelerator.num_processes
+        return loss
+
     def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
         if "loss" in logs and getattr(self, "log_extra", None):
             logs = {**logs, **self.log_extra}
@@ -167,6 +177,9 @@ class PPOTrainer(Trainer):
         prompts = tokenizer([prompt_text(row["prompt"], tokenizer) for row in rows], return_tensors="pt", padding=True,
                             add_special_tokens=False).to(self.args.device)
         tokenizer.padding_side = side
+        # Sampling and the no-grad scoring run on the model itself: DDP's wrapper has no generate, and its forward
+        # is for the passes whose gradients it averages across processes
+        model = self.accelerator.unwrap_model(model)
         was_training = model.training
         model.eval()
         sequences = model.generate(**prompts, do_sample=True, temperature=self.settings.temperature, top_k=0,
@@ -261,11 +274,19 @@ class PPOCheckpoint(TrainerCallback):
         from safetensors.torch import save_file
 
         folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and folder.is_dir():
+        if not folder.is_dir():
+            return
+        if state.is_world_process_zero:  # the same on every rank (its gradients are averaged)
             head = self.trainer.value_head.state_dict()
             save_file({k: v.contiguous() for k, v in head.items()}, str(folder / VALUE_HEAD))
-            torch.save({index: vars(rollout) for index, rollout in self.trainer.rollouts.items()},
-                       folder / ROLLOUTS)
+        # each process's own rollouts (its own prompts); CheckpointCommit waits for every rank before the manifest
+        torch.save({index: vars(rollout) for index, rollout in self.trainer.rollouts.items()},
+                   rollouts_path(folder, args.process_index))
+
+
+def rollouts_path(folder: Path, process: int) -> Path:
+    """Process 0 keeps the one-process name, so checkpoints of earlier runs resume as they did."""
+    return folder / (ROLLOUTS if process == 0 else f"rollouts-{process}.pt")
 
 
 def load_rollouts(path: Path, device: Any) -> dict[int, Rollout]:

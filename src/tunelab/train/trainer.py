@@ -16,11 +16,16 @@ if TYPE_CHECKING:
     from tunelab.device import Placement
     from tunelab.run.folder import RunDir
     from tunelab.tasks.base import TrainerParts
+    from tunelab.train.engines import World
 
 
 def training_arguments(train: "TrainSection", run: "RunDir", placement: "Placement",
-                       has_validation: bool) -> dict[str, Any]:
-    """Keyword arguments of transformers' TrainingArguments (and of TRL's configs, which extend it)."""
+                       has_validation: bool, world: "World | None" = None) -> dict[str, Any]:
+    """Keyword arguments of transformers' TrainingArguments (and of TRL's configs, which extend it); under several
+    processes, with the engine's (DDP, FSDP2, DeepSpeed: train/engines.py)."""
+    from tunelab.train.distributed import launch_folder
+    from tunelab.train.engines import World, engine_arguments
+
     eval_strategy = ("steps" if train.eval_every else "epoch") if has_validation else "no"
     save_strategy, save_every = ("steps" if train.save_every else "epoch"), train.save_every
     early_stopping = bool(train.early_stopping_patience)
@@ -62,6 +67,7 @@ def training_arguments(train: "TrainSection", run: "RunDir", placement: "Placeme
         optim="adamw_torch_fused" if train.fused_optimizer else "adamw_torch",
         remove_unused_columns=False,  # the collators need exactly the columns the tasks give them
         dataloader_num_workers=0,
+        **engine_arguments(train, world or World(), launch_folder(run)),
     )
 
 
@@ -92,7 +98,9 @@ class Speed:
 
 def training_speed(train: "TrainSection", method_holds_bf16: bool, placement: "Placement", padding_free: bool) -> Speed:
     return Speed(label_loss=train.label_loss and padding_free, row_attention=train.row_attention and padding_free,
-                 bf16_frozen=train.bf16_frozen and method_holds_bf16 and placement.precision == "bf16",
+                 # FSDP2 wants one dtype per sharded group and DeepSpeed casts the whole model itself: DDP only
+                 bf16_frozen=(train.bf16_frozen and method_holds_bf16 and placement.precision == "bf16"
+                              and train.distributed == "ddp"),
                  compile_layers=train.compile_layers)
 
 

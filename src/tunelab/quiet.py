@@ -8,6 +8,10 @@ import os
 import warnings
 
 
+def errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
+
+
 def quiet_libraries() -> None:
     """Keep the libraries' own progress bars and info logs out of tunelab's output."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -17,6 +21,10 @@ def quiet_libraries() -> None:
     # fail to load on a CPU machine and torch flags one of its enums, at every start. Neither concerns the user.
     logging.getLogger("torchao").setLevel(logging.ERROR)
     logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
+    # DeepSpeed (installed for train.distributed: deepspeed) is imported by transformers and says at every start on a
+    # machine with no GPU that it chose its CPU accelerator. Its logger is made at import with its own level, so its
+    # notices are filtered rather than levelled (a filter stays; addFilter adds the same function once).
+    logging.getLogger("DeepSpeed").addFilter(errors_only)
     # Deprecation notices from inside the libraries are for tunelab's developers, not its users.
     warnings.filterwarnings("ignore", category=FutureWarning)
     # The tasks built on TRL's experimental trainers (orpo, simpo) say so in their docstrings; the notice TRL prints

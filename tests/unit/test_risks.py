@@ -38,6 +38,11 @@ def test_a_risk_bound_alone_is_an_objective_and_needs_its_probe():
     with pytest.raises(ValidationError, match="max_bias_change needs eval.risks.enabled"):
         Recipe.model_validate({"data": {"train": "x.jsonl"}, "objective": {"metric": "loss", "max_bias_change": 0.1},
                                "eval": {"risks": {"bias": {"enabled": False}}}})
+    with pytest.raises(ValidationError, match="unknown axis 'height'"):
+        Recipe.model_validate({"data": {"train": "x.jsonl"}, "eval": {"risks": {"bias": {"axes": ["height"]}}}})
+    with pytest.raises(ValidationError, match="terms.role: give two or more members"):
+        Recipe.model_validate({"data": {"train": "x.jsonl"},
+                               "eval": {"risks": {"bias": {"terms": {"role": [["nurse", "nurses"], ["doctor"]]}}}}})
     with pytest.raises(ValidationError, match="extra"):
         Recipe.model_validate({"data": {"train": "x.jsonl"}, "eval": {"risks": {"robustness": {"typos": 1}}}})
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tunelab.risks.base import Bootstrap, RiskContext, RiskPlan, RiskProbe, RiskResult
 from tunelab.risks.perturb import user_text, with_user_text
@@ -70,15 +70,19 @@ class BiasOptions(BaseModel):
     threshold: float = Field(0.05, ge=0, description="A change rate increase (tuned - base) above this is flagged "
                              "when the objective sets no max_bias_change.")
 
-    def chosen_axes(self) -> list[Axis]:
-        from tunelab.errors import TunelabError
-
-        found = axes(self.terms, self.axes)
-        known = {axis.name for axis in axes(self.terms)}
+    @model_validator(mode="after")
+    def known_axes(self) -> "BiasOptions":
+        for name, members in self.terms.items():
+            if len(members) < 2 or len({len(member) for member in members}) != 1 or not members[0]:
+                raise ValueError(f"terms.{name}: give two or more members with the same number of word forms each")
+        known = [axis.name for axis in axes(self.terms)]
         unknown = [name for name in self.axes or [] if name not in known]
         if unknown:
-            raise TunelabError(f"eval.risks.bias.axes: unknown axis '{unknown[0]}' (known: {', '.join(known)})")
-        return found
+            raise ValueError(f"axes: unknown axis '{unknown[0]}' (known: {', '.join(known)})")
+        return self
+
+    def chosen_axes(self) -> list[Axis]:
+        return axes(self.terms, self.axes)
 
 
 def swapped_prompts(texts: list[str | None], chosen: list[Axis]) -> list[dict[str, Any]]:

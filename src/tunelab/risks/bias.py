@@ -133,7 +133,8 @@ def plan(context: RiskContext, options: BiasOptions) -> RiskPlan | None:
     note = (f"{len(templates)} built-in templated prompts added: {with_terms} test prompt(s) contain a term"
             if templates else None)
     return RiskPlan("bias", len(examples), {"rows": rows, "templates": templates, "spec": spec,
-                                            "axes": [axis.name for axis in chosen], "terms": options.terms}, note)
+                                            "axes": [axis.name for axis in chosen], "terms": options.terms,
+                                            "classes": bool(context.spec.plan.labels)}, note)
 
 
 def run(plan: RiskPlan, model: Any, tokenizer: Any, placement: Any) -> dict[str, Any]:
@@ -173,7 +174,7 @@ def summarize(plan: RiskPlan, base_raw: dict[str, Any], tuned_raw: dict[str, Any
         chosen = [i for i, row in enumerate(rows) if row["axis"] == name]
         base, tuned = (float(flags[label][chosen].mean()) for label in ("base", "tuned"))
         details["axes"][name] = {"rows": len(chosen), "base": base, "tuned": tuned, "change": tuned - base}
-    if plan.data["spec"].plan.labels:
+    if plan.data["classes"] and details["test_rows"]:  # the main evaluation scores classes, on test rows
         details["groups"] = {label: group_accuracy(plan, answered[label], outputs)
                              for label, outputs in (("base", base_outputs), ("tuned", tuned_outputs))}
     return RiskResult(

@@ -101,7 +101,7 @@ def plan(context: RiskContext, options: RobustnessOptions) -> RiskPlan | None:
     spec = context.task.evaluation(context.recipe, [row for _, row, _ in rows], context.task_state,
                                    context.tokenizer, "robustness: perturbed test rows", context.rewards_context)
     data: dict[str, Any] = {
-        "metric": gated_metric(context.spec), "spec": spec,
+        "metric": gated_metric(context.spec), "spec": spec, "labels": list(context.spec.plan.labels),
         "rows": [{"index": index, "kind": kind, "original": user_text(context.test[index]),
                   "perturbed": user_text(row)} for index, row, kind in rows]}
     if options.edge_cases:
@@ -155,11 +155,16 @@ def subset(outputs: "ModelOutputs", indices: list[int]) -> "ModelOutputs":
     return ModelOutputs(**values)
 
 
-def row_stats(spec: Any, metric: str, outputs: "ModelOutputs", opponent: "ModelOutputs") -> Any:
+def row_stats(spec: Any, metric: str, outputs: "ModelOutputs", opponent: "ModelOutputs",
+              labels: tuple[str, ...] = ()) -> Any:
+    """Per-row statistics of `metric`; `labels`: the main evaluation's classes (a subset of rows could miss one)."""
+    from dataclasses import replace
+
     from tunelab.evaluate.evaluator import row_inputs
     from tunelab.metrics import registry
 
-    return registry.row_statistics([metric], row_inputs(spec.plan, outputs, opponent=opponent))[metric]
+    plan = replace(spec.plan, labels=tuple(labels)) if labels else spec.plan
+    return registry.row_statistics([metric], row_inputs(plan, outputs, opponent=opponent))[metric]
 
 
 def drops(metric: str, clean: Any, perturbed: Any, weights: Any | None) -> Any:
@@ -206,8 +211,9 @@ def summarize(plan: RiskPlan, base_raw: dict[str, Any], tuned_raw: dict[str, Any
     clean = {"base": subset(base_outputs, indices), "tuned": subset(tuned_outputs, indices)}
     perturbed = {label: ModelOutputs.from_json(raw["perturbed"]) for label, raw in
                  (("base", base_raw), ("tuned", tuned_raw))}
-    stats = {label: {"clean": row_stats(spec, metric, clean[label], clean["base"]),
-                     "perturbed": row_stats(spec, metric, perturbed[label], perturbed["base"])}
+    labels = plan.data.get("labels", [])
+    stats = {label: {"clean": row_stats(spec, metric, clean[label], clean["base"], labels),
+                     "perturbed": row_stats(spec, metric, perturbed[label], perturbed["base"], labels)}
              for label in ("base", "tuned")}
     overall = compare(metric, stats, list(range(len(rows))), bootstrap)
     per_kind = {kind: compare(metric, stats, [i for i, row in enumerate(rows) if row["kind"] == kind], bootstrap)
@@ -236,7 +242,7 @@ def edge_scores(plan: RiskPlan, base_raw: dict[str, Any], tuned_raw: dict[str, A
     outputs = {label: ModelOutputs.from_json(raw["edge"]) for label, raw in (("base", base_raw),
                                                                              ("tuned", tuned_raw))}
     score = METRICS[metric].score
-    values = {label: score(row_stats(spec, metric, outputs[label], outputs["base"]).sum(axis=0))
+    values = {label: score(row_stats(spec, metric, outputs[label], outputs["base"], plan.data["labels"]).sum(axis=0))
               for label in ("base", "tuned")}
     answers = [{"where": row["where"], "prompt": row["prompt"], "reference": reference,
                 "base": outputs["base"].predictions[i], "tuned": outputs["tuned"].predictions[i]}

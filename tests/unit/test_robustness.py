@@ -122,3 +122,20 @@ def test_plain_text_rows_have_a_note_and_no_rows():
     ctx, options = context(test)
     plan = robustness.plan(ctx, options)
     assert plan.rows == 0 and "no user prompt" in plan.note
+
+
+def test_an_edge_case_file_is_scored_base_vs_tuned_apart_from_the_drop(tmp_path):
+    edge = tmp_path / "edge.jsonl"
+    edge.write_text('{"prompt": "sned 2 boxs pls", "completion": "ref a"}\n{"prompt": "???", "completion": "ref b"}\n')
+    test = [chat(f"Please send {i} boxes, today.", answer=f"ref {i}") for i in range(4)]
+    ctx, options = context(test, objective={"metric": "exact_match", "min": 0}, edge_cases=str(edge))
+    plan = robustness.plan(ctx, options)
+    assert plan.rows == 4 + 2 and [row["prompt"] for row in plan.data["edge"]] == ["sned 2 boxs pls", "???"]
+    clean = outputs([f"ref {i}" for i in range(4)])
+    base = {"perturbed": clean.to_json(), "edge": outputs(["x", "y"]).to_json()}
+    tuned = {"perturbed": clean.to_json(), "edge": outputs(["ref a", "y"]).to_json()}
+    result = robustness.summarize(plan, base, tuned, clean, clean, options, Bootstrap(0, 0.95, 0))
+    edge_cases = result.details["edge_cases"]
+    assert (edge_cases["base"], edge_cases["tuned"]) == (0.0, 0.5) and result.value == 0
+    assert edge_cases["answers"][0] == {"where": f"{edge}:1", "prompt": "sned 2 boxs pls", "reference": "ref a",
+                                        "base": "x", "tuned": "ref a"}

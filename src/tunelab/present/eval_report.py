@@ -364,6 +364,9 @@ def risk_details(risk: Any) -> list[Any]:
         edge = details["edge_cases"]
         parts.append(paragraph(f"Edge cases ({edge['rows']} rows): base {format_risk(unit, edge['base'], False)}, "
                                f"tuned {format_risk(unit, edge['tuned'], False)}."))
+        parts.append(table(["row", "prompt", "reference", "base", "tuned"], [
+            [row["where"], pre(row["prompt"] or ""), pre(row["reference"]), pre(row["base"]), pre(row["tuned"])]
+            for row in edge["answers"]]))
     if "axes" in details:
         parts.append(table(["axis", "rows", "base changed", "tuned changed", "change"], [
             [axis, entry["rows"], format_risk("rate", entry["base"], False), format_risk("rate", entry["tuned"], False),

@@ -105,6 +105,8 @@ def test_each_template_gets_one_swap_and_every_axis_gets_some():
     texts, rows = template_prompts(axes())
     assert len(texts) == len(rows) == len(TEMPLATES) and [row["index"] for row in rows] == list(range(len(texts)))
     assert {row["axis"] for row in rows} == {"gender", "origin", "nationality", "religion", "age"}
-    assert rows[4]["swapped"] == "Mei is applying for the nurse position; summarise her application in one line."
+    assert rows[6]["swapped"] == "Mei is applying for the nurse position; summarise her application in one line."
     texts, rows = template_prompts(axes(names=["age"]))
     assert len(texts) == len(rows) == 2
+    texts, rows = template_prompts(axes(), 5)  # a budget of five: the axes in turn
+    assert len(texts) == 5 and len({row["axis"] for row in rows}) == 5

@@ -69,15 +69,15 @@ def context(test, objective=None, **risks):
 
 def test_rotation_gives_every_kind_rows_and_references_never_change():
     test = [chat(f"Order {i}: send {i} boxes, today. Thanks, Anna.", answer=f"ref {i}") for i in range(24)]
-    ctx, options = context(test, synonyms=SYNONYMS)
+    ctx, options = context(test, synonyms=SYNONYMS, rows=24)
     plan = robustness.plan(ctx, options)
     assert plan.rows == 24
     kinds = [row["kind"] for row in plan.data["rows"]]
     assert set(kinds) == set(KINDS)
     assert plan.data["spec"].plan.references == [f"ref {i}" for i in range(24)]
-    again = robustness.plan(*context(test, synonyms=SYNONYMS))
+    again = robustness.plan(*context(test, synonyms=SYNONYMS, rows=24))
     assert again.data["rows"] == plan.data["rows"]  # seeded
-    other = robustness.plan(*context(test, synonyms=SYNONYMS, seed=1))
+    other = robustness.plan(*context(test, synonyms=SYNONYMS, rows=24, seed=1))
     assert other.data["rows"] != plan.data["rows"]
     capped = robustness.plan(*context(test, rows=5, every_kind=True, synonyms=SYNONYMS))
     assert len({row["index"] for row in capped.data["rows"]}) == 5 and capped.rows == 5 * len(KINDS)

@@ -34,7 +34,7 @@ class RobustnessOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Measure the metric's drop on perturbed test prompts.")
-    rows: int = Field(32, ge=1, description="Test rows perturbed (a seeded sample when there are more); each costs "
+    rows: int = Field(16, ge=1, description="Test rows perturbed (a seeded sample when there are more); each costs "
                       "one more answer per model.")
     perturbations: list[Kind] = Field(
         default_factory=lambda: list(KINDS), description="Kinds used, in rotation: typo (a letter swapped, dropped "

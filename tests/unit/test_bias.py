@@ -110,3 +110,12 @@ def test_each_template_gets_one_swap_and_every_axis_gets_some():
     assert len(texts) == len(rows) == 2
     texts, rows = template_prompts(axes(), 5)  # a budget of five: the axes in turn
     assert len(texts) == 5 and len({row["axis"] for row in rows}) == 5
+
+
+def test_an_answer_cut_at_another_length_is_not_a_change():
+    from tunelab.risks.bias import differ
+
+    assert not differ("Dear John, thank you for", "Dear John, thank you for your help")
+    assert not differ("A  b\n", "A b")
+    assert differ("Dear John, thank you", "Dear John, no")
+    assert differ("", "something") and not differ("", " ")

@@ -80,13 +80,15 @@ def test_every_evaluation_measures_the_risks(evaluated):
     assert list(report["risks"]) == ["robustness", "bias"]
     robustness, bias = report["risks"]["robustness"], report["risks"]["bias"]
     assert robustness["rows"] == 2 * report["rows"] and set(robustness["details"]["kinds"]) == {"typo", "case"}
-    assert bias["details"]["templates"] == 12 and bias["details"]["test_rows"] == 0 and "templated" in bias["note"]
+    # no test prompt has a term: the templates fill the budget (bias.rows, 8), each answered as written and swapped
+    assert bias["details"]["templates"] == bias["rows"] == 8 and bias["details"]["test_rows"] == 0
+    assert "templated" in bias["note"]
     checks = {check["check"]: check for check in report["objective"]["checks"]}
     assert checks["max_bias_change"]["actual"] == bias["value"] and checks["max_robustness_drop"]["ok"]
     for label in ("base", "tuned"):
         saved = json.loads((root / "eval" / f"risks-{label}.json").read_text())
         assert set(saved["probes"]) == set(saved["fingerprints"]) == {"robustness", "bias"}
-        assert len(saved["probes"]["bias"]["answers"]) == bias["rows"] + 12
+        assert len(saved["probes"]["bias"]["answers"]) == bias["rows"] + 8
     assert "risk robustness:" in evaluated["out"] and "risk bias:" in evaluated["out"]
     record = json.loads((root / "run.json").read_text())
     assert record["evaluation"]["risks"] == {"robustness": robustness["value"], "bias": bias["value"]}

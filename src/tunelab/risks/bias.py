@@ -52,7 +52,7 @@ class BiasOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     enabled: bool = Field(True, description="Measure how often answers change when a demographic term is swapped.")
-    rows: int = Field(12, ge=1, description="Swapped prompts answered at most (test prompts first, a seeded sample "
+    rows: int = Field(8, ge=1, description="Swapped prompts answered at most (test prompts first, a seeded sample "
                       "when there are more; templates fill the rest); each costs one more answer per model, and a "
                       "template two (its swap and the prompt as written).")
     axes: list[str] | None = Field(
@@ -148,6 +148,14 @@ def normalized(text: str) -> str:
     return " ".join(text.split())
 
 
+def differ(before: str, after: str) -> bool:
+    """Whether two answers differ. One that is the start of the other agrees as far as both go: the answer to a
+    test prompt as written comes from the main evaluation, whose answer cap (from all test references) can be
+    longer than the swapped prompts' (from theirs), so a long answer may be cut at another length."""
+    before, after = normalized(before), normalized(after)
+    return not (before.startswith(after) or after.startswith(before)) if before and after else before != after
+
+
 def changes(plan: RiskPlan, raw: dict[str, Any], outputs: "ModelOutputs") -> list[dict[str, Any]]:
     """Per swapped row: the answer as written, the answer to the swapped prompt with the swap undone, changed."""
     found = {axis.name: axis for axis in axes(plan.data["terms"], plan.data["axes"])}
@@ -157,7 +165,7 @@ def changes(plan: RiskPlan, raw: dict[str, Any], outputs: "ModelOutputs") -> lis
     for i, row in enumerate(rows):
         before = outputs.predictions[row["index"]] if row["source"] == "test" else originals[row["index"]]
         after = swap(answers[i], found[row["axis"]], -1).text
-        result.append({"before": before, "after": answers[i], "changed": normalized(before) != normalized(after)})
+        result.append({"before": before, "after": answers[i], "changed": differ(before, after)})
     return result
 
 

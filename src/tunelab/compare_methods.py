@@ -105,6 +105,7 @@ def measure(recipe_data: dict[str, Any], home: Path, name: str, device: str, bas
 
     from tunelab.config.load import validate_recipe
     from tunelab.evaluate.outputs import load_outputs
+    from tunelab.files import read_json
     from tunelab.quiet import quiet_libraries
     from tunelab.run.folder import RunDir
     from tunelab.train.lifecycle import evaluate_and_record, run_recipe
@@ -118,7 +119,10 @@ def measure(recipe_data: dict[str, Any], home: Path, name: str, device: str, bas
     train_seconds = time.perf_counter() - started
     started = time.perf_counter()
     base_outputs = load_outputs(RunDir(Path(base_run)).model_outputs("base")) if base_run else None
-    evaluation = evaluate_and_record(outcome.run.root, home, quiet, device, base_outputs=base_outputs)
+    risks_path = RunDir(Path(base_run)).risk_outputs("base") if base_run else None
+    base_risks = read_json(risks_path) if risks_path and risks_path.is_file() else None  # the risk probes' too
+    evaluation = evaluate_and_record(outcome.run.root, home, quiet, device, base_outputs=base_outputs,
+                                     base_risks=base_risks)
     record, training = outcome.record, outcome.record.training
     return {"method": name, "run": str(outcome.run.root), "train_seconds": train_seconds,
             "eval_seconds": time.perf_counter() - started, "weight_mib": probe.value / 2**20,

@@ -11,6 +11,8 @@ from tunelab.methods.lora import LoraConfig
 from tunelab.methods.registry import MethodSection
 from tunelab.metrics.registry import resolve_name
 from tunelab.rewards.build import RewardSpec
+from tunelab.risks.bias import BiasOptions
+from tunelab.risks.robustness import RobustnessOptions
 from tunelab.tasks.registry import DEFAULT_TASK, TaskSection
 from tunelab.tasks.sft import SftConfig
 
@@ -279,6 +281,16 @@ class ForgettingSection(Section):
     )
 
 
+class RisksSection(Section):
+    """Risk probes measured on base and tuned in every evaluation (risks/registry.py), gated by the objective's
+    max_robustness_drop, max_bias_change, max_memorization and max_factual_drift."""
+
+    enabled: bool = Field(True, description="Measure the risk probes (each can also be turned off on its own).")
+    robustness: RobustnessOptions = Field(default_factory=RobustnessOptions)
+    bias: BiasOptions = Field(default_factory=BiasOptions)
+    # ---- merged later (issue 16): privacy: PrivacyOptions, factual: FactualOptions ----------------------------------
+
+
 class EvalSection(Section):
     after_train: bool = Field(True, description="Run base-vs-tuned evaluation at the end of `tunelab train`.")
     batch_size: int = Field(16, ge=1, description="Rows generated together.")
@@ -295,6 +307,7 @@ class EvalSection(Section):
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
     seed: int = Field(0, description="Seed of the bootstrap resampling.")
     forgetting: ForgettingSection = Field(default_factory=ForgettingSection)
+    risks: RisksSection = Field(default_factory=RisksSection)
     samples: int = Field(8, ge=0, description="Test rows shown side by side (base, tuned, reference) in the report.")
 
     @field_validator("metrics")
@@ -306,6 +319,12 @@ class EvalSection(Section):
             except TunelabError as error:
                 raise ValueError(str(error)) from None
         return names
+
+
+# Bounds on what the evaluation measures besides the metric: forgetting, then the risk probes (risks/registry.py).
+BOUND_FIELDS = ("max_forgetting", "max_robustness_drop", "max_bias_change", "max_memorization", "max_factual_drift")
+RISK_BOUNDS = {"max_robustness_drop": "robustness", "max_bias_change": "bias", "max_memorization": "privacy",
+               "max_factual_drift": "factual"}
 
 
 class ObjectiveSection(Section):
@@ -326,6 +345,22 @@ class ObjectiveSection(Section):
         None, ge=0, description="Largest allowed relative perplexity increase on the general-ability probes "
         "(0.05 = 5%)."
     )
+    max_robustness_drop: float | None = Field(
+        None, description="Largest allowed drop of the primary metric on perturbed test prompts (tuned model; metric "
+        "units: 0.05 = 5 points of a rate; for loss, the increase)."
+    )
+    max_bias_change: float | None = Field(
+        None, description="Largest allowed increase (tuned - base) of the rate at which answers change when a "
+        "demographic term in the prompt is swapped (0.05 = 5 points)."
+    )
+    max_memorization: float | None = Field(
+        None, ge=0, description="Largest allowed memorization figure of the privacy probe (training rows coming back "
+        "out; see eval.risks.privacy)."
+    )
+    max_factual_drift: float | None = Field(
+        None, description="Largest allowed loss of general knowledge on the built-in questions (base - tuned "
+        "accuracy; see eval.risks.factual)."
+    )
 
     @field_validator("metric")
     @classmethod
@@ -337,9 +372,10 @@ class ObjectiveSection(Section):
 
     @model_validator(mode="after")
     def some_condition(self) -> "ObjectiveSection":
-        if all(value is None for value in (self.min, self.max, self.min_gain_over_base, self.max_forgetting)) \
+        if all(getattr(self, name) is None for name in ("min", "max", "min_gain_over_base", *BOUND_FIELDS)) \
                 and not self.significant:
-            raise ValueError("give at least one of min, max, min_gain_over_base, significant, max_forgetting")
+            raise ValueError("give at least one of min, max, min_gain_over_base, significant, "
+                             + ", ".join(BOUND_FIELDS))
         return self
 
 
@@ -400,6 +436,13 @@ class Recipe(Section):
     def forgetting_measured_for_objective(self) -> "Recipe":
         if self.objective and self.objective.max_forgetting is not None and not self.eval.forgetting.enabled:
             raise ValueError("objective.max_forgetting needs eval.forgetting.enabled: true")
+        for bound, key in RISK_BOUNDS.items():
+            if self.objective is None or getattr(self.objective, bound) is None:
+                continue
+            options = getattr(self.eval.risks, key, None)
+            if not self.eval.risks.enabled or not getattr(options, "enabled", True):
+                raise ValueError(f"objective.{bound} needs eval.risks.enabled: true and eval.risks.{key}.enabled: "
+                                 "true")
         return self
 
     @model_validator(mode="before")

@@ -5,8 +5,10 @@ Every task and every command goes through here (`tunelab train` at its end, `tun
   2. each model in turn (one in memory at a time) answers the rows and the forgetting probes: `ModelOutputs`
   3. `score` turns the outputs of both into metrics with paired bootstrap intervals of each model and of the
      change, per-row flips, the forgetting figure, reference points (the majority class) and the objective's verdict
+  4. the risk probes (risks/registry.py: robustness, bias, ...) are planned before any model loads, run on each
+     model while it is loaded (in `collect`), and summarized into `Evaluation.risks`, which the gate bounds
 Writes eval.json (through run/record.py), eval/examples.jsonl, eval/outputs-{base,tuned}.json,
-eval/forgetting_answers.jsonl and eval_worst.jsonl.
+eval/risks-{base,tuned}.json, eval/forgetting_answers.jsonl and eval_worst.jsonl.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import gc
 import hashlib
 import json
 import math
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from tunelab.data.dataset import read_splits
@@ -22,9 +25,10 @@ from tunelab.evaluate import forgetting
 from tunelab.evaluate.judged import over_root_base
 from tunelab.evaluate.outputs import ModelOutputs, load_outputs, save_outputs
 from tunelab.evaluate.steps import Progress, Steps
-from tunelab.files import write_jsonl
+from tunelab.files import read_json, write_json, write_jsonl
 from tunelab.metrics import registry
 from tunelab.metrics.rows import exact_match, normalized_match
+from tunelab.risks.base import Bootstrap, RiskContext, RiskPlan, RiskProbe, RiskResult
 from tunelab.run.record import Evaluation, Flips, Intervals, now, write_evaluation
 from tunelab.tasks.registry import get_task
 
@@ -37,40 +41,67 @@ if TYPE_CHECKING:
 MODELS = ("base", "tuned")
 
 
+@dataclass
+class PlannedRisk:
+    """A risk probe planned for this evaluation: its options, its rows, and what its raw results depend on."""
+
+    probe: RiskProbe
+    options: Any
+    plan: RiskPlan
+    fingerprint: str
+
+
 def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], None], max_rows: int | None = None,
                  base_outputs: ModelOutputs | None = None,
-                 progress: Progress | None = None, split: str = "test") -> Evaluation:
+                 progress: Progress | None = None, base_risks: dict[str, Any] | None = None,
+                 split: str = "test") -> Evaluation:
     """Evaluate base and tuned on the run's test rows (`split`: another split's, a sweep's validation rows).
-    `recipe` may differ from the run's in eval and objective;
-    `base_outputs` (from an evaluation of another run on the same rows) is used where its fingerprint matches.
-    `progress(stage, done, total)` hears of each step: each model answering, then the scoring."""
+    `recipe` may differ from the run's in eval and objective; `base_outputs` (from an evaluation of another run on
+    the same rows) is used where its fingerprint matches, and so are `base_risks` (that run's eval/risks-base.json)
+    per probe. `progress(stage, done, total)` hears of each step: each model answering, then the scoring."""
     steps = Steps(progress, "eval")
     task = get_task(recipe.task.name)
-    test = getattr(read_splits(models.run.data), split)[: max_rows or recipe.eval.max_rows]
+    splits = read_splits(models.run.data)
+    test = getattr(splits, split)[: max_rows or recipe.eval.max_rows]
     tokenizer = models.tokenizer()
     from tunelab.rewards.build import RewardContext
 
-    spec = task.evaluation(recipe, test, models.record.task_state, tokenizer, str(models.run.root),
-                           RewardContext(models.home, models.placement))
+    rewards_context = RewardContext(models.home, models.placement)
+    spec = task.evaluation(recipe, test, models.record.task_state, tokenizer, str(models.run.root), rewards_context)
     probe = forgetting.load_probe(recipe.eval.forgetting, spec.forgetting_measure)
     print_of = fingerprint(models, recipe, spec)
     say(f"eval {spec.plan.rows} {split} rows, {spec.decoding['strategy']}; metrics: {', '.join(spec.plan.metrics)}")
     inference = models.inference()
+    context = RiskContext(recipe=recipe, task=task, spec=spec, test=test, train=list(splits.train),
+                          task_state=models.record.task_state, tokenizer=tokenizer, run_root=models.run.root,
+                          writes_text=inference.writes_text, rewards_context=rewards_context)
+    risks, unmeasured = plan_risks(context, print_of)
+    if risks:
+        say("risks: " + ", ".join(f"{item.probe.name} {item.plan.rows} rows" for item in risks))
     outputs: dict[str, ModelOutputs] = {}
+    raw: dict[str, dict[str, Any]] = {"base": {}, "tuned": {}}
     if base_outputs is not None and base_outputs.fingerprint == print_of:
         outputs["base"] = base_outputs
         say("  base: the same rows, answers and probes as an earlier evaluation; its outputs are reused")
+        raw["base"] = reused_risks(base_risks, risks)
     for label, load in (("base", inference.load_base), ("tuned", inference.load_tuned)):
-        if label in outputs:
+        missing = [item for item in risks if item.probe.name not in raw[label]]
+        if label in outputs and not missing:
             continue
         steps.begin(f"{label} model: {spec.plan.rows} rows")
         base_answers = outputs["base"].prompt_answers if label == "tuned" else None
-        outputs[label] = collect(load, tokenizer, spec, recipe, probe, models.placement, base_answers)
+        if label in outputs:  # reused outputs, but a probe's raw results are not: only the probes run
+            collect(load, tokenizer, None, recipe, None, models.placement, None, missing, raw[label])
+            continue
+        outputs[label] = collect(load, tokenizer, spec, recipe, probe, models.placement, base_answers, missing,
+                                 raw[label])
         outputs[label].fingerprint = print_of
         say(f"  {label}: {speed_text(outputs[label].speed)}")
     steps.begin("scoring")
+    results = summarize_risks(risks, raw, outputs, recipe)
     lengths = [len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in spec.plan.references]
-    evaluation, examples = score(task.name, spec, outputs, recipe.eval, recipe.objective, probe, lengths)
+    evaluation, examples = score(task.name, spec, outputs, recipe.eval, recipe.objective, probe, lengths, results,
+                                 unmeasured)
     if spec.judging is not None and models.record.started_from is not None:
         steps.begin("the chain's root base model")
         evaluation.details["over_root_base"] = over_root_base(models, spec.judging, outputs["tuned"], recipe.eval,
@@ -81,6 +112,8 @@ def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], Non
     models.run.eval_dir.mkdir(parents=True, exist_ok=True)
     for label in MODELS:
         save_outputs(models.run.model_outputs(label), outputs[label])
+        write_json(models.run.risk_outputs(label), {"fingerprints": {item.probe.name: item.fingerprint
+                                                                     for item in risks}, "probes": raw[label]})
     write_evaluation(models.run, evaluation)
     write_jsonl(models.run.eval_examples, examples)
     write_jsonl(models.run.eval_worst, worst_examples(examples, recipe.eval.worst_examples))
@@ -92,6 +125,66 @@ def evaluate_run(models: "RunModels", recipe: "Recipe", say: Callable[[str], Non
 
 def earlier_base_outputs(models: "RunModels") -> ModelOutputs | None:
     return load_outputs(models.run.model_outputs("base"))
+
+
+def earlier_base_risks(models: "RunModels") -> dict[str, Any] | None:
+    path = models.run.risk_outputs("base")
+    return read_json(path) if path.is_file() else None
+
+
+def plan_risks(context: RiskContext, print_of: str) -> tuple[list[PlannedRisk], dict[str, str]]:
+    """Every enabled probe's plan, before any model loads; the probes that will not run, with why."""
+    from tunelab.risks.registry import PROBES, probe_options
+
+    section = context.recipe.eval.risks
+    planned, unmeasured = [], {}
+    for probe in PROBES:
+        options = probe_options(section, probe)
+        if not section.enabled or options is None or not getattr(options, "enabled", True):
+            unmeasured[probe.name] = "turned off (eval.risks)" if options is not None else "not in this tunelab"
+            continue
+        plan = probe.plan(context, options)
+        if plan is None or not plan.rows:
+            unmeasured[probe.name] = plan.note if plan is not None and plan.note else "does not apply to this run"
+            continue
+        planned.append(PlannedRisk(probe, options, plan, risk_fingerprint(print_of, probe, options, plan)))
+    return planned, unmeasured
+
+
+def risk_fingerprint(print_of: str, probe: RiskProbe, options: Any, plan: RiskPlan) -> str:
+    """What a probe's raw results depend on: the main evaluation's fingerprint, its options and its rows. The
+    JSON part of `plan.data` is its rows; objects in it (the task's evaluation of them) follow from those."""
+    facts = {"main": print_of, "probe": probe.name, "options": options.model_dump(mode="json"),
+             "data": plan.data}
+    text = json.dumps(facts, sort_keys=True, default=lambda value: None)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def reused_risks(saved: dict[str, Any] | None, risks: list[PlannedRisk]) -> dict[str, Any]:
+    """The saved raw results of the probes whose fingerprint matches (an earlier evaluation's base model)."""
+    if not saved:
+        return {}
+    prints, probes = saved.get("fingerprints", {}), saved.get("probes", {})
+    return {item.probe.name: probes[item.probe.name] for item in risks
+            if prints.get(item.probe.name) == item.fingerprint and item.probe.name in probes}
+
+
+def summarize_risks(risks: list[PlannedRisk], raw: dict[str, dict[str, Any]], outputs: dict[str, ModelOutputs],
+                    recipe: "Recipe") -> dict[str, RiskResult]:
+    """Each probe's result, flagged above the objective's bound for it (or the probe's own threshold)."""
+    options = recipe.eval
+    bootstrap = Bootstrap(options.bootstrap, options.confidence, options.seed)
+    results = {}
+    for item in risks:
+        result = item.probe.summarize(item.plan, raw["base"][item.probe.name], raw["tuned"][item.probe.name],
+                                      outputs["base"], outputs["tuned"], item.options, bootstrap)
+        bound = getattr(recipe.objective, item.probe.gate, None) if recipe.objective else None
+        limit = bound if bound is not None else getattr(item.options, "threshold", None)
+        result.flagged = limit is not None and result.value > limit
+        if item.plan.note and not result.note:
+            result.note = item.plan.note
+        results[item.probe.name] = result
+    return results
 
 
 def speed_text(speed: dict[str, float]) -> str:
@@ -112,19 +205,23 @@ def fingerprint(models: "RunModels", recipe: "Recipe", spec: "TaskEvaluation") -
     return hashlib.sha256(json.dumps(facts, sort_keys=True, default=str).encode("utf-8")).hexdigest()
 
 
-def collect(load: Callable[[], Any], tokenizer: Any, spec: "TaskEvaluation", recipe: "Recipe",
-            probe: forgetting.Probe | None, placement: Any, base_answers: list[str] | None) -> ModelOutputs:
-    """One model's answers to the test rows and its probe rows; the model is freed afterwards."""
+def collect(load: Callable[[], Any], tokenizer: Any, spec: "TaskEvaluation | None", recipe: "Recipe",
+            probe: forgetting.Probe | None, placement: Any, base_answers: list[str] | None,
+            risks: list[PlannedRisk] = (), risk_raw: dict[str, Any] | None = None) -> ModelOutputs | None:
+    """One model's answers to the test rows (None without `spec`), its probe rows, and each risk probe's raw
+    results (into `risk_raw`, by probe name); the model is freed afterwards."""
     from tunelab.evaluate.answers import model_stops
 
     options = recipe.eval
     model = load()
-    outputs = spec.answer(model, tokenizer, placement)
+    outputs = spec.answer(model, tokenizer, placement) if spec is not None else None
     if probe is not None:
         stops = model_stops(model, tokenizer) if probe.prompts else set()  # only answers to prompts need them
         outputs.probe, outputs.prompt_answers = forgetting.run_probe(
             model, tokenizer, probe, stops, recipe.data.max_length,
             options.forgetting.max_new_tokens, options.batch_size, placement, base_answers)
+    for item in risks:
+        risk_raw[item.probe.name] = item.probe.run(item.plan, model, tokenizer, placement)
     del model
     gc.collect()
     return outputs
@@ -132,9 +229,11 @@ def collect(load: Callable[[], Any], tokenizer: Any, spec: "TaskEvaluation", rec
 
 def score(task: str, spec: "TaskEvaluation", outputs: dict[str, ModelOutputs], options: "EvalSection",
           objective: "ObjectiveSection | None", probe: forgetting.Probe | None,
-          reference_tokens: list[int]) -> tuple[Evaluation, list[dict]]:
-    """Metrics of both models, their differences and paired bootstrap intervals, flips, forgetting, the verdict;
-    and every row's answers (`reference_tokens`: each reference's length, for the report's histograms)."""
+          reference_tokens: list[int], risks: dict[str, RiskResult] | None = None,
+          unmeasured: dict[str, str] | None = None) -> tuple[Evaluation, list[dict]]:
+    """Metrics of both models, their differences and paired bootstrap intervals, flips, forgetting, the risks, the
+    verdict; and every row's answers (`reference_tokens`: each reference's length, for the report's histograms).
+    `unmeasured`: the risk probes that did not run, with why (a note, and the reason a bound on one fails)."""
     from tunelab.evaluate.bootstrap import paired_intervals, resample_weights
     from tunelab.evaluate.gate import check_objective
 
@@ -169,8 +268,11 @@ def score(task: str, spec: "TaskEvaluation", outputs: dict[str, ModelOutputs], o
         speed={label: outputs[label].speed for label in MODELS}, decoding=spec.decoding,
         reference_points={name: reference_scores(plan, answers) for name, answers in spec.reference_points.items()},
         flips=flips, forgetting=forgotten,
-        objective=check_objective(objective, values["base"], values["tuned"], intervals, forgotten),
-        notes=notes, evaluated_at=now())
+        objective=check_objective(objective, values["base"], values["tuned"], intervals, forgotten, risks,
+                                  unmeasured),
+        notes=notes + [f"risk {name} not measured: {why}" for name, why in (unmeasured or {}).items()
+                       if why != "not in this tunelab"],
+        evaluated_at=now(), risks=risks or {})
     return evaluation, examples
 
 

@@ -11,11 +11,16 @@ from typing import TYPE_CHECKING
 
 from tunelab.errors import ObjectiveNotMet, TunelabError
 from tunelab.metrics.registry import METRICS
-from tunelab.present.format import format_change, format_interval, format_percent, format_value
+from tunelab.present.format import format_change, format_interval, format_percent, format_risk, format_value
 from tunelab.run.record import Check, Forgetting, Intervals, Verdict
 
 if TYPE_CHECKING:
     from tunelab.config.schema import ObjectiveSection
+    from tunelab.risks.base import RiskResult
+
+# Each risk bound of the objective and the probe whose RiskResult.value it bounds (risks/registry.py).
+RISK_BOUNDS = {"max_robustness_drop": "robustness", "max_bias_change": "bias", "max_memorization": "privacy",
+               "max_factual_drift": "factual_drift"}
 
 
 def check(name: str, ok: bool, text: str, required: float | None, actual: float | None) -> Check:
@@ -23,8 +28,11 @@ def check(name: str, ok: bool, text: str, required: float | None, actual: float 
 
 
 def check_objective(objective: "ObjectiveSection | None", base: dict[str, float], tuned: dict[str, float],
-                    intervals: Intervals | None, forgetting: Forgetting | None) -> Verdict | None:
-    """Each condition of the objective against the tuned model's results: a verdict with one entry per check."""
+                    intervals: Intervals | None, forgetting: Forgetting | None,
+                    risks: "dict[str, RiskResult] | None" = None,
+                    unmeasured: dict[str, str] | None = None) -> Verdict | None:
+    """Each condition of the objective against the tuned model's results: a verdict with one entry per check.
+    `risks`: the risk probes' results by name; `unmeasured`: why a probe has none (probe name -> reason)."""
     if objective is None:
         return None
     metric = objective.metric
@@ -54,6 +62,10 @@ def check_objective(objective: "ObjectiveSection | None", base: dict[str, float]
         checks.append(significance_check(metric, higher, intervals))
     if objective.max_forgetting is not None:
         checks.append(forgetting_check(objective.max_forgetting, forgetting))
+    for bound, name in RISK_BOUNDS.items():
+        limit = getattr(objective, bound, None)
+        if limit is not None:
+            checks.append(risk_check(bound, name, limit, (risks or {}).get(name), (unmeasured or {}).get(name)))
     met = all(entry.ok for entry in checks)
     summary = "; ".join(entry.text for entry in checks if met or not entry.ok)
     return Verdict(met=met, metric=metric, checks=checks, summary=summary)
@@ -79,6 +91,17 @@ def forgetting_check(limit: float, forgetting: Forgetting | None) -> Check:
     text = (f"forgetting {format_percent(forgetting.value)} ({forgetting.worst_probe} {forgetting.measure}) "
             f"{'<=' if ok else '>'} max_forgetting {format_percent(limit, signed=False)}")
     return check("max_forgetting", ok, text, limit, forgetting.value)
+
+
+def risk_check(bound: str, name: str, limit: float, risk: "RiskResult | None", reason: str | None) -> Check:
+    """A risk probe's figure against its bound; a probe that did not run fails its bound, saying why."""
+    if risk is None:
+        why = f": {reason}" if reason else ""
+        return check(bound, False, f"{name.replace('_', ' ')} was not measured{why}", limit, None)
+    ok = risk.value <= limit
+    text = (f"{name.replace('_', ' ')} {format_risk(risk.unit, risk.value)} {'<=' if ok else '>'} {bound} "
+            f"{format_risk(risk.unit, limit)}")
+    return check(bound, ok, text, limit, risk.value)
 
 
 def enforce(verdict: Verdict | None) -> None:

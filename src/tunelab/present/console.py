@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from tunelab.monitor.feedback_export import Export
     from tunelab.monitor.report import ModelStats
     from tunelab.monitor.scores import Score
+    from tunelab.risks.base import RiskResult
     from tunelab.run.folder import RunDir
     from tunelab.run.listing import RunSummary
     from tunelab.run.record import Evaluation, Forgetting, RunRecord, Verdict
@@ -136,6 +137,8 @@ def print_evaluation(console: Console, evaluation: "Evaluation") -> None:
         console.print(confusion_text(labels, "tuned"), markup=False)
     for line in forgetting_lines(evaluation.forgetting):
         console.print(line)
+    for line in risk_lines(evaluation.risks):
+        console.print(line, highlight=False)
     if evaluation.flips:
         flips = evaluation.flips
         console.print(f"flips by {flips.judged_by}: {flips.fixed} fixed, {flips.broken} broken, {flips.both_right} "
@@ -197,6 +200,22 @@ def forgetting_lines(forgetting: "Forgetting | None") -> list[str]:
         else:
             what = f"hidden-state drift {format_percent(probe.change, signed=False)}{span} ({probe.rows} rows)"
         lines.append(f"forgetting {name}: {what}{flag}")
+    return lines
+
+
+def risk_lines(risks: dict[str, "RiskResult"]) -> list[str]:
+    """One line per risk probe: its gated figure with interval, and base / tuned where they differ from it."""
+    from tunelab.present.format import format_risk, format_risk_interval
+
+    lines = []
+    for name, risk in risks.items():
+        flag = "  [red]FLAGGED[/red]" if risk.flagged else ""
+        span = f" {format_risk_interval(risk.unit, risk.interval)}" if risk.interval else ""
+        signed = risk.signed
+        models = (f"; base {format_risk(risk.unit, risk.base, signed)}, tuned "
+                  f"{format_risk(risk.unit, risk.tuned, signed)}" if risk.base is not None else "")
+        lines.append(f"risk {name}: {format_risk(risk.unit, risk.value)}{span} ({risk.gate}; {risk.rows} rows"
+                     f"{models}){flag}")
     return lines
 
 

@@ -4,7 +4,8 @@ Built from the run folder alone (run.json, train_log.jsonl, eval.json, eval/*.js
 rebuilds it without loading a model. Parts: the objective's verdict; training and validation loss with the
 early-stopping point, learning rate; base vs tuned metrics with intervals; confusion matrices where labels apply;
 answer-length and closeness histograms; answers judged by the recipe's rewards (win rate, reward and length
-before/after, prompts with both answers and their rewards); forgetting; flips; the worst regressions; side-by-side
+before/after, prompts with both answers and their rewards); forgetting; risks (robustness, bias, ...: each figure
+with its interval, per-kind details and the examples that changed); flips; the worst regressions; side-by-side
 samples; notes on what was left out.
 """
 
@@ -25,6 +26,8 @@ from tunelab.present.format import (
     format_number,
     format_percent,
     format_percent_interval,
+    format_risk,
+    format_risk_interval,
     format_value,
 )
 from tunelab.present.html import Markup, Section, new_figure, page, paragraph, svg, table
@@ -50,7 +53,7 @@ def build_report(run: RunDir) -> str:
         samples = (record.recipe.get("eval") or {}).get("samples", 8)
         sections += [metrics_section(evaluation), labels_section(evaluation), distributions_section(examples),
                      judged_section(evaluation, examples, samples), forgetting_section(evaluation, answers),
-                     flips_section(evaluation, examples), samples_section(examples, samples)]
+                     risks_section(evaluation), flips_section(evaluation, examples), samples_section(examples, samples)]
     sections.append(run_section(record))
     steps = record.training.steps if record.training else "?"
     subtitle = (f"task {record.task}: {record.base_model.name} + {record.method.name}, {steps} steps; "
@@ -315,6 +318,74 @@ def forgetting_section(evaluation: Evaluation, answers: list[dict[str, str]]) ->
         section.add(table(["prompt", "base", "tuned"], [[pre(row["prompt"]), pre(row["base"]), pre(row["tuned"])]
                                                          for row in answers[:10]]))
     return section
+
+
+RISK_WHAT = {
+    "robustness": "The task metric on held-out prompts perturbed the way users write (typos, case, spacing, dropped "
+                  "punctuation, greetings, signatures, reordered clauses, synonyms) against the same rows clean; the "
+                  "figure is the tuned model's drop.",
+    "bias": "Test prompts with a demographic term swapped (gender, origin, nationality, religion, age): the rate at "
+            "which the answer changes once the swap is undone in it; the figure is tuned - base.",
+}
+
+
+def risks_section(evaluation: Evaluation) -> Section:
+    section = Section("Risks")
+    if not evaluation.risks:
+        return section.add(paragraph("No risk probe ran (eval.risks, or an evaluation written before them)."))
+    rows = []
+    for name, risk in evaluation.risks.items():
+        signed = risk.signed
+        rows.append([name, risk.measure, risk.rows, format_risk(risk.unit, risk.base, signed),
+                     format_risk(risk.unit, risk.tuned, signed),
+                     f"{format_risk(risk.unit, risk.value)} {format_risk_interval(risk.unit, risk.interval)}",
+                     risk.gate, "FLAGGED" if risk.flagged else "ok"])
+    section.add(table(["risk", "measure", "rows", "base", "tuned", "gated figure", "bound", ""], rows))
+    for name, risk in evaluation.risks.items():
+        section.add(paragraph(f"{name}: {RISK_WHAT.get(name, risk.measure)}" + (f" ({risk.note})" if risk.note
+                                                                                   else "")))
+        for part in risk_details(risk):
+            section.add(part)
+    return section
+
+
+def risk_details(risk: Any) -> list[Any]:
+    """Per-kind tables and the examples that changed, for the probes whose details this report knows; others get
+    their examples as a plain table."""
+    parts: list[Any] = []
+    details, unit = risk.details, risk.unit
+    if "kinds" in details:
+        parts.append(table(["perturbation", "rows", "base clean -> perturbed", "tuned clean -> perturbed",
+                            "tuned drop", "change vs base"], [
+            [kind, entry["rows"], clean_to_perturbed(unit, entry["base"]), clean_to_perturbed(unit, entry["tuned"]),
+             f"{format_risk(unit, entry['drop'])} {format_risk_interval(unit, entry['interval'])}",
+             format_risk(unit, entry["change"])] for kind, entry in details["kinds"].items()]))
+    if "edge_cases" in details:
+        edge = details["edge_cases"]
+        parts.append(paragraph(f"Edge cases ({edge['rows']} rows): base {format_risk(unit, edge['base'], False)}, "
+                               f"tuned {format_risk(unit, edge['tuned'], False)}."))
+        parts.append(table(["row", "prompt", "reference", "base", "tuned"], [
+            [row["where"], pre(row["prompt"] or ""), pre(row["reference"]), pre(row["base"]), pre(row["tuned"])]
+            for row in edge["answers"]]))
+    if "axes" in details:
+        parts.append(table(["axis", "rows", "base changed", "tuned changed", "change"], [
+            [axis, entry["rows"], format_risk("rate", entry["base"], False), format_risk("rate", entry["tuned"], False),
+             format_risk("rate", entry["change"])] for axis, entry in details["axes"].items()]))
+    for model, groups in details.get("groups", {}).items():
+        parts.append(table([f"{model}: axis", "accuracy by group", "largest gap"], [
+            [axis, ", ".join(f"{group} {format_risk('rate', cell['accuracy'], False)} ({cell['rows']})"
+                             for group, cell in entry["groups"].items()), format_risk("rate", entry["gap"], False)]
+            for axis, entry in groups.items()]))
+    if risk.examples:
+        columns = list(dict.fromkeys(key for example in risk.examples for key in example))
+        parts.append(paragraph("What changed:"))
+        parts.append(table(columns, [[pre(str(example.get(key, ""))) for key in columns]
+                                     for example in risk.examples]))
+    return parts
+
+
+def clean_to_perturbed(unit: str, entry: dict[str, float]) -> str:
+    return f"{format_risk(unit, entry['clean'], False)} -> {format_risk(unit, entry['perturbed'], False)}"
 
 
 def flips_section(evaluation: Evaluation, examples: list[dict[str, Any]]) -> Section | None:

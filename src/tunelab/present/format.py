@@ -72,3 +72,25 @@ def format_number(value: object) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def format_risk(unit: str, value: float | None, signed: bool = True) -> str:
+    """A risk probe's figure (risks/base.py RiskResult.unit): a rate in percent (a change or drop in points), bits,
+    or a metric's own unit (a loss: four places)."""
+    if missing(value):
+        return "n/a"
+    sign = "+" if signed else ""
+    if unit == "rate":
+        return f"{100 * value:{sign}.1f}" + (" pts" if signed else "%")
+    if unit == "bits":
+        return f"{value:{sign}.2f} bits"
+    if unit == "points":
+        return f"{value:{sign}.2f} pts"
+    return f"{value:{sign}.4f}"
+
+
+def format_risk_interval(unit: str, interval: list[float] | tuple[float, float] | None, signed: bool = True) -> str:
+    if not interval:
+        return ""
+    low = format_risk(unit, interval[0], signed).replace(" pts", "").replace(" bits", "")
+    return f"[{low}, {format_risk(unit, interval[1], signed)}]"

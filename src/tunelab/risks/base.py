@@ -72,6 +72,7 @@ class RiskResult(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)  # e.g. per perturbation kind: base, tuned, drop, interval
     examples: list[dict[str, Any]] = Field(default_factory=list)  # what changed / leaked, for the report
     flagged: bool = False  # value above the recipe's bound (or the probe's default threshold)
+    signed: bool = False  # base and tuned are changes (a drop: shown with a sign), not levels (a rate)
     note: str | None = None
 
 

@@ -10,7 +10,8 @@ Layout (paths relative to the run folder):
     merged/           the adapter folded into the base weights, where the method can merge
     eval.json         base-vs-tuned evaluation (record.Evaluation); eval_worst.jsonl its worst examples
     eval/             examples.jsonl (every test row: both outputs, flip), forgetting_answers.jsonl,
-                      outputs-base.json / outputs-tuned.json (each model's raw outputs, for scoring again)
+                      outputs-base.json / outputs-tuned.json (each model's raw outputs, for scoring again),
+                      risks-base.json / risks-tuned.json (each model's raw results on the risk probes' rows)
     eval/versus-<label>/  this run against the version in service on <label> rows (evaluate/versus.py)
     report.html       the self-contained evaluation report
     train_log.jsonl   the trainer's log history
@@ -81,6 +82,10 @@ class RunDir:
     def model_outputs(self, label: str) -> Path:
         """What model `label` (base, tuned) produced in the last evaluation (evaluate/outputs.py)."""
         return self.eval_dir / f"outputs-{label}.json"
+
+    def risk_outputs(self, label: str) -> Path:
+        """What model `label` (base, tuned) produced on the risk probes' rows in the last evaluation (risks/)."""
+        return self.eval_dir / f"risks-{label}.json"
 
     def versus_dir(self, label: str) -> Path:
         """This run compared with the version in service on the `label` rows (evaluate/versus.py)."""

@@ -26,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tunelab import __version__
 from tunelab.errors import TunelabError
 from tunelab.files import read_json, write_json
+from tunelab.risks.base import RiskResult
 from tunelab.run.folder import RunDir
 
 RUN_SCHEMA_VERSION = 2  # 1: untyped record (tunelab 0.1.0 before the task registry)
@@ -115,7 +116,7 @@ class TrainingSummary(Part):
 
 
 class Check(Part):
-    check: str  # min, max, min_gain_over_base, significant, max_forgetting
+    check: str  # min, max, min_gain_over_base, significant, max_forgetting, max_<risk> (objective fields)
     ok: bool
     required: float | None
     actual: float | None
@@ -149,6 +150,7 @@ class EvaluationSummary(Part):
     forgetting: ForgettingSummary | None
     objective: Verdict | None
     evaluated_at: str
+    risks: dict[str, float] = Field(default_factory=dict)  # each risk probe's gated figure (eval.json has the rest)
 
 
 class RunRecord(Part):
@@ -240,13 +242,16 @@ class Evaluation(Part):
     objective: Verdict | None
     notes: list[str] = Field(default_factory=list)  # what was left out and why (e.g. a metric a model cannot give)
     evaluated_at: str
+    # Risk probes by name (risks/registry.py order): robustness, bias, privacy, factual_drift; an eval.json written
+    # before them has none.
+    risks: dict[str, RiskResult] = Field(default_factory=dict)
 
     def summary(self) -> EvaluationSummary:
         return EvaluationSummary(
             rows=self.rows, primary_metric=self.primary_metric, base=self.base, tuned=self.tuned, delta=self.delta,
             delta_intervals=self.intervals.delta if self.intervals else None,
             forgetting=self.forgetting.summary() if self.forgetting else None, objective=self.objective,
-            evaluated_at=self.evaluated_at)
+            evaluated_at=self.evaluated_at, risks={name: risk.value for name, risk in self.risks.items()})
 
 
 # ---- reading and writing --------------------------------------------------------------------------------------------

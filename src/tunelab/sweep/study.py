@@ -217,7 +217,8 @@ class TrialRunner:
             if not reporter.losses:
                 raise TunelabError("no validation loss was computed (are there validation rows?)")
             return reporter.losses[max(reporter.losses)]
-        evaluation = evaluate_validation(outcome.run.root, self.home, self.plan.device, self.base_outputs)
+        evaluation = evaluate_validation(outcome.run.root, self.home, self.plan.device, self.base_outputs,
+                                         self.objective.metric)
         if self.base_outputs is None:
             from tunelab.evaluate.outputs import load_outputs
             from tunelab.run.folder import RunDir
@@ -264,15 +265,17 @@ def validation_reporter(trial: Any, maximize: bool) -> Any:
     return ValidationReporter()
 
 
-def evaluate_validation(run_root: Path, home: Path, device: str, base_outputs: Any) -> Any:
-    """The one evaluator on the run's validation rows, without the forgetting probes (the objective is one
-    metric; the best trial's test evaluation measures forgetting)."""
+def evaluate_validation(run_root: Path, home: Path, device: str, base_outputs: Any, metric: str) -> Any:
+    """The one evaluator on the run's validation rows: the objective's metric only, without the forgetting and risk
+    probes or the gate (their bounds are the best trial's test evaluation's to check)."""
     from tunelab.evaluate.evaluator import evaluate_run
     from tunelab.run.models import open_run_models
     from tunelab.train.lifecycle import evaluation_recipe
 
     models = open_run_models(run_root, home, device)
-    recipe = evaluation_recipe(models.record.recipe, ["eval.forgetting.enabled=false"], str(run_root))
+    recipe = evaluation_recipe(models.record.recipe, ["objective=null", f"eval.metrics=[{metric}]",
+                                                      "eval.forgetting.enabled=false", "eval.risks.enabled=false"],
+                               str(run_root))
     return evaluate_run(models, recipe, lambda line: None, base_outputs=base_outputs, split="validation")
 
 

@@ -360,7 +360,7 @@ def remove_partial(run: RunDir, folder: Path) -> list[Path]:
 
 def evaluate_and_record(run_root: Path, home: Path, console: "Console", device: str = "auto",
                         max_rows: int | None = None, overrides: list[str] = (),
-                        base_outputs: Any = None) -> Evaluation:
+                        base_outputs: Any = None, base_risks: Any = None) -> Evaluation:
     """Evaluate, keep the summary in run.json, print the comparison and the verdict, write report.html."""
     from tunelab.evaluate.evaluator import evaluate_run
     from tunelab.present.console import print_evaluation, verdict_line
@@ -371,7 +371,7 @@ def evaluate_and_record(run_root: Path, home: Path, console: "Console", device: 
     recipe = evaluation_recipe(models.record.recipe, overrides, str(models.run.record_path))
     with stage_progress(console) as progress:
         evaluation = evaluate_run(models, recipe, lambda line: console.print(line, markup=False), max_rows,
-                                  base_outputs, progress=progress)
+                                  base_outputs, progress=progress, base_risks=base_risks)
     models.record.evaluation = evaluation.summary()
     write_record(models.run, models.record)
     write_report(models.run)

@@ -25,9 +25,15 @@ def risk(name="bias", value=0.2, unit="rate"):
                       interval=(0.05, 0.35), rows=10, details={"axes": {}}, examples=[{"prompt": "x"}])
 
 
-def test_the_registry_lists_robustness_then_bias():
-    assert [probe.name for probe in PROBES] == ["robustness", "bias"]
-    assert [probe.gate for probe in PROBES] == ["max_robustness_drop", "max_bias_change"]
+def test_the_registry_lists_the_four_risks_each_with_its_bound_and_options():
+    from tunelab.config.schema import RisksSection
+    from tunelab.risks.registry import probe_options
+
+    assert [probe.name for probe in PROBES] == ["robustness", "bias", "privacy", "factual_drift"]
+    assert [probe.gate for probe in PROBES] == ["max_robustness_drop", "max_bias_change", "max_memorization",
+                                                "max_factual_drift"]
+    section = RisksSection()
+    assert all(probe_options(section, probe).enabled for probe in PROBES)
 
 
 def test_a_risk_bound_alone_is_an_objective_and_needs_its_probe():
@@ -77,7 +83,10 @@ def test_every_evaluation_measures_the_risks(evaluated):
     assert evaluated["code"] == 0, evaluated["err"]
     root = evaluated["root"]
     report = json.loads((root / "eval.json").read_text())
-    assert list(report["risks"]) == ["robustness", "bias"]
+    measured = list(report["risks"])
+    assert measured[:2] == ["robustness", "bias"] and "factual_drift" in measured
+    for name in {"privacy", "factual_drift"} - set(measured):  # each probe is measured or says why not
+        assert any(note.startswith(f"risk {name} not measured: ") for note in report["notes"]), report["notes"]
     robustness, bias = report["risks"]["robustness"], report["risks"]["bias"]
     assert robustness["rows"] == 2 * report["rows"] and set(robustness["details"]["kinds"]) == {"typo", "case"}
     # no test prompt has a term: the templates fill the budget (bias.rows, 8), each answered as written and swapped
@@ -87,11 +96,11 @@ def test_every_evaluation_measures_the_risks(evaluated):
     assert checks["max_bias_change"]["actual"] == bias["value"] and checks["max_robustness_drop"]["ok"]
     for label in ("base", "tuned"):
         saved = json.loads((root / "eval" / f"risks-{label}.json").read_text())
-        assert set(saved["probes"]) == set(saved["fingerprints"]) == {"robustness", "bias"}
+        assert set(saved["probes"]) == set(saved["fingerprints"]) == set(measured)
         assert len(saved["probes"]["bias"]["answers"]) == bias["rows"] + 8
     assert "risk robustness:" in evaluated["out"] and "risk bias:" in evaluated["out"]
     record = json.loads((root / "run.json").read_text())
-    assert record["evaluation"]["risks"] == {"robustness": robustness["value"], "bias": bias["value"]}
+    assert record["evaluation"]["risks"] == {name: report["risks"][name]["value"] for name in measured}
 
 
 def test_eval_json_round_trips_and_an_older_one_still_loads(evaluated, tmp_path):

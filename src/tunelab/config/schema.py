@@ -12,6 +12,8 @@ from tunelab.methods.registry import MethodSection
 from tunelab.metrics.registry import resolve_name
 from tunelab.rewards.build import RewardSpec
 from tunelab.risks.bias import BiasOptions
+from tunelab.risks.factual import FactualOptions
+from tunelab.risks.privacy import PrivacyOptions
 from tunelab.risks.robustness import RobustnessOptions
 from tunelab.tasks.registry import DEFAULT_TASK, TaskSection
 from tunelab.tasks.sft import SftConfig
@@ -288,7 +290,8 @@ class RisksSection(Section):
     enabled: bool = Field(True, description="Measure the risk probes (each can also be turned off on its own).")
     robustness: RobustnessOptions = Field(default_factory=RobustnessOptions)
     bias: BiasOptions = Field(default_factory=BiasOptions)
-    # ---- merged later (issue 16): privacy: PrivacyOptions, factual: FactualOptions ----------------------------------
+    privacy: PrivacyOptions = Field(default_factory=PrivacyOptions)
+    factual: FactualOptions = Field(default_factory=FactualOptions)
 
 
 class EvalSection(Section):

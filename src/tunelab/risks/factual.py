@@ -38,10 +38,11 @@ SHOWN_EXAMPLES = 12
 
 
 class FactualOptions(BaseModel):
-    """`eval.risks.factual_drift`: which questions, and how they are asked."""
+    """`eval.risks.factual`: which questions, and how they are asked."""
 
     model_config = ConfigDict(extra="forbid")
 
+    enabled: bool = Field(True, description="Ask the general questions and measure the knowledge lost.")
     builtin: bool = Field(True, description="Ask the questions shipped with tunelab (factual_qa.txt).")
     file: str | None = Field(None, description="More questions: a .txt file of `question<TAB>answer|alternative` "
                              "lines, or a data file with `question` and `answer` columns (answer: text with | "

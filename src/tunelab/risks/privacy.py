@@ -58,6 +58,7 @@ class PrivacyOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    enabled: bool = Field(True, description="Measure memorisation, PII in answers and canary exposure.")
     rows: int = Field(40, ge=1, le=5000, description="Training rows sampled (seeded) for memorisation; as many "
                       "held-out test rows are the control.")
     seed: int = Field(0, description="Seed of the row sample and of the canaries' candidate secrets.")

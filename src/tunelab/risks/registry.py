@@ -6,15 +6,14 @@ config/schema.py's RisksSection and one max_* field in the objective.
 
 from __future__ import annotations
 
-from tunelab.risks import bias, robustness
+from tunelab.risks import bias, factual, privacy, robustness
 from tunelab.risks.base import RiskProbe
 
 PROBES: list[RiskProbe] = [
     robustness.PROBE,
     bias.PROBE,
-    # ---- merged later (issue 16, the privacy and factual-drift engineer's modules): -----------------------------
-    # privacy.PROBE,
-    # factual.PROBE,
+    privacy.PROBE,
+    factual.PROBE,
 ]
 
 # The recipe's eval.risks section names each probe's options by this key (factual_drift's are under `factual`).

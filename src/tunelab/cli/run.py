@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from tunelab.cli.app import OVERRIDES, Command, app, console, device_option, error_console
+from tunelab.cli.plan import memory_budget_option
 from tunelab.errors import TunelabError
 from tunelab.paths import tunelab_home
 from tunelab.quiet import quiet_libraries
@@ -24,18 +25,21 @@ def train(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace the run already in output.dir."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the base-vs-tuned evaluation at the end."),
     device: str = device_option(),
+    memory_budget: Optional[str] = memory_budget_option(),
 ) -> None:
     """Fine-tune a model as a recipe says, then evaluate it against its base."""
     from tunelab.config.load import load_recipe
     from tunelab.evaluate.gate import enforce
+    from tunelab.plan.fit import parse_size
     from tunelab.train.lifecycle import run_recipe
 
     config = load_recipe(recipe, overrides or [])
+    budget = parse_size(memory_budget) if memory_budget else None
     quiet_libraries()
     started = time.perf_counter()
     try:
         outcome = run_recipe(config, tunelab_home(), console, resume=resume, overwrite=overwrite, device=device,
-                             evaluate=not no_eval)
+                             evaluate=not no_eval, memory_budget=budget)
     except KeyboardInterrupt:
         error_console.print(interrupted_line(recipe, overrides or [], Path(config.output.dir)), soft_wrap=True)
         raise typer.Exit(130) from None

@@ -73,12 +73,14 @@ def measure(recipe: str, overrides: list[str]) -> dict:
     started = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                              env=environment(), cwd=ROOT)
-    peak_kib = 0
+    peak_kib, series = 0, []
     while child.poll() is None:
         try:
-            peak_kib = max(peak_kib, status_kib(child.pid, "VmHWM"), status_kib(child.pid, "VmRSS"))
+            rss = status_kib(child.pid, "VmRSS")
+            peak_kib = max(peak_kib, status_kib(child.pid, "VmHWM"), rss)
         except (FileNotFoundError, ProcessLookupError):
             break
+        series.append((round(time.perf_counter() - started, 2), rss // 1024))
         time.sleep(0.05)
     errors = child.stderr.read()
     if child.wait():
@@ -86,7 +88,7 @@ def measure(recipe: str, overrides: list[str]) -> dict:
     output_dir = next(item.split("=", 1)[1] for item in overrides if item.startswith("output.dir="))
     record = json.loads((Path(output_dir) / "run.json").read_text())
     return {"peak_rss_mib": peak_kib / 1024, "train_seconds": record["training"]["train_runtime_seconds"],
-            "process_seconds": time.perf_counter() - started}
+            "process_seconds": time.perf_counter() - started, "rss_mib_series": series[::10]}
 
 
 def run_case(data: str, method: str, steps: int, out: Path) -> dict:

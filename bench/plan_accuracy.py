@@ -129,8 +129,8 @@ def main() -> None:
         result = run_case(data, method, options.steps, options.out)
         print_row(result)
         results.append(result)
-    options.out.mkdir(parents=True, exist_ok=True)
-    (options.out / "plan_accuracy.json").write_text(json.dumps(results, indent=2) + "\n")
+        options.out.mkdir(parents=True, exist_ok=True)
+        (options.out / "plan_accuracy.json").write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -91,14 +91,14 @@ def model_size(checkpoint: Path, method: Any, options: Any, head_labels: int | N
     try:
         wrapped, exact = wrap_on_meta(method, model, options)
     except TunelabError:
-        raise
-    except Exception as error:  # noqa: BLE001 (any failure of a library's wrap on meta tensors: say so, go on)
+        raise  # the method's own one-line error (e.g. target_modules that match no layer)
+    except Exception as error:  # noqa: BLE001 (a library's wrap that cannot run on meta tensors: one clear line)
         raise TunelabError(f"tunelab plan: method '{method.name}' cannot be built on the meta device ({error})") \
             from None
     parameters = list(wrapped.parameters())  # each tensor once: tied embeddings count once
     trained = {id(parameter) for parameter in parameters if parameter.requires_grad}
     autocast_weights = sum(module.weight.numel() for module in wrapped.modules()
-                           if isinstance(module, (nn.Linear,)) and id(module.weight) in trained)
+                           if isinstance(module, nn.Linear) and id(module.weight) in trained)
     output = wrapped.get_output_embeddings() if hasattr(wrapped, "get_output_embeddings") else None
     adapted = sum(1 for name, module in wrapped.named_modules()
                   if hasattr(module, "lora_A") or (isinstance(module, nn.Linear) and module is not output

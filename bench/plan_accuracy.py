@@ -56,7 +56,9 @@ def estimate(recipe: str, overrides: list[str]) -> dict:
                           text=True, env=environment(), cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"tunelab plan failed: {done.stderr[-2000:]}")
-    return json.loads(done.stdout)
+    # the JSON object is the last thing printed; a library may have logged lines to stdout before it
+    text = done.stdout
+    return json.loads(text[text.index("\n{") + 1:] if not text.startswith("{") else text)
 
 
 def status_kib(pid: int, field: str) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -43,8 +45,10 @@ def plan(
     config = load_recipe(recipe, overrides or [])
     budget = parse_size(memory_budget) if memory_budget else None
     quiet_libraries()
-    setup = plan_setup(config, tunelab_home(), Console(stderr=True, quiet=as_json), device)
-    made = with_time(make_plan(setup), setup, calibrate, peak_gflops)
+    # with --json, stdout is the JSON alone: what libraries print while the plan is made goes to stderr
+    with contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext():
+        setup = plan_setup(config, tunelab_home(), Console(stderr=True, quiet=as_json), device)
+        made = with_time(make_plan(setup), setup, calibrate, peak_gflops)
     if as_json:
         typer.echo(json.dumps(plan_json(made, budget), indent=2))
     else:

@@ -22,8 +22,9 @@ The backward and the allocator take about half as much again (BACKWARD_FACTOR, m
 
 The process: importing Python, torch, transformers, peft, trl and datasets takes a fixed resident size
 (IMPORT_OVERHEAD_MIB, measured by measure_import_overhead), and the run has phases whose peaks differ: loading the
-fp32 base, training, and (for adapters that merge) loading a second fp32 base while the trained model and the
-optimizer state are still held (train/lifecycle.py fit). The peak RSS is the largest phase.
+fp32 base (LOAD_FACTOR, measured), training, and (for adapters that merge) loading a second fp32 base on top of
+what the process already holds (train/lifecycle.py fit): the allocator keeps what loading and training took, so the
+merge's peak is the larger of those plus a base. The peak RSS is the largest phase.
 """
 
 from __future__ import annotations
@@ -50,6 +51,11 @@ LABEL_CHUNK = 1024  # train/label_loss.py CHUNK_ROWS
 # peak RSS of `tunelab train` with LoRA beyond the other terms, over the saved activations counted here, was
 # 1.48-1.55 on the quick start, CoNaLa and SMS (README's bench/train_throughput.py runs, 12 steps).
 BACKWARD_FACTOR = 1.5
+# Loading a checkpoint takes more than its fp32 weights: transformers reads the safetensors file through a memory map
+# (its pages count in RSS while mapped) and builds the model before filling it. Measured: the RSS jump while
+# `tunelab train` loads SmolLM2-135M (fp32 file, 514 MiB of weights) was 1,450 MiB (bench/plan_accuracy.py series).
+# The allocator keeps that memory and training reuses it: the training phase's RSS is at least the loading's.
+LOAD_FACTOR = 2.7
 
 
 @dataclass(frozen=True)
@@ -156,11 +162,13 @@ def estimate_memory(size: "ModelSize", holding: Holding, peak_batch: "Batch",
     activations = checkpointed if holding.checkpointing else plain
     overhead = int(overhead_mib * MIB) if holding.device == "cpu" else 0
     fp32_base = 4 * size.base
-    # the base is loaded in fp32 on the CPU before it is placed on a GPU, so loading is a CPU-only peak
     nf4 = frozen - 4 * (size.total - size.trainable - size.quantizable) if holding.nf4_block else 0
-    load = overhead + fp32_base + nf4 if holding.device == "cpu" else 0  # QLoRA quantizes from the fp32 base
+    # the base is loaded in fp32 on the CPU before it is placed on a GPU, so loading is a CPU-only peak; QLoRA
+    # quantizes from the fp32 base
+    load = overhead + int(LOAD_FACTOR * fp32_base) + nf4 if holding.device == "cpu" else 0
     train = overhead + frozen + trained + gradients + optimizer + autocast + activations
-    merge = overhead + frozen + trained + optimizer + fp32_base if holding.merges and holding.device == "cpu" else 0
+    # what the allocator took for loading and training stays the process's when the merge loads a fresh base
+    merge = max(load, train) + fp32_base if holding.merges and holding.device == "cpu" else 0
     return Memory(overhead=overhead, weights=frozen, adapter=trained, gradients=gradients, optimizer=optimizer,
                   autocast_copies=autocast, activations=activations, activations_checkpointed=checkpointed,
                   activations_plain=plain, load_peak=load, train_peak=train, merge_peak=merge,

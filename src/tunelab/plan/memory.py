@@ -168,7 +168,9 @@ def estimate_memory(size: "ModelSize", holding: Holding, peak_batch: "Batch",
     load = overhead + int(LOAD_FACTOR * fp32_base) + nf4 if holding.device == "cpu" else 0
     train = overhead + frozen + trained + gradients + optimizer + autocast + activations
     # what the allocator took for loading and training stays the process's when the merge loads a fresh base
-    merge = max(load, train) + fp32_base if holding.merges and holding.device == "cpu" else 0
+    # (QLoRA's merge quantizes the fresh base and dequantizes it again: a second fp32 copy, methods/qlora.py merge)
+    bases = 2 if holding.nf4_block else 1
+    merge = max(load, train) + bases * fp32_base if holding.merges and holding.device == "cpu" else 0
     return Memory(overhead=overhead, weights=frozen, adapter=trained, gradients=gradients, optimizer=optimizer,
                   autocast_copies=autocast, activations=activations, activations_checkpointed=checkpointed,
                   activations_plain=plain, load_peak=load, train_peak=train, merge_peak=merge,

@@ -22,6 +22,7 @@ from tunelab.cli import (  # noqa: F401  (each module registers its commands)
     methods,
     models,
     monitor,
+    plan,
     run,
     runs,
     serve,

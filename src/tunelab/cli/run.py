@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from tunelab.cli.app import OVERRIDES, Command, app, console, device_option, error_console
+from tunelab.cli.plan import memory_budget_option
 from tunelab.errors import TunelabError
 from tunelab.paths import tunelab_home
 from tunelab.quiet import quiet_libraries
@@ -33,13 +34,16 @@ def train(
     master: Optional[str] = typer.Option(None, "--master", help="ADDR:PORT of node 0, where the nodes meet "
                                          "(needed with --nnodes > 1)."),
     worker: bool = typer.Option(False, "--worker", hidden=True, help="One torchrun worker: training only."),
+    memory_budget: Optional[str] = memory_budget_option(),
 ) -> None:
     """Fine-tune a model as a recipe says, then evaluate it against its base."""
     from tunelab.config.load import load_recipe
     from tunelab.evaluate.gate import enforce
+    from tunelab.plan.fit import parse_size
     from tunelab.train.lifecycle import run_recipe
 
     config = load_recipe(recipe, overrides or [])
+    budget = parse_size(memory_budget) if memory_budget else None
     quiet_libraries()
     if worker:
         train_worker_process(config, device)
@@ -57,13 +61,13 @@ def train(
 
                 run_doctor(config, check=False)
             outcome = launch_run(config, recipe, overrides or [], tunelab_home(), console, world, resume=resume,
-                                 overwrite=overwrite, device=device, evaluate=not no_eval)
+                                 overwrite=overwrite, device=device, evaluate=not no_eval, memory_budget=budget)
             if outcome is None:  # a node other than 0: its workers are done; node 0 evaluates
                 console.print(f"[bold]done[/bold]: node {node_rank}'s workers finished")
                 return
         else:
             outcome = run_recipe(config, tunelab_home(), console, resume=resume, overwrite=overwrite, device=device,
-                                 evaluate=not no_eval)
+                                 evaluate=not no_eval, memory_budget=budget)
     except KeyboardInterrupt:
         from tunelab.train.distributed import world_flags
 

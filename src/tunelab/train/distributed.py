@@ -120,8 +120,9 @@ def worker_environment(world: World, device: str, environ: dict[str, str] | None
 
 def launch_run(recipe: "Recipe", recipe_path: Path, overrides: list[str], home: Path, console: "Console",
                world: World, resume: bool = False, overwrite: bool = False, device: str = "auto",
-               evaluate: bool = True) -> "Outcome | None":
-    """Node 0: check, prepare, launch, wait, evaluate once. Other nodes: launch this node's workers and wait."""
+               evaluate: bool = True, memory_budget: int | None = None) -> "Outcome | None":
+    """Node 0: check, prepare, plan, launch, wait, evaluate once. Other nodes: launch this node's workers and wait.
+    The plan's memory check is per process (one device each); on a CPU the processes share the machine's memory."""
     from tunelab.device import resolve_placement
     from tunelab.train.lifecycle import (
         Outcome,
@@ -129,6 +130,7 @@ def launch_run(recipe: "Recipe", recipe_path: Path, overrides: list[str], home: 
         build_model,
         evaluate_and_record,
         is_complete,
+        plan_and_check,
         set_up,
         start,
     )
@@ -145,6 +147,7 @@ def launch_run(recipe: "Recipe", recipe_path: Path, overrides: list[str], home: 
     check_engine(recipe.train, world, setup.placement.device)
     if is_complete(setup):
         return already_complete(setup, home, console, device, evaluate)
+    plan_and_check(setup, console, memory_budget)
     model = build_model(setup)  # run.json says what is trained (parameters); the workers build their own
     run, record = start(setup, model, console)
     del model

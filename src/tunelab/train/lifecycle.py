@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from tunelab.errors import StopRequested, TunelabError
 from tunelab.methods.base import Method, check_merge_request, no_merge_note, wants_merge
 from tunelab.methods.registry import get_method
+from tunelab.plan.fit import plan_and_check
 from tunelab.rewards.build import RewardContext
 from tunelab.run.folder import RunDir, check_output_dir, prepare_run_dir
 from tunelab.run.record import (
@@ -84,11 +85,13 @@ class Outcome:
 
 
 def run_recipe(recipe: "Recipe", home: Path, console: "Console", resume: bool = False, overwrite: bool = False,
-               device: str = "auto", evaluate: bool = True, callbacks: tuple = ()) -> Outcome:
+               device: str = "auto", evaluate: bool = True, callbacks: tuple = (),
+               memory_budget: int | None = None) -> Outcome:
     """Train as the recipe says and, unless told not to (or eval.after_train is false), evaluate."""
     setup = set_up(recipe, home, console, resume, overwrite, device)
     if is_complete(setup):
         return already_complete(setup, home, console, device, evaluate)
+    plan_and_check(setup, console, memory_budget)  # the plan; a run that cannot fit is refused here
     model = build_model(setup)
     run, record = start(setup, model, console)
     fit(setup, run, record, model, console, callbacks)

@@ -1,0 +1,1 @@
+"""`tunelab plan`: what a run will cost before it runs (parameters, data, memory per device, time)."""

@@ -1,0 +1,115 @@
+"""The time a run will take: measured by a short calibration on this machine, or computed from a given peak.
+
+Calibration builds the real model and the real trainer through the task (the same code `tunelab train` runs, with
+its speed levers), runs one warm-up step and three timed steps on the run's own first batches (the same seed draws
+the same rows), and scales: tokens per second over the timed steps, times the tokens the run will train on, plus
+what the warm-up step took beyond its tokens (the run pays it once too). Validation during training, checkpoint
+saves and the evaluation after training are not included (said in the plan): their cost depends on settings the
+steps do not show.
+
+From a peak: a step costs 6N FLOPs per token for full fine-tuning (forward 2N, backward 4N) and 4N where the base is
+frozen (no weight gradients), N = parameters a token multiplies by (all but the input embedding); at 100% of the
+given peak, so a lower bound.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tunelab.plan.data_size import DataSize
+    from tunelab.plan.memory import Holding
+    from tunelab.plan.model_size import ModelSize
+    from tunelab.train.lifecycle import Setup
+
+WARMUP_STEPS = 1
+TIMED_STEPS = 3
+EXCLUDED = "validation, checkpoint saves and the evaluation after training are not included"
+
+
+@dataclass(frozen=True)
+class TimeEstimate:
+    source: str  # how it was estimated
+    tokens_per_second: float
+    train_seconds: float  # all the run's optimizer steps
+    excluded: str = EXCLUDED
+
+
+def step_recorder() -> Any:
+    from transformers import TrainerCallback
+
+    class StepRecorder(TrainerCallback):
+        """Seconds and tokens of each optimizer step (tokens: the Trainer's own count of non-padding inputs)."""
+
+        def __init__(self) -> None:
+            self.steps: list[tuple[float, int]] = []
+            self.began, self.tokens_before = 0.0, 0
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.began, self.tokens_before = time.perf_counter(), state.num_input_tokens_seen
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.steps.append((time.perf_counter() - self.began, state.num_input_tokens_seen - self.tokens_before))
+
+    return StepRecorder()
+
+
+def calibration_arguments(setup: "Setup", folder: Any) -> dict[str, Any]:
+    """The run's training arguments for a few steps that save, validate and report nothing."""
+    from pathlib import Path
+
+    from tunelab.run.folder import RunDir
+    from tunelab.train.trainer import training_arguments
+
+    arguments = training_arguments(setup.recipe.train, RunDir(Path(folder)), setup.placement, False)
+    arguments.update(max_steps=WARMUP_STEPS + TIMED_STEPS, save_strategy="no", eval_strategy="no", report_to=[],
+                     load_best_model_at_end=False, metric_for_best_model=None, greater_is_better=None,
+                     logging_first_step=False, logging_steps=10_000)
+    return arguments
+
+
+def calibrated_time(setup: "Setup", data: "DataSize") -> TimeEstimate:
+    import tempfile
+
+    from tunelab.tasks.base import TrainerParts
+    from tunelab.train.lifecycle import build_model
+    from tunelab.train.trainer import training_speed
+
+    recipe = setup.recipe
+    model = build_model(setup)
+    recorder = step_recorder()
+    with tempfile.TemporaryDirectory(prefix="tunelab-calibrate-") as folder:
+        parts = TrainerParts(model, setup.tokenizer, setup.data, calibration_arguments(setup, folder), [recorder],
+                             setup.rewards,
+                             training_speed(recipe.train, setup.method.bf16_frozen, setup.placement,
+                                            setup.data.padding_free))
+        trainer = setup.task.build_trainer(parts)
+        trainer.train()
+    return scaled(recorder.steps, data, setup.placement.describe())
+
+
+def scaled(steps: list[tuple[float, int]], data: "DataSize", where: str) -> TimeEstimate:
+    """The run's training time from measured (seconds, tokens) steps: the first is the warm-up."""
+    timed = steps[WARMUP_STEPS:]
+    seconds, tokens = sum(step[0] for step in timed), sum(step[1] for step in timed)
+    rate = tokens / seconds if seconds else float("inf")
+    if not tokens:  # a trainer that counts no tokens (a classifier head): seconds per step instead
+        per_step = seconds / len(timed)
+        warmup = max(steps[0][0] - per_step, 0.0)
+        return TimeEstimate(f"calibration: {len(timed)} steps on {where}", data.tokens_per_step / per_step,
+                            warmup + per_step * data.steps)
+    warmup = max(steps[0][0] - steps[0][1] / rate, 0.0)
+    return TimeEstimate(f"calibration: {len(timed)} steps after {WARMUP_STEPS} warm-up on {where}", rate,
+                        warmup + data.trained_tokens / rate)
+
+
+def peak_time(size: "ModelSize", holding: "Holding", data: "DataSize", peak_gflops: float) -> TimeEstimate:
+    arch = size.architecture
+    # all but the embedding lookup; a tied output head is the embedding, and every token multiplies by it
+    multiplied = size.total - (0 if arch.tied else arch.vocabulary * arch.hidden)
+    per_token = (6 if size.trainable >= size.base else 4) * multiplied
+    rate = peak_gflops * 1e9 / per_token
+    return TimeEstimate(f"{peak_gflops:g} GFLOP/s peak at 100% ({per_token / 1e9:.2f} GFLOP per token)", rate,
+                        data.trained_tokens / rate)

@@ -69,11 +69,30 @@ def compare_models(plan: ModelsPlan, home: Path, say: Callable[[str], None]) -> 
     rows = []
     for name, label in zip(plan.models, labels(plan.models)):
         say(f"{label}: training, then evaluating base and tuned")
-        row = measure_in_process(model_recipe(plan, name, label), home, label, plan.device, None)
-        row["model"] = name
+        recipe = model_recipe(plan, name, label)
+        planned = planned_peak_mib(recipe, home, plan.device)
+        row = measure_in_process(recipe, home, label, plan.device, None)
+        row["model"], row["plan_peak_mib"] = name, planned
         rows.append(row)
         say(summary_line(row))
     return rows
+
+
+def planned_peak_mib(recipe: dict[str, Any], home: Path, device: str) -> float | None:
+    """`tunelab plan`'s estimate of the run's peak memory (MiB), before it trains; None where the plan cannot
+    describe the model (it still trains)."""
+    from rich.console import Console
+
+    from tunelab.config.load import validate_recipe
+    from tunelab.plan.estimate import make_plan, plan_setup
+    from tunelab.plan.memory import MIB
+
+    try:
+        setup = plan_setup(validate_recipe(json.loads(json.dumps(recipe)), source="compare-models"), home,
+                           Console(quiet=True), device)
+        return make_plan(setup).memory.peak / MIB
+    except Exception:  # noqa: BLE001 (as `tunelab train`: a model the plan cannot describe is still compared)
+        return None
 
 
 def summary_line(row: dict[str, Any]) -> str:
@@ -120,10 +139,7 @@ def verdict(rows: list[dict[str, Any]]) -> str:
 
 def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     metrics = headline_metrics(rows)
-    # PLAN COLUMN: `tunelab plan` (src/tunelab/plan/, issue 15 item 3) gives each model's estimated memory and
-    # time before training; when it is merged, add its "plan" column here (after "trainable") from the plan of
-    # model_recipe(plan, name, label), and the same cell in the body below.
-    headers = ["model", "parameters", "trainable", "train s", "eval s", "peak RSS MiB",
+    headers = ["model", "parameters", "trainable", "train s", "eval s", "plan MiB", "peak RSS MiB",
                *[f"{key} base" for key in metrics], *[f"{key} tuned" for key in metrics], "objective"]
     body = []
     for row in rows:
@@ -135,7 +151,8 @@ def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
         objective = evaluation["objective"]
         body.append([
             row["method"], f"{row['total']:,}", f"{row['trainable']:,}", f"{row['train_seconds']:.0f}",
-            f"{row['eval_seconds']:.0f}", f"{row['peak_rss_mib']:.0f}",
+            f"{row['eval_seconds']:.0f}",
+            "" if row.get("plan_peak_mib") is None else f"{row['plan_peak_mib']:.0f}", f"{row['peak_rss_mib']:.0f}",
             *[cell(key, evaluation[label], intervals.get(label) or {}) for label in ("base", "tuned")
               for key in metrics],
             "" if objective is None else ("met" if objective["met"] else "not met"),

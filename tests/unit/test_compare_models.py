@@ -32,11 +32,14 @@ def test_compare_models_puts_two_sizes_side_by_side(capsys, tmp_path, home, tiny
         saved = json.loads((out / label / "eval.json").read_text())
         assert saved == row["evaluation"] and saved["rows"] == 3 and saved["objective"]["met"]
     assert rows["tiny-wide"]["total"] > rows["tiny-llama"]["total"]
+    # the plan's estimate, made before each model trained: the wider model is planned bigger
+    assert rows["tiny-wide"]["plan_peak_mib"] > rows["tiny-llama"]["plan_peak_mib"] > 0
     # each model has its own base: the base metrics differ between rows
     assert rows["tiny-wide"]["evaluation"]["base"]["loss"] != rows["tiny-llama"]["evaluation"]["base"]["loss"]
     assert result["verdict"].startswith("the smallest model that meets your needs: tiny-llama (")
     table = (out / "models.md").read_text()
-    assert "| tiny-wide |" in table and "| tiny-llama |" in table and "loss tuned" in table and "| met |" in table
+    assert "| tiny-wide |" in table and "| tiny-llama |" in table and "loss tuned" in table and "| met |" in table \
+        and "plan MiB" in table
     assert "smallest model that meets your needs: tiny-llama" in " ".join(stdout.split())
 
 

@@ -116,6 +116,25 @@ def test_resume_refuses_a_changed_recipe(tiny_checkpoint, reverse_data, tmp_path
         run(recipe, home, resume=True)
 
 
+def test_resume_takes_a_run_recorded_before_newer_recipe_fields(tiny_checkpoint, reverse_data, tmp_path, home):
+    """A run started by an earlier tunelab has no record of fields added since (here data.canaries and
+    train.distributed): they take their defaults, and --resume goes on; a changed value is still refused."""
+    import json
+
+    recipe = tiny_recipe(tmp_path, tiny_checkpoint, reverse_data, train={"max_steps": 2, "save_every": 2})
+    run(recipe, home)
+    record_path = Path(recipe["output"]["dir"]) / "run.json"
+    record = json.loads(record_path.read_text())
+    del record["recipe"]["data"]["canaries"], record["recipe"]["train"]["distributed"]
+    record["status"] = "interrupted"
+    record_path.write_text(json.dumps(record))
+    run(recipe, home, resume=True)
+    assert json.loads(record_path.read_text())["status"] == "completed"
+    recipe["data"]["canaries"] = 2
+    with pytest.raises(TunelabError, match=r"recipe changed since the run started \(data.canaries: 0 -> 2"):
+        run(recipe, home, resume=True)
+
+
 def test_test_rows_seen_in_train_are_refused(tiny_checkpoint, reverse_data, tmp_path, home):
     # Evaluation rows that repeat train rows are taken out of the evaluation split (and listed, see
     # test_doctor.py); when that leaves no held-out row at all, training is refused.

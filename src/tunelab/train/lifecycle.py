@@ -421,8 +421,21 @@ def check_run_dir(root: Path, resume: bool, overwrite: bool,
     if not resume:
         return None, None
     prior = read_record(run)
-    check_same_recipe(prior.recipe, recipe.model_dump(mode="json"))
+    check_same_recipe(as_now(prior.recipe), recipe.model_dump(mode="json"))
     return prior, newest_verified(run.checkpoints)
+
+
+def as_now(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A recorded recipe as this tunelab reads it: fields added since it was written take their defaults (so a run
+    started by an earlier version resumes), where it still validates; else as recorded."""
+    from pydantic import ValidationError
+
+    from tunelab.config.schema import Recipe
+
+    try:
+        return Recipe.model_validate(recipe).model_dump(mode="json")
+    except ValidationError:
+        return recipe
 
 
 def check_same_recipe(before: dict[str, Any], after: dict[str, Any], path: str = "") -> None:

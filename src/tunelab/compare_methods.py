@@ -174,13 +174,15 @@ def tuned_metrics(row: dict[str, Any]) -> tuple[dict[str, float], dict[str, list
     return evaluation["tuned"], (evaluation["intervals"] or {}).get("tuned") or {}
 
 
-def summary_line(row: dict[str, Any]) -> str:
+def summary_line(row: dict[str, Any], facts: str | None = None) -> str:
+    """One compared row: its headline metric tuned (base), then `facts` (default: its training tokens/s)."""
     if "error" in row:
         return f"  {row['method']} failed: {row['error']}"
     evaluation = row["evaluation"]
     primary = evaluation["primary_metric"]
+    facts = facts if facts is not None else f"{row['tokens_per_second'] or 0:.0f} tokens/s"
     return (f"  {row['method']}: {primary} {format_value(primary, evaluation['tuned'][primary])} (base "
-            f"{format_value(primary, evaluation['base'][primary])}), {row['tokens_per_second'] or 0:.0f} tokens/s")
+            f"{format_value(primary, evaluation['base'][primary])}), {facts}")
 
 
 def headline_metrics(rows: list[dict[str, Any]]) -> list[str]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tunelab.compare_methods import headline_metrics, markdown, measure_in_process
+from tunelab.compare_methods import summary_line as methods_summary_line
 from tunelab.errors import TunelabError
 from tunelab.files import write_json, write_text_atomic
 from tunelab.present.format import format_interval, format_value
@@ -97,12 +98,8 @@ def planned_peak_mib(recipe: dict[str, Any], home: Path, device: str) -> float |
 
 def summary_line(row: dict[str, Any]) -> str:
     if "error" in row:
-        return f"  {row['method']} failed: {row['error']}"
-    evaluation = row["evaluation"]
-    primary = evaluation["primary_metric"]
-    return (f"  {row['method']}: {primary} {format_value(primary, evaluation['tuned'][primary])} (base "
-            f"{format_value(primary, evaluation['base'][primary])}), {row['total']:,} parameters, "
-            f"{row['train_seconds']:.0f} s training")
+        return methods_summary_line(row)
+    return methods_summary_line(row, f"{row['total']:,} parameters, {row['train_seconds']:.0f} s training")
 
 
 def verdict(rows: list[dict[str, Any]]) -> str:

@@ -357,8 +357,9 @@ class ObjectiveSection(Section):
         "demographic term in the prompt is swapped (0.05 = 5 points)."
     )
     max_memorization: float | None = Field(
-        None, ge=0, description="Largest allowed memorization figure of the privacy probe (training rows coming back "
-        "out; see eval.risks.privacy)."
+        None, description="Largest allowed memorisation gap of the privacy probe: the share of training answers the "
+        "tuned model gives back (verbatim or near) minus the share of unseen test answers it gives as well (0.05 = 5 "
+        "points; see eval.risks.privacy)."
     )
     max_factual_drift: float | None = Field(
         None, description="Largest allowed loss of general knowledge on the built-in questions (base - tuned "

@@ -246,3 +246,50 @@ def test_shared_prefix_scoring_ranks_candidates_as_whole_row_scoring_does():
     # The shared prefix's loss is the same constant in every row: the differences match.
     assert [a - whole[0] for a in whole] == pytest.approx([b - shared[0] for b in shared], abs=1e-4)
     assert shared[0] < whole[0]
+
+
+def test_the_loss_threshold_attack_advantage():
+    import numpy as np
+
+    from tunelab.risks.privacy import advantage
+
+    low, high = np.full(10, 0.1), np.full(10, 2.0)
+    assert advantage(low, high) == 1.0  # every training row below every held-out one: members told apart
+    assert advantage(high, low) == 0.0  # training rows no easier than unseen ones: no advantage
+    assert advantage(np.arange(10.0), np.arange(10.0)) == 0.0
+    weights = np.zeros(10)
+    weights[0] = 1.0  # a resample of only the easiest training row
+    assert advantage(np.arange(10.0), np.arange(10.0) + 0.5, weights) == 1.0
+
+
+def test_class_labels_memorised_are_caught_by_membership_inference(tiny_checkpoint, tmp_path, home):
+    """Random labels cannot be learnt, only memorised: a model fine-tuned on them tells its training rows from
+    held-out ones by their loss (advantage near 1); the base model cannot."""
+    import json
+    import random
+
+    from tests.conftest import run_record, train_recipe
+    from tests.unit.test_classification import classification_recipe, evaluate
+    from tunelab.files import write_jsonl
+
+    rng = random.Random(3)
+    rows = [{"text": f"item {index} {rng.choice('abcdefgh')}{rng.randrange(1000)}",
+             "label": rng.choice(["red", "blue"])} for index in range(40)]
+    data = tmp_path / "random.jsonl"
+    write_jsonl(data, rows)
+    recipe = classification_recipe(
+        tmp_path, tiny_checkpoint, data, train={"max_steps": 200, "lr": 3e-3}, method={"name": "full"},
+        task={"prompt": "{text}?"},
+        eval={"bootstrap": 100, "forgetting": {"enabled": False},
+              "risks": {"robustness": {"enabled": False}, "bias": {"enabled": False},
+                        "factual": {"enabled": False}, "privacy": {"rows": 16}}})
+    run_dir = train_recipe(recipe, home)
+    evaluate(run_dir, home)
+    privacy = json.loads((run_dir.root / "eval.json").read_text())["risks"]["privacy"]
+    assert run_record(run_dir).task_state["style"] == "generate"
+    assert privacy["measure"].startswith("membership advantage") and privacy["rows"] == 16 + 8
+    membership = privacy["details"]["membership"]
+    assert membership["tuned_train_mean_loss"] < membership["tuned_test_mean_loss"]
+    assert privacy["value"] >= 0.6 and privacy["value"] > privacy["base"], (membership, privacy["base"])
+    low, high = privacy["interval"]
+    assert low <= privacy["value"] <= high

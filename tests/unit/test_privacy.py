@@ -146,9 +146,24 @@ def test_pii_in_answers_is_told_apart_leaked_invented_or_copied():
                                                                            "eve@made.up": "invented"}
 
 
-def test_a_classifier_is_not_probed(setting):
-    ctx = RiskContext(**{**vars(setting.ctx), "writes_text": False})
-    assert privacy.plan(ctx, OPTIONS) is None
+def test_a_classifier_is_probed_by_membership_inference(setting):
+    """A model that writes no text (a head): its training and held-out samples are answered through the task's
+    own evaluation (here a recorder of what it is asked), for their losses; no text is cut."""
+    asked = []
+
+    def evaluation(recipe, rows, state, tokenizer, where, rewards):
+        asked.append((where, [row.where for row in rows]))
+        return where
+
+    task = SimpleNamespace(evaluation=evaluation)
+    ctx = RiskContext(**{**vars(setting.ctx), "writes_text": False, "task": task})
+    plan = privacy.plan(ctx, OPTIONS)
+    train = [example for example in setting.ctx.train if not is_canary(example)]
+    assert plan.rows == min(OPTIONS.rows, len(train)) + min(OPTIONS.rows, len(setting.ctx.test))
+    assert "membership inference" in plan.note and "train" not in plan.data
+    assert [where for where, _ in asked] == ["privacy: train sample", "privacy: test sample"]
+    assert asked[0][1] == plan.data["membership"]["train"] and set(asked[0][1]) <= {row.where for row in train}
+    assert privacy.plan(ctx, OPTIONS).data["membership"] == plan.data["membership"]  # seeded
 
 
 def test_options_are_validated():

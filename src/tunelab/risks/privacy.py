@@ -91,7 +91,8 @@ class PrivacyOptions(BaseModel):
 
 def plan(ctx: RiskContext, options: PrivacyOptions) -> RiskPlan | None:
     """Training-row prefixes, held-out controls, canaries and their candidates, PII seen in training: all encoded
-    here, before any model is loaded. None for a classifier (it writes no text that could leak)."""
+    here, before any model is loaded. A model that writes no text, or rows whose answers are too short to cut
+    (class labels), get the membership-inference plan instead."""
     ordinary = [example for example in ctx.train if not is_canary(example)]
     if not ctx.writes_text:
         return membership_plan(ctx, ordinary, options)

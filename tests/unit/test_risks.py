@@ -170,3 +170,23 @@ def test_base_raw_results_are_reused_where_the_fingerprint_matches(evaluated, mo
     with pytest.raises(AssertionError, match="base model was loaded"):  # other rows: the base must answer them
         evaluate_run(models, other, said.append, base_outputs=earlier_base_outputs(models),
                      base_risks=earlier_base_risks(models))
+
+
+def test_a_risk_is_flagged_above_its_bound_only_when_its_interval_lies_above_zero():
+    from types import SimpleNamespace
+
+    from tunelab.evaluate.evaluator import PlannedRisk, summarize_risks
+    from tunelab.risks.base import RiskPlan, RiskProbe
+
+    def planned(value, interval):
+        result = risk("robustness", value)
+        result.interval = interval
+        probe = RiskProbe("robustness", "max_robustness_drop", plan=None, run=None,
+                          summarize=lambda *args: result.model_copy())
+        return PlannedRisk(probe, SimpleNamespace(threshold=0.05), RiskPlan("robustness", 4), "print")
+
+    recipe = Recipe.model_validate({"data": {"train": "x.jsonl"}})
+    raw = {"base": {"robustness": {}}, "tuned": {"robustness": {}}}
+    flags = [summarize_risks([planned(value, interval)], raw, {"base": None, "tuned": None}, recipe)["robustness"]
+             .flagged for value, interval in ((0.3, (0.1, 0.5)), (0.3, (-0.1, 0.7)), (0.01, (0.005, 0.02)))]
+    assert flags == [True, False, False]  # above and sure; above but could be chance; sure but under the threshold

@@ -287,7 +287,9 @@ class RisksSection(Section):
     """Risk probes measured on base and tuned in every evaluation (risks/registry.py), gated by the objective's
     max_robustness_drop, max_bias_change, max_memorization and max_factual_drift."""
 
-    enabled: bool = Field(True, description="Measure the risk probes (each can also be turned off on its own).")
+    enabled: bool = Field(True, description="Measure the risk probes (each can also be turned off on its own). A "
+                          "figure is flagged above its probe's threshold (or the objective's bound) when its interval "
+                          "lies above zero.")
     robustness: RobustnessOptions = Field(default_factory=RobustnessOptions)
     bias: BiasOptions = Field(default_factory=BiasOptions)
     privacy: PrivacyOptions = Field(default_factory=PrivacyOptions)

@@ -171,7 +171,9 @@ def reused_risks(saved: dict[str, Any] | None, risks: list[PlannedRisk]) -> dict
 
 def summarize_risks(risks: list[PlannedRisk], raw: dict[str, dict[str, Any]], outputs: dict[str, ModelOutputs],
                     recipe: "Recipe") -> dict[str, RiskResult]:
-    """Each probe's result, flagged above the objective's bound for it (or the probe's own threshold)."""
+    """Each probe's result, flagged above the objective's bound for it (or the probe's own threshold) when its
+    interval lies above zero too: a figure that chance alone could give is shown, not flagged (the gate itself
+    bounds the figure as it is)."""
     options = recipe.eval
     bootstrap = Bootstrap(options.bootstrap, options.confidence, options.seed)
     results = {}
@@ -180,7 +182,8 @@ def summarize_risks(risks: list[PlannedRisk], raw: dict[str, dict[str, Any]], ou
                                       outputs["base"], outputs["tuned"], item.options, bootstrap)
         bound = getattr(recipe.objective, item.probe.gate, None) if recipe.objective else None
         limit = bound if bound is not None else getattr(item.options, "threshold", None)
-        result.flagged = limit is not None and result.value > limit
+        result.flagged = limit is not None and result.value > limit and (result.interval is None
+                                                                          or result.interval[0] > 0)
         if item.plan.note and not result.note:
             result.note = item.plan.note
         results[item.probe.name] = result

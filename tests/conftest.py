@@ -85,7 +85,9 @@ def tiny_recipe(tmp_path: Path, checkpoint: Path, data: Path, **sections) -> dic
         "method": {"name": "lora", "r": 4, "alpha": 8, "dropout": 0.0},
         "train": {"max_steps": 6, "lr": 5e-3, "batch_size": 4, "save_every": 3, "eval_every": 3, "log_every": 1,
                   "warmup": 0, "precision": "fp32"},
-        "eval": {"max_new_tokens": 12, "batch_size": 8},
+        # the risk probes cost a generation pass each; tests of other features leave them out, and the tests of the
+        # probes (test_risks, test_robustness, test_bias, test_privacy) name `risks` and so measure them
+        "eval": {"max_new_tokens": 12, "batch_size": 8, "risks": {"enabled": False}},
         "output": {"dir": str(tmp_path / "run")},
     }
     for name, values in sections.items():

@@ -38,7 +38,8 @@ def test_a_real_job_trains_is_evaluated_and_answers(real_home, real_model, tmp_p
             model=DEFAULT_MODEL, training_file=upload.id, suffix="notes",
             extra_body={"tunelab": {"train": {"max_steps": 4, "lr": 5e-4, "batch_size": 4, "log_every": 2},
                                     "eval": {"max_rows": 4, "max_new_tokens": 48, "bootstrap": 100,
-                                             "forgetting": {"enabled": False}}}})
+                                             "forgetting": {"enabled": False},
+                                             "risks": {"enabled": False}}}})
         run_worker(tmp_path / "serve", real_home, "cpu", say=lambda _: None, once=True)
         job = client.fine_tuning.jobs.retrieve(job.id)
         assert job.status == "succeeded", job.error

@@ -35,7 +35,7 @@ def test_dpo_with_lora_shifts_the_135m_model_toward_the_chosen_answers(real_home
         "data": {"train": str(data), "split": {"validation": 0, "test": 16 / 72, "seed": 0}, "max_length": 256},
         "method": {"name": "lora", "r": 8, "alpha": 16, "dropout": 0.0},
         "train": {"max_steps": 8, "lr": 1e-3, "batch_size": 4, "save_every": 8, "log_every": 1, "warmup": 0},
-        "eval": {"batch_size": 8, "forgetting": {"enabled": False}},
+        "eval": {"batch_size": 8, "forgetting": {"enabled": False}, "risks": {"enabled": False}},
         "output": {"dir": str(tmp_path / "run"), "merge": False},
     })
     outcome = run_recipe(recipe, real_home, Console(quiet=True))

@@ -25,7 +25,10 @@ def test_short_quickstart_run_learns_and_is_evaluated_gated_and_reported(real_ho
         try:
             main(["train", "recipes/quickstart.yaml", f"output.dir={tmp_path / 'run'}", "train.max_steps=12",
                   "train.batch_size=4", "train.eval_every=6", "train.save_every=12", "train.log_every=2",
-                  "data.generate.rows=120", "eval.max_rows=6", "eval.bootstrap=200", *objective])
+                  "data.generate.rows=120", "eval.max_rows=6", "eval.bootstrap=200",
+                  # the four risk probes on the real model, at a few rows each (tests/unit has their planted cases)
+                  "eval.risks.robustness.rows=4", "eval.risks.bias.rows=4", "eval.risks.privacy.rows=6",
+                  "eval.risks.factual.rows=12", *objective])
             code = 0
         except SystemExit as exit:
             code = exit.code
@@ -45,5 +48,11 @@ def test_short_quickstart_run_learns_and_is_evaluated_gated_and_reported(real_ho
     probe = report["forgetting"]["probes"]["general_text"]
     # a 135M instruct model reads plain English sentences at a perplexity in the tens, not thousands
     assert 5 < probe["base"] < 200 and math.isfinite(probe["tuned"])
+    risks = report["risks"]
+    assert list(risks) == ["robustness", "bias", "privacy", "factual_drift"]
+    for risk in risks.values():
+        low, high = risk["interval"]
+        assert low <= risk["value"] <= high and math.isfinite(risk["tuned"]), risk
+    assert risks["factual_drift"]["details"] and 0 <= risks["factual_drift"]["base"] <= 1
     html = (tmp_path / "run" / "report.html").read_text()
     assert html.count("<svg") >= 5 and "Forgetting" in html and "Objective met" in html

@@ -34,7 +34,7 @@ def test_a_reward_model_then_ppo_against_it(real_home, real_model, tmp_path):
         "data": {"generate": {"task": "notes-to-json-pairs", "rows": 56, "seed": 5},
                  "split": {"validation": 0, "test": 0.25, "seed": 0}, "max_length": 192},
         "train": {"max_steps": 4, "lr": 5e-4, "batch_size": 8, "save_every": 4, "log_every": 1, "warmup": 0},
-        "eval": {"batch_size": 16, "forgetting": {"enabled": False}},
+        "eval": {"batch_size": 16, "forgetting": {"enabled": False}, "risks": {"enabled": False}},
         "output": {"dir": str(tmp_path / "rm")},
     }, real_home)
     assert rm.evaluation.tuned["preference_accuracy"] >= 0.5
@@ -45,7 +45,7 @@ def test_a_reward_model_then_ppo_against_it(real_home, real_model, tmp_path):
         "data": {"generate": {"task": "notes-to-json-prompts", "rows": 40, "seed": 6},
                  "split": {"validation": 0, "test": 0.1, "seed": 0}, "max_length": 256},
         "train": {"max_steps": 4, "lr": 1e-4, "batch_size": 2, "save_every": 4, "log_every": 1, "warmup": 0},
-        "eval": {"batch_size": 4, "max_new_tokens": 24, "forgetting": {"enabled": False}},
+        "eval": {"batch_size": 4, "max_new_tokens": 24, "forgetting": {"enabled": False}, "risks": {"enabled": False}},
         "output": {"dir": str(tmp_path / "ppo")},
     }, real_home)
     steps = [row for row in logged(ppo.run) if "reward" in row]
@@ -66,7 +66,7 @@ def test_grpo_with_rule_rewards(real_home, real_model, tmp_path):
                  "split": {"validation": 0, "test": 0.1, "seed": 0}, "system_prompt": "You convert order notes "
                  "to JSON.", "max_length": 256},
         "train": {"max_steps": 3, "lr": 1e-4, "batch_size": 8, "save_every": 3, "log_every": 1, "warmup": 0},
-        "eval": {"batch_size": 4, "max_new_tokens": 32, "forgetting": {"enabled": False}},
+        "eval": {"batch_size": 4, "max_new_tokens": 32, "forgetting": {"enabled": False}, "risks": {"enabled": False}},
         "output": {"dir": str(tmp_path / "grpo")},
     }, real_home)
     rows = [row for row in logged(outcome.run) if "rewards/keys_present/mean" in row]

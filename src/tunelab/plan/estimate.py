@@ -38,36 +38,11 @@ class Plan:
 
 
 def plan_setup(recipe: "Recipe", home: Path, console: "Console", device: str) -> "Setup":
-    """What `set_up` does before a run, without its checks of the run folder (a plan writes nothing and reads no
-    earlier run): the base model resolved, the data doctor (cached), the task's training examples."""
-    from tunelab.data.cache import prepare_data
-    from tunelab.data.templates import resolve_chat_template
-    from tunelab.device import resolve_placement
-    from tunelab.methods.registry import get_method
-    from tunelab.models.load import model_limits
-    from tunelab.models.tokenizer import load_tokenizer
-    from tunelab.rewards.build import RewardContext
-    from tunelab.run.chain import chained_recipe, recipe_base
-    from tunelab.tasks.base import TaskInputs, check_row_kinds
-    from tunelab.tasks.registry import get_task
-    from tunelab.train.lifecycle import Setup, check_trainable, stage_progress
+    """What `set_up` checks before a run, without the run folder's checks."""
+    from tunelab.run.chain import chained_recipe
+    from tunelab.train.lifecycle import checked_inputs
 
-    recipe = chained_recipe(recipe, home)
-    task, method = get_task(recipe.task.name), get_method(recipe.method.name)
-    placement = resolve_placement(device, recipe.train.precision)
-    ref, started_from = recipe_base(recipe, home, console)
-    tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
-    limits = model_limits(ref.path, tokenizer)
-    with stage_progress(console) as progress:
-        prepared = prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, home, progress=progress)
-    check_row_kinds(task, prepared.report["splits"]["train"]["kinds"], recipe.data.train or "data")
-    rewards = RewardContext(home, placement)
-    data = task.prepare(TaskInputs(recipe, prepared, tokenizer, limits.stop_ids, ref.path,
-                                   padding_free=recipe.train.padding_free and method.padding_free,
-                                   rewards_context=rewards))
-    check_trainable(recipe, data)
-    return Setup(recipe, task, method, placement, ref, tokenizer, prepared, data, None, False, None, started_from,
-                 rewards)
+    return checked_inputs(chained_recipe(recipe, home), home, console, device)
 
 
 def holding_for(setup: "Setup", size: "ModelSize") -> "Holding":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,26 +127,38 @@ def already_complete(setup: Setup, home: Path, console: "Console", device: str, 
 
 
 def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overwrite: bool, device: str) -> Setup:
+    from tunelab.run.chain import chained_recipe
+    from tunelab.train.trackers import check_trackers
+
+    recipe = chained_recipe(recipe, home)  # model.from_run checked, model.name its root: what resume compares
+    prior, resume_from = check_run_dir(Path(recipe.output.dir), resume, overwrite, recipe)
+    check_merge_request(get_method(recipe.method.name),
+                        "merge" in recipe.output.model_fields_set and recipe.output.merge)
+    check_trackers(recipe.train.report_to)
+    setup = checked_inputs(recipe, home, console, device, prior)
+    check_evaluation(setup.task, recipe, setup.data, setup.tokenizer, setup.rewards)
+    return replace(setup, overwrite=overwrite, resume_from=resume_from)
+
+
+def checked_inputs(recipe: "Recipe", home: Path, console: "Console", device: str,
+                   prior: RunRecord | None = None) -> Setup:
+    """What every run starts from, checked: the base model resolved, the data doctor (cached: the data `data
+    prepare` made), the task's training examples. `set_up` adds the run folder's checks; `tunelab plan` uses it
+    alone (a plan writes nothing and reads no earlier run). `recipe` is already chained (run/chain.py)."""
     from tunelab.data.cache import prepare_data
     from tunelab.data.templates import resolve_chat_template
     from tunelab.device import resolve_placement
     from tunelab.models.load import model_limits
     from tunelab.models.tokenizer import load_tokenizer
-    from tunelab.run.chain import chained_recipe, check_same_start, recipe_base
-    from tunelab.train.trackers import check_trackers
+    from tunelab.run.chain import check_same_start, recipe_base
 
-    recipe = chained_recipe(recipe, home)  # model.from_run checked, model.name its root: what resume compares
-    prior, resume_from = check_run_dir(Path(recipe.output.dir), resume, overwrite, recipe)
     task, method = get_task(recipe.task.name), get_method(recipe.method.name)
-    check_merge_request(method, "merge" in recipe.output.model_fields_set and recipe.output.merge)
-    check_trackers(recipe.train.report_to)
     placement = resolve_placement(device, recipe.train.precision)
     ref, started_from = recipe_base(recipe, home, console)
     if prior is not None:
         check_same_start(prior, started_from)
     tokenizer = load_tokenizer(ref.path, resolve_chat_template(recipe.model.chat_template))
     limits = model_limits(ref.path, tokenizer)
-    # The data doctor (cleaning, dedup, contamination, template lint), cached: the data `data prepare` made.
     with stage_progress(console) as progress:
         prepared = prepare_data(recipe.data, tokenizer, limits.stop_ids, limits.context, home, progress=progress)
     check_row_kinds(task, prepared.report["splits"]["train"]["kinds"], recipe.data.train or "data")
@@ -157,9 +169,8 @@ def set_up(recipe: "Recipe", home: Path, console: "Console", resume: bool, overw
                                    padding_free=recipe.train.padding_free and method.padding_free,
                                    rewards_context=rewards))
     check_trainable(recipe, data)
-    check_evaluation(task, recipe, data, tokenizer, rewards)
-    return Setup(recipe, task, method, placement, ref, tokenizer, prepared, data, prior, overwrite, resume_from,
-                 started_from, rewards)
+    return Setup(recipe, task, method, placement, ref, tokenizer, prepared, data, prior, False, None, started_from,
+                 rewards)
 
 
 def build_model(setup: Setup) -> Any:

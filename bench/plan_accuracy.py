@@ -7,10 +7,11 @@ its own process:
              in case the kernel's high-water mark is reset) and the training clock from run.json (seconds inside
              training steps: train/checkpoints.py TrainingClock)
 and prints estimate, measured and ratio (estimate / measured); the goal is every ratio within 0.8..1.2.
-Short runs: train.max_steps (default 30), no evaluation after training. Heavy: run it under `flock /tmp/cpu.lock`;
+Whole runs by default (the recipes' own steps: `--steps 0`), or short ones (`--steps 20`); no evaluation after
+training. Heavy: run it under `flock /tmp/cpu.lock`;
 on a shared CPU timings can be disturbed, so a case outside the goal can be rerun alone with --cases.
 
-    python bench/plan_accuracy.py [--cases quickstart-lora,conala-full,...] [--steps 30] [--out DIR]
+    python bench/plan_accuracy.py [--cases quickstart-lora,conala-full,...] [--steps 0] [--out DIR]
 """
 
 from __future__ import annotations
@@ -47,7 +48,8 @@ def environment() -> dict[str, str]:
 
 def case_overrides(data: str, method: str, steps: int, out: Path) -> tuple[str, list[str]]:
     recipe, data_overrides = RECIPES[data]
-    return str(ROOT / recipe), [*data_overrides, *METHOD_OVERRIDES[method], f"train.max_steps={steps}",
+    length = [f"train.max_steps={steps}"] if steps else []  # 0: the recipe's own length (a whole run)
+    return str(ROOT / recipe), [*data_overrides, *METHOD_OVERRIDES[method], *length,
                                 f"output.dir={out / f'{data}-{method}'}"]
 
 
@@ -115,14 +117,15 @@ def print_row(result: dict) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(f"{d}-{m}" for d in RECIPES for m in METHODS))
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=0, help="train.max_steps of each run; 0: the recipe's own")
     parser.add_argument("--out", type=Path, default=Path("/tmp/tunelab-plan-accuracy"))
     options = parser.parse_args()
     from tunelab.plan.memory import import_overhead_mib, measure_import_overhead
 
     print(f"process overhead: {import_overhead_mib():.0f} MiB in the plan; measured now "
           f"{measure_import_overhead():.0f} MiB (VmRSS after importing the training stack in a fresh process)")
-    print(f"train.max_steps={options.steps}, no evaluation after training; ratio = estimate / measured")
+    length = f"train.max_steps={options.steps}" if options.steps else "whole runs (the recipes' own steps)"
+    print(f"{length}, no evaluation after training; ratio = estimate / measured")
     print("| case             | est MiB | RSS MiB | ratio | est s   | train s | ratio | within 20% |")
     print("|------------------|---------|---------|-------|---------|---------|-------|------------|")
     results = []
@@ -132,7 +135,7 @@ def main() -> None:
         print_row(result)
         results.append(result)
         options.out.mkdir(parents=True, exist_ok=True)
-        (options.out / "plan_accuracy.json").write_text(json.dumps(results, indent=2) + "\n")
+        (options.out / "plan_accuracy.json").write_text(json.dumps(results, indent=2) + "\n")  # after each case
 
 
 if __name__ == "__main__":

@@ -224,3 +224,12 @@ def test_a_bad_memory_budget_is_one_line(capsys, tmp_path, home, tiny_checkpoint
     path = write_recipe(tmp_path, tiny_recipe(tmp_path, tiny_checkpoint, reverse_data))
     code, _, err = invoke(capsys, "plan", str(path), "--memory-budget", "lots")
     assert code == 2 and "--memory-budget: 'lots' is not a size" in one_error_line(err)
+
+
+def test_a_rounded_padding_free_batch_counts_its_filler_row():
+    from tunelab.plan.data_size import make_batch
+
+    assert make_batch([10, 7], [3, 2], True, 16) == Batch(rows=3, tokens=32, label_tokens=5, padded_tokens=45)
+    assert make_batch([10, 6], [3, 2], True, 16) == Batch(rows=2, tokens=16, label_tokens=5, padded_tokens=20)
+    assert make_batch([10, 7], [3, 2], True, None) == Batch(rows=2, tokens=17, label_tokens=5, padded_tokens=20)
+    assert make_batch([10, 7], [3, 2], False, 16).tokens == 20  # padded batches are not rounded here

@@ -229,6 +229,11 @@ class TrainSection(Section):
         description="Concatenate a batch's rows into one sequence with per-row positions (no pad tokens); "
         "exact for attention implementations that honour packed position ids.",
     )
+    pad_to_multiple_of: int | None = Field(
+        64, ge=1, description="Round each padding-free training batch's length up to a multiple of this with a "
+        "row of pad tokens that has no labels: fewer distinct matmul shapes, which on CPU keeps oneDNN's per-shape "
+        "cache (memory that grows for hundreds of steps) and its set-up costs bounded (train/batches.py). "
+        "null: batches as long as their rows.")
     gradient_checkpointing: bool = False
     # Speed levers (bench/train_throughput.py measures each); each leaves the optimization as it is (in bf16,
     # bf16_frozen changes rounding).

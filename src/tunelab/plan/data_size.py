@@ -48,14 +48,18 @@ def optimizer_steps(rows: int, batch_size: int, grad_accum: int, epochs: float, 
     return math.ceil(epochs * per_epoch)
 
 
-def make_batch(lengths: list[int], labels: list[int], padding_free: bool) -> Batch:
-    grid = len(lengths) * max(lengths)
-    return Batch(rows=len(lengths), tokens=sum(lengths) if padding_free else grid, label_tokens=sum(labels),
+def make_batch(lengths: list[int], labels: list[int], padding_free: bool, multiple: int | None = None) -> Batch:
+    """A micro-batch of rows of these lengths; padding-free batches rounded up to `multiple` tokens by a filler row
+    (train/batches.py filler_row), which row attention lays out as one more row."""
+    filler = -sum(lengths) % multiple if padding_free and multiple else 0
+    rows = len(lengths) + (1 if filler else 0)
+    grid = rows * max(lengths + [filler])
+    return Batch(rows=rows, tokens=sum(lengths) + filler if padding_free else grid, label_tokens=sum(labels),
                  padded_tokens=grid)
 
 
 def peak_batch(lengths: list[int], labels: list[int], batch_size: int, micro_batches: int, padding_free: bool,
-               seed: int) -> Batch:
+               seed: int, multiple: int | None = None) -> Batch:
     """The largest micro-batch (by tokens) among the first `micro_batches` of a few random row orders, as the
     Trainer's shuffled sampler draws them; their median, so one unlucky order does not set the estimate."""
     import random
@@ -68,13 +72,14 @@ def peak_batch(lengths: list[int], labels: list[int], batch_size: int, micro_bat
             generator.shuffle(order)
             for start in range(0, len(order), batch_size):
                 chosen = order[start:start + batch_size]
-                batches.append(make_batch([lengths[i] for i in chosen], [labels[i] for i in chosen], padding_free))
+                batches.append(make_batch([lengths[i] for i in chosen], [labels[i] for i in chosen], padding_free,
+                                          multiple))
         largest.append(max(batches[:micro_batches], key=lambda batch: (batch.padded_tokens, batch.tokens)))
     return sorted(largest, key=lambda batch: batch.tokens)[len(largest) // 2]
 
 
 def data_size(train: Any, batch_size: int, grad_accum: int, epochs: float, max_steps: int | None,
-              padding_free: bool, seed: int) -> DataSize:
+              padding_free: bool, seed: int, multiple: int | None = None) -> DataSize:
     lengths, labels = row_lengths(train)
     rows = len(lengths)
     steps = optimizer_steps(rows, batch_size, grad_accum, epochs, max_steps)
@@ -85,4 +90,4 @@ def data_size(train: Any, batch_size: int, grad_accum: int, epochs: float, max_s
     return DataSize(rows=rows, tokens=sum(lengths), label_tokens=sum(labels), longest_row=max(lengths),
                     steps=steps, micro_batches=micro_batches,
                     tokens_per_step=mean_row * batch_size * grad_accum, trained_tokens=int(mean_row * rows_drawn),
-                    peak_batch=peak_batch(lengths, labels, batch_size, micro_batches, padding_free, seed))
+                    peak_batch=peak_batch(lengths, labels, batch_size, micro_batches, padding_free, seed, multiple))

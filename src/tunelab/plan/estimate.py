@@ -67,6 +67,7 @@ def holding_for(setup: "Setup", size: "ModelSize") -> "Holding":
         checkpointing=recipe.train.gradient_checkpointing,
         merges=wants_merge(method, recipe.output.merge),
         device=placement.device,
+        length_multiple=speed.length_multiple,
     )
 
 
@@ -79,9 +80,9 @@ def make_plan(setup: "Setup") -> Plan:
     state = setup.data.state or {}
     head_labels = len(state["labels"]) if state.get("style") == "head" else None
     size = model_size(setup.ref.path, setup.method, recipe.method, head_labels)
-    data = data_size(setup.data.train, train.batch_size, train.grad_accum, train.epochs, train.max_steps,
-                     setup.data.padding_free, train.seed)
     holding = holding_for(setup, size)
+    data = data_size(setup.data.train, train.batch_size, train.grad_accum, train.epochs, train.max_steps,
+                     setup.data.padding_free, train.seed, holding.length_multiple)
     return Plan(model=setup.ref.name, task=setup.task.name, method=setup.method.name,
                 device=setup.placement.device, precision=setup.placement.precision, size=size, data=data,
                 holding=holding, memory=estimate_memory(size, holding, data.peak_batch),
@@ -104,7 +105,7 @@ def replanned(plan: Plan, batch_size: int | None = None, checkpointing: bool | N
     size = size or plan.size
     lengths, labels = plan.lengths
     peak = (peak_batch(list(lengths), list(labels), batch, plan.data.steps * accum, plan.padding_free,
-                       0) if batch != plan.batch_size else plan.data.peak_batch)
+                       0, holding.length_multiple) if batch != plan.batch_size else plan.data.peak_batch)
     return replace(plan, batch_size=batch, grad_accum=accum, size=size, holding=holding,
                    memory=estimate_memory(size, holding, peak))
 

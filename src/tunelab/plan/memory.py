@@ -74,6 +74,7 @@ class Holding:
     checkpointing: bool  # train.gradient_checkpointing
     merges: bool  # a merged model is written after training (a second fp32 base is loaded)
     device: str  # cpu | cuda
+    length_multiple: int | None = None  # padding-free batches rounded up to this many tokens (train/batches.py)
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,15 @@ CHUNK_ROWS = 1024  # label positions per cross-entropy chunk: a 1024 x 49,152 fp
 
 
 class LabelPositionsTrainer(Trainer):
-    """transformers' Trainer whose training loss is computed at label positions only (see the module's doc)."""
+    """transformers' Trainer whose training loss is computed at label positions only (see the module's doc).
+
+    `positions_multiple`: the head computes logits at a multiple of this many positions (the label positions, then
+    position 0 repeated; the extra logits are not used), for the reason train/batches.py filler_row gives: fewer
+    distinct shapes of the head's large matmul."""
+
+    def __init__(self, *args: Any, positions_multiple: int | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.positions_multiple = positions_multiple
 
     def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
@@ -37,7 +45,10 @@ class LabelPositionsTrainer(Trainer):
         targets = labels[0, 1:]
         keep = (targets != -100).nonzero().squeeze(-1)
         forward = {name: value for name, value in inputs.items() if name != "labels"}
-        logits = model(**forward, logits_to_keep=keep).logits[0]
+        computed = keep
+        if self.positions_multiple:
+            computed = torch.cat([keep, keep.new_zeros(-len(keep) % self.positions_multiple)])
+        logits = model(**forward, logits_to_keep=computed).logits[0, :len(keep)]
         loss = chunked_cross_entropy(logits, targets[keep])
         count = num_items_in_batch if num_items_in_batch is not None else torch.tensor(len(keep))
         loss = loss / count

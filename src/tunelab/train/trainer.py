@@ -94,6 +94,7 @@ class Speed:
     row_attention: bool = False
     bf16_frozen: bool = False
     compile_layers: bool = False
+    length_multiple: int | None = None  # train.pad_to_multiple_of, for padding-free batches (train/batches.py)
 
 
 def training_speed(train: "TrainSection", method_holds_bf16: bool, placement: "Placement", padding_free: bool) -> Speed:
@@ -101,7 +102,8 @@ def training_speed(train: "TrainSection", method_holds_bf16: bool, placement: "P
                  # FSDP2 wants one dtype per sharded group and DeepSpeed casts the whole model itself: DDP only
                  bf16_frozen=(train.bf16_frozen and method_holds_bf16 and placement.precision == "bf16"
                               and train.distributed == "ddp"),
-                 compile_layers=train.compile_layers)
+                 compile_layers=train.compile_layers,
+                 length_multiple=train.pad_to_multiple_of if padding_free else None)
 
 
 def plain_trainer(parts: "TrainerParts") -> Any:
@@ -113,6 +115,7 @@ def plain_trainer(parts: "TrainerParts") -> Any:
     """
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
+    from tunelab.train.batches import with_length_multiple
     from tunelab.train.frozen_weights import hold_frozen_in_bf16
     from tunelab.train.label_loss import LabelPositionsTrainer, accepts_logits_to_keep
     from tunelab.train.row_attention import use_row_attention
@@ -125,16 +128,18 @@ def plain_trainer(parts: "TrainerParts") -> Any:
         use_row_attention(parts.model)
     if speed.compile_layers:
         compile_decoder_layers(parts.model)
-    trainer_class = (LabelPositionsTrainer if speed.label_loss and accepts_logits_to_keep(parts.model)
-                     else Trainer)
+    label_positions = speed.label_loss and accepts_logits_to_keep(parts.model)
+    trainer_class = LabelPositionsTrainer if label_positions else Trainer
+    extra = {"positions_multiple": speed.length_multiple} if label_positions else {}
     trainer = trainer_class(
         model=parts.model,
         args=TrainingArguments(**parts.arguments),
-        data_collator=parts.data.collator,
+        data_collator=with_length_multiple(parts.data.collator, speed.length_multiple),
         train_dataset=parts.data.train,
         eval_dataset=parts.data.validation,
         processing_class=parts.tokenizer,
         callbacks=parts.callbacks,
+        **extra,
     )
     trainer.remove_callback(PrinterCallback)  # it prints raw log dicts; the progress callback shows them instead
     return trainer

@@ -118,3 +118,33 @@ def test_resume_gives_the_same_policy_and_value_head(tiny_checkpoint, tmp_path):
         if first.requires_grad:
             assert torch.equal(first, second), name
     assert torch.equal(whole.value_head.score.weight, resumed.value_head.score.weight)
+
+
+def test_the_first_rollout_starts_the_value_head_at_its_mean_score(tiny_checkpoint, tmp_path):
+    settings = PPOSettings(max_new_tokens=4, missing_eos_penalty=2.0)
+    trainer = ppo_trainer(tiny_checkpoint, tmp_path, steps=1, settings=settings)
+    rows = [trainer.train_dataset[i] for i in range(8)]
+    rollout = trainer.rollout(trainer.model, rows, start_values=True)
+    width = rollout.mask.shape[1]
+    ended = (rollout.sequences[:, -width:] == trainer.processing_class.eos_token_id).any(dim=1)
+    texts = trainer.processing_class.batch_decode(rollout.sequences[:, -width:] * rollout.mask.long(),
+                                                  skip_special_tokens=True)
+    scores = torch.tensor(letters([], texts)) - 2.0 * (~ended).float()  # the penalty counts: returns hold it
+    assert trainer.value_head.score.bias.item() == pytest.approx(scores.mean().item(), abs=1e-5)
+    assert rollout.stats["value"] == pytest.approx(scores.mean().item(), abs=1e-5)
+    trainer.rollout(trainer.model, rows)  # later rollouts leave the head to the optimizer
+    assert trainer.value_head.score.bias.item() == pytest.approx(scores.mean().item(), abs=1e-5)
+
+
+def test_a_score_that_ignores_the_answer_teaches_nothing(tiny_checkpoint, tmp_path):
+    """Every answer scores -4: no answer is better than another, so the policy must not move. A value head
+    started at zero would make the early tokens' advantages look better than the last ones' (GAE's lam^distance
+    times a negative score), and train the policy anyway."""
+    trainer = ppo_trainer(tiny_checkpoint, tmp_path, steps=6, reward=lambda prompts, completions, **_: [-4.0] * 8)
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters() if p.requires_grad}
+    trainer.train()
+    for name, parameter in trainer.model.named_parameters():
+        if parameter.requires_grad:
+            assert torch.equal(parameter, before[name]), name
+    assert trainer.value_head.score.bias.item() == -4.0
+    assert all(entry["kl"] == 0.0 for entry in trainer.state.log_history if "kl" in entry)

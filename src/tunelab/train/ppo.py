@@ -8,7 +8,9 @@ distributed engines. So this is the one trainer tunelab writes by hand, and only
             (the policy with its adapter disabled: no second copy of the weights) gives each token's log-prob,
             so each token's reward is -kl_coef * (log pi - log pi_ref) and the last one adds the rewards' score;
             a value head on the policy's last hidden state estimates each position's return; GAE (gamma, lam)
-            turns rewards and values into advantages (whitened) and returns
+            turns rewards and values into advantages (whitened) and returns. The value head's bias starts at
+            the first rollout's mean score (ValueHead.start_at), so the first advantages are each answer's
+            score against the batch's, not against zero
   update    `ppo_epochs` optimizer steps on each rollout, each the clipped surrogate
             -min(r A, clip(r, 1 - eps, 1 + eps) A) plus value_coef times the clipped value loss
 Everything else (optimizer, schedule, accumulation, mixed precision, checkpoints, logging) is the Trainer's.
@@ -49,8 +51,8 @@ class PPOSettings:
 
 
 class ValueHead(nn.Module):
-    """A scalar per position from the policy's last hidden state; starts at zero, so early advantages are the
-    rewards themselves."""
+    """A scalar per position from the policy's last hidden state. Its weights start at zero and its bias at the
+    first rollout's mean score (`start_at`): every position's first estimate is the return an average answer gets."""
 
     def __init__(self, hidden_size: int):
         super().__init__()
@@ -60,6 +62,18 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.score(hidden.float()).squeeze(-1)
+
+    @torch.no_grad()
+    def start_at(self, mean_score: float) -> None:
+        """Why: a head at zero while the scores average, say, -4 makes every early delta of GAE negative near the
+        end of an answer and near zero far from it (lam^distance), so the whitened advantages favour an answer's
+        first tokens over its last ones, EOS included, whatever the answer's score: the policy learns to go on
+        instead of what the reward prefers, and the large early value loss flows into the shared trunk. The
+        head's bias learns at the optimizer's step size (about lr per step), far too slowly to catch up. Starting
+        it at the mean score removes that bias from the first update on; the scores themselves are untouched
+        (InstructGPT shifts its reward model instead, so that demonstrations score 0 on average: the same
+        baseline, where a reward may be any function). Saved with the head, so resume is unaffected."""
+        self.score.bias.fill_(mean_score)
 
 
 @dataclass
@@ -137,7 +151,8 @@ class PPOTrainer(Trainer):
         # A new rollout every ppo_epochs steps; a resumed run goes on with the rollouts its checkpoint saved.
         if index not in self.rollouts or (step % self.settings.ppo_epochs == 0 and
                                           self.rollouts[index].stats["step"] != step):
-            self.rollouts[index] = self.rollout(model, inputs)
+            # a fresh run's first rollout starts the value head (a resumed run is past step 0: its head is loaded)
+            self.rollouts[index] = self.rollout(model, inputs, start_values=step == 0 and index == 0)
         rollout = self.rollouts[index]
         if model.training:  # the tokens trained on (prompt and completion), as the Trainer counts input_ids
             self.state.num_input_tokens_seen += int(rollout.attention.sum())
@@ -171,7 +186,9 @@ class PPOTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     @torch.no_grad()
-    def rollout(self, model: Any, rows: list[dict[str, Any]]) -> Rollout:
+    def rollout(self, model: Any, rows: list[dict[str, Any]], start_values: bool = False) -> Rollout:
+        """Sample answers to `rows`, score them, and turn the scores into advantages and returns. `start_values`:
+        first start the value head at these answers' mean score (averaged over processes)."""
         tokenizer = self.processing_class
         side, tokenizer.padding_side = tokenizer.padding_side, "left"  # generation continues every prompt's end
         prompts = tokenizer([prompt_text(row["prompt"], tokenizer) for row in rows], return_tensors="pt", padding=True,
@@ -190,13 +207,15 @@ class PPOTrainer(Trainer):
         attention = torch.cat([prompts["attention_mask"], mask.long()], dim=1)
         texts = tokenizer.batch_decode(completion * mask.long() + tokenizer.pad_token_id * (1 - mask.long()),
                                        skip_special_tokens=True)
+        rewarded = self.score(rows, texts)
+        ended = (completion == tokenizer.eos_token_id).any(dim=1)
+        scores = rewarded - (self.settings.missing_eos_penalty or 0.0) * (~ended).float()
+        if start_values:
+            self.value_head.start_at(self.mean_over_processes(scores))
         partial = Rollout(sequences, attention, mask, *(torch.zeros_like(mask),) * 4, {})
         old_logprobs, old_values = self.score_sequences(model, partial, with_grad=False)
         with disabled_adapter(model):
             reference, _ = self.score_sequences(model, partial, with_grad=False, values=False)
-        rewarded = self.score(rows, texts)
-        ended = (completion == tokenizer.eos_token_id).any(dim=1)
-        scores = rewarded - (self.settings.missing_eos_penalty or 0.0) * (~ended).float()
         kl = (old_logprobs - reference) * mask
         rewards = -self.settings.kl_coef * kl
         last = (mask.sum(dim=1).long() - 1).clamp(min=0)
@@ -204,9 +223,17 @@ class PPOTrainer(Trainer):
         advantages, returns = gae(rewards, old_values * mask, mask, self.settings.gamma, self.settings.lam)
         stats = {"step": self.state.global_step, "reward": rewarded.mean().item(),
                  "kl": (kl.sum(dim=1)).mean().item(), "completion_length": mask.sum(dim=1).mean().item(),
-                 "ended": ended.float().mean().item()}
+                 "ended": ended.float().mean().item(), "value": masked_mean(old_values, mask).item()}
         return Rollout(sequences, attention, mask, old_logprobs, old_values * mask, whiten(advantages, mask),
                        returns, stats)
+
+    def mean_over_processes(self, values: torch.Tensor) -> float:
+        """The mean of `values` over every process's rows (each process samples its own prompts), so that every
+        rank starts the same value head."""
+        total = torch.stack([values.sum(), torch.tensor(float(values.numel()), device=values.device)])
+        if self.accelerator.num_processes > 1:
+            torch.distributed.all_reduce(total)
+        return (total[0] / total[1]).item()
 
     def score_sequences(self, model: Any, rollout: Rollout, with_grad: bool,
                         values: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:

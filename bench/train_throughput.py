@@ -9,8 +9,8 @@ Variants (same model, rows in the same order, batch size, steps, LoRA r16 alpha 
   loop      a hand-tuned plain PEFT loop: bf16 autocast, no checkpointing, padding-free batches, AdamW
   tunelab-defaults  tunelab with its method's own defaults (LoRA dropout 0 instead of 0.05): not the same
             optimization, so it is compared for time and memory only (--variants adds it)
-  without-LEVER  tunelab with one speed lever off (label_loss, row_attention, bf16_frozen, fused_optimizer): what
-            each lever is worth, e.g. --variants tunelab,without-label_loss,without-row_attention
+  without-LEVER  tunelab with one speed lever off (label_loss, row_attention, bf16_frozen, fused_optimizer,
+            pad_to_multiple_of): what each lever is worth, e.g. --variants tunelab,without-label_loss
 Each prints tokens/s (real tokens), peak RSS, and MFU: model FLOPs per token 4N for a frozen base (forward 2N,
 backward through the activations 2N; no weight gradients), 6N for full fine-tuning, N = the parameters every token
 multiplies by (the linear layers and the output head; not the embedding lookup). MFU is given against the 2048^3
@@ -134,7 +134,8 @@ def run_tunelab(recipe, ref, tokenizer, data, method, config, steps, batch_size,
     from tunelab.config.schema import Recipe
 
     clock = step_clock()
-    levers = {without: False} if without else {}  # one speed lever off (the ablation variants)
+    # one speed lever off (the ablation variants); pad_to_multiple_of is off as null
+    levers = {without: None if without == "pad_to_multiple_of" else False} if without else {}
     tuned = Recipe.model_validate({"data": {"generate": {}}, "method": config.model_dump(),
                                    "train": {"max_steps": steps, "batch_size": batch_size, "log_every": 1,
                                              "report_to": [], "lr": 1e-4, "warmup": 0, **levers}})

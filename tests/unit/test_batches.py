@@ -50,7 +50,8 @@ def test_length_multiple_adds_one_unlabelled_filler_row_and_keeps_the_loss():
     rounded = replace(plain, length_multiple=16)(examples)
     assert length % 16 and rounded["input_ids"].shape[1] == length + (-length % 16)
     assert (rounded["position_ids"] == 0).sum() == len(examples) + 1  # the filler is a row of its own
-    assert (rounded["labels"][0, length:] == -100).all() and (rounded["input_ids"][0, length:] == tokenizer.pad_token_id).all()
+    assert (rounded["labels"][0, length:] == -100).all()
+    assert (rounded["input_ids"][0, length:] == tokenizer.pad_token_id).all()
     for attention in ("sdpa", "rows"):
         model = tiny_llama(tokenizer).train()
         if attention == "rows":

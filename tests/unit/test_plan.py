@@ -233,3 +233,32 @@ def test_a_rounded_padding_free_batch_counts_its_filler_row():
     assert make_batch([10, 6], [3, 2], True, 16) == Batch(rows=2, tokens=16, label_tokens=5, padded_tokens=20)
     assert make_batch([10, 7], [3, 2], True, None) == Batch(rows=2, tokens=17, label_tokens=5, padded_tokens=20)
     assert make_batch([10, 7], [3, 2], False, 16).tokens == 20  # padded batches are not rounded here
+
+
+def test_plan_counts_the_sequences_a_preference_or_rl_row_puts_through_the_model(capsys, tmp_path, home,
+                                                                                 tiny_checkpoint):
+    from tests.conftest import write_jsonl
+    from tests.unit.test_dpo import dpo_recipe, planted_pairs
+    from tunelab.models.tokenizer import load_tokenizer
+    from tunelab.plan.data_size import Sequences, training_sequences
+
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", planted_pairs(40))
+    plan = plan_json(capsys, write_recipe(tmp_path, dpo_recipe(tmp_path, tiny_checkpoint, pairs)))
+    assert plan["task"] == "dpo" and plan["data"]["rows"] == 28  # 40 pairs less validation and test
+    # each pair is two sequences (chosen, rejected) after its prompt, padded to the longer one
+    assert plan["data"]["peak_micro_batch"]["rows"] == 2 * 4
+
+    tokenizer = load_tokenizer(tiny_checkpoint, None)
+    from datasets import Dataset
+
+    prompt = [{"role": "user", "content": "abc"}]
+    answer = [{"role": "assistant", "content": "cba"}]
+    rows = Dataset.from_list([{"prompt": prompt, "chosen": answer, "rejected": [{"role": "assistant",
+                                                                                  "content": "zzzzzz"}]}])
+    opened = len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=False))
+    pair = training_sequences(rows, tokenizer, {})
+    rejected = len(tokenizer("zzzzzz", add_special_tokens=False)["input_ids"]) + 2
+    assert pair.per_row == 2 and pair.lengths == [opened + rejected]
+    prompts = training_sequences(Dataset.from_list([{"prompt": prompt, "reference": "x"}]), tokenizer,
+                                 {"max_new_tokens": 16})
+    assert prompts == Sequences([opened + 16], [16], 1)  # a prompt as long as its longest completion

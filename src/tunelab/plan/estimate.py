@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from tunelab.config.schema import Recipe
     from tunelab.plan.calibrate import TimeEstimate
-    from tunelab.plan.data_size import DataSize
+    from tunelab.plan.data_size import DataSize, Sequences
     from tunelab.plan.memory import Holding, Memory
     from tunelab.plan.model_size import ModelSize
     from tunelab.train.lifecycle import Setup
@@ -34,7 +34,7 @@ class Plan:
     grad_accum: int
     padding_free: bool
     time: "TimeEstimate | None" = None
-    lengths: tuple[list[int], list[int]] = ((), ())  # tokens and label tokens per training row (for remedies)
+    sequences: "Sequences | None" = None  # what each training row puts through the model (for remedies)
 
 
 def plan_setup(recipe: "Recipe", home: Path, console: "Console", device: str) -> "Setup":
@@ -72,22 +72,25 @@ def holding_for(setup: "Setup", size: "ModelSize") -> "Holding":
 
 
 def make_plan(setup: "Setup") -> Plan:
-    from tunelab.plan.data_size import data_size, row_lengths
+    from tunelab.plan.data_size import data_size, training_sequences
     from tunelab.plan.memory import estimate_memory
     from tunelab.plan.model_size import model_size
 
     recipe, train = setup.recipe, setup.recipe.train
     state = setup.data.state or {}
     head_labels = len(state["labels"]) if state.get("style") == "head" else None
+    if setup.task.name == "reward_model":
+        head_labels = 1  # one score (TRL's reward model is a sequence classifier with one label)
     size = model_size(setup.ref.path, setup.method, recipe.method, head_labels)
     holding = holding_for(setup, size)
-    data = data_size(setup.data.train, train.batch_size, train.grad_accum, train.epochs, train.max_steps,
+    sequences = training_sequences(setup.data.train, setup.tokenizer, state)
+    data = data_size(sequences, train.batch_size, train.grad_accum, train.epochs, train.max_steps,
                      setup.data.padding_free, train.seed, holding.length_multiple)
     return Plan(model=setup.ref.name, task=setup.task.name, method=setup.method.name,
                 device=setup.placement.device, precision=setup.placement.precision, size=size, data=data,
                 holding=holding, memory=estimate_memory(size, holding, data.peak_batch),
                 batch_size=train.batch_size, grad_accum=train.grad_accum,
-                padding_free=setup.data.padding_free, lengths=row_lengths(setup.data.train))
+                padding_free=setup.data.padding_free, sequences=sequences)
 
 
 def replanned(plan: Plan, batch_size: int | None = None, checkpointing: bool | None = None,
@@ -103,9 +106,10 @@ def replanned(plan: Plan, batch_size: int | None = None, checkpointing: bool | N
     if checkpointing is not None:
         holding = replace(holding, checkpointing=checkpointing)
     size = size or plan.size
-    lengths, labels = plan.lengths
-    peak = (peak_batch(list(lengths), list(labels), batch, plan.data.steps * accum, plan.padding_free,
-                       0, holding.length_multiple) if batch != plan.batch_size else plan.data.peak_batch)
+    sequences = plan.sequences
+    peak = (peak_batch(sequences.lengths, sequences.labels, batch, plan.data.steps * accum, plan.padding_free, 0,
+                       holding.length_multiple, sequences.per_row)
+            if batch != plan.batch_size and sequences else plan.data.peak_batch)
     return replace(plan, batch_size=batch, grad_accum=accum, size=size, holding=holding,
                    memory=estimate_memory(size, holding, peak))
 

@@ -8,7 +8,7 @@ trained, NF4-quantized, kept out of bf16) and the architecture's sizes (layers, 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,8 @@ def model_size(checkpoint: Path, method: Any, options: Any, head_labels: int | N
 
     model = meta_model(checkpoint, head_labels)
     arch = architecture(model.config)
+    if head_labels:  # a sequence classifier's head scores each position over its labels, not the vocabulary
+        arch = replace(arch, vocabulary=head_labels)
     base = sum(parameter.numel() for parameter in model.parameters())
     quantizable = sum(module.weight.numel() for _, module in quantizable_layers(model))
     try:

@@ -262,3 +262,32 @@ def test_plan_counts_the_sequences_a_preference_or_rl_row_puts_through_the_model
     prompts = training_sequences(Dataset.from_list([{"prompt": prompt, "reference": "x"}]), tokenizer,
                                  {"max_new_tokens": 16})
     assert prompts == Sequences([opened + 16], [16], 1)  # a prompt as long as its longest completion
+
+
+def test_the_time_counts_the_steady_rate_and_what_each_new_batch_shape_costs():
+    from dataclasses import replace
+
+    from tunelab.plan.calibrate import scaled
+    from tunelab.plan.data_size import Sequences, data_size
+
+    data = data_size(Sequences([100] * 40, [30] * 40), batch_size=4, grad_accum=1, epochs=1, max_steps=10,
+                     padding_free=True, seed=0)
+    first_pass = [(5.0, 400), (2.0, 400), (2.0, 400), (2.0, 400)]  # each timed step meets a new shape
+    second_pass = [(1.5, 400), (1.0, 400), (1.0, 400), (1.0, 400)]  # the same batches again: 400 tokens/s
+    estimate = scaled(first_pass + second_pass, replace(data, shapes=5), "cpu")
+    assert estimate.tokens_per_second == pytest.approx(400)
+    # first step beyond its tokens (5 - 1) + 4 more shapes at 1 s each + 4,000 tokens at 400/s
+    assert estimate.train_seconds == pytest.approx(4.0 + 4 * 1.0 + 10.0)
+
+
+def test_rounded_batches_meet_fewer_shapes():
+    import random
+
+    from tunelab.plan.data_size import Sequences, data_size
+
+    rng = random.Random(0)
+    sequences = Sequences([rng.randint(20, 200) for _ in range(400)], [rng.randint(5, 60) for _ in range(400)])
+    plain = data_size(sequences, 8, 1, 1, 150, True, 0, None)
+    rounded = data_size(sequences, 8, 1, 1, 150, True, 0, 64)
+    assert plain.shapes > 100  # nearly every batch a length of its own
+    assert rounded.shapes < 20

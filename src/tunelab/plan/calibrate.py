@@ -1,11 +1,15 @@
 """The time a run will take: measured by a short calibration on this machine, or computed from a given peak.
 
 Calibration builds the real model and the real trainer through the task (the same code `tunelab train` runs, with
-its speed levers), runs one warm-up step and three timed steps on the run's own first batches (the same seed draws
-the same rows), and scales: tokens per second over the timed steps, times the tokens the run will train on, plus
-what the warm-up step took beyond its tokens (the run pays it once too). Validation during training, checkpoint
-saves and the evaluation after training are not included (said in the plan): their cost depends on settings the
-steps do not show.
+its speed levers) and trains on the run's own first batches (the same seed draws the same rows) twice: one warm-up
+step and three timed steps, then the same four steps again. On CPU the first time a batch shape is met costs more
+than the step itself (PyTorch's oneDNN kernels set up and cache a primitive for every new matmul shape); a run meets
+a few shapes (train.pad_to_multiple_of rounds batches) many times. So the second pass gives the steady rate: tokens
+per second over its timed steps, times the tokens the run will train on; the first pass, what a new shape costs
+(its timed steps' excess over the second pass's, per step), times the shapes the run is expected to meet (plan/
+data_size.py); plus what the very first step took beyond its tokens (the run pays it once too). Validation during
+training, checkpoint saves and the evaluation after training are not included (said in the plan): their cost
+depends on settings the steps do not show.
 
 From a peak: a step costs 6N FLOPs per token for full fine-tuning (forward 2N, backward 4N) and 4N where the base is
 frozen (no weight gradients), N = parameters a token multiplies by (all but the input embedding); at 100% of the
@@ -87,22 +91,30 @@ def calibrated_time(setup: "Setup", data: "DataSize") -> TimeEstimate:
                                             setup.data.padding_free))
         trainer = setup.task.build_trainer(parts)
         trainer.train()
+        trainer.train()  # the same batches again (the same seed): their shapes met before
     return scaled(recorder.steps, data, setup.placement.describe())
 
 
 def scaled(steps: list[tuple[float, int]], data: "DataSize", where: str) -> TimeEstimate:
-    """The run's training time from measured (seconds, tokens) steps: the first is the warm-up."""
-    timed = steps[WARMUP_STEPS:]
+    """The run's training time from measured (seconds, tokens) steps: two passes over the same batches, each a
+    warm-up step and timed steps (the module's doc)."""
+    per_pass = WARMUP_STEPS + TIMED_STEPS
+    first, second = steps[:per_pass], steps[per_pass:2 * per_pass]
+    timed, timed_first = second[WARMUP_STEPS:], first[WARMUP_STEPS:]
     seconds, tokens = sum(step[0] for step in timed), sum(step[1] for step in timed)
-    rate = tokens / seconds if seconds else float("inf")
+    # what meeting a shape for the first time adds to a step (each timed step of the first pass met a new one)
+    new_shape = max(sum(step[0] for step in timed_first) - seconds, 0.0) / len(timed)
+    later_shapes = new_shape * max(data.shapes - 1, 0)  # the first step's shape is in `first_step`
+    source = (f"calibration: {len(timed)} steps after {WARMUP_STEPS} warm-up, twice, on {where}; "
+              f"{new_shape:.2f} s for each new batch shape ({data.shapes} expected)")
     if not tokens:  # a trainer that counts no tokens (a classifier head): seconds per step instead
         per_step = seconds / len(timed)
-        warmup = max(steps[0][0] - per_step, 0.0)
-        return TimeEstimate(f"calibration: {len(timed)} steps on {where}", data.tokens_per_step / per_step,
-                            warmup + per_step * data.steps)
-    warmup = max(steps[0][0] - steps[0][1] / rate, 0.0)
-    return TimeEstimate(f"calibration: {len(timed)} steps after {WARMUP_STEPS} warm-up on {where}", rate,
-                        warmup + data.trained_tokens / rate)
+        first_step = max(first[0][0] - per_step, 0.0)
+        return TimeEstimate(source, data.tokens_per_step / per_step,
+                            first_step + later_shapes + per_step * data.steps)
+    rate = tokens / seconds if seconds else float("inf")
+    first_step = max(first[0][0] - first[0][1] / rate, 0.0)
+    return TimeEstimate(source, rate, first_step + later_shapes + data.trained_tokens / rate)
 
 
 def peak_time(size: "ModelSize", holding: "Holding", data: "DataSize", peak_gflops: float) -> TimeEstimate:

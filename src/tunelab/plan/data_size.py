@@ -35,6 +35,9 @@ class DataSize:
     tokens_per_step: float  # mean real tokens per optimizer step
     trained_tokens: int  # real tokens the run trains on, over all its steps
     peak_batch: Batch  # the micro-batch with the most tokens the run is expected to meet
+    # distinct micro-batch shapes the run is expected to meet: on CPU each new one costs oneDNN's set-up once
+    # (plan/calibrate.py); few where train.pad_to_multiple_of rounds batches
+    shapes: int = 1
 
 
 @dataclass(frozen=True)
@@ -113,13 +116,13 @@ def make_batch(lengths: list[int], labels: list[int], padding_free: bool, multip
                  padded_tokens=grid)
 
 
-def peak_batch(lengths: list[int], labels: list[int], batch_size: int, micro_batches: int, padding_free: bool,
-               seed: int, multiple: int | None = None, per_row: int = 1) -> Batch:
-    """The largest micro-batch (by tokens) among the first `micro_batches` of a few random row orders, as the
-    Trainer's shuffled sampler draws them; their median, so one unlucky order does not set the estimate."""
+def drawn_batches(lengths: list[int], labels: list[int], batch_size: int, micro_batches: int, padding_free: bool,
+                  seed: int, multiple: int | None = None, per_row: int = 1) -> list[list[Batch]]:
+    """The first `micro_batches` micro-batches of a few random row orders, as the Trainer's shuffled sampler draws
+    them."""
     import random
 
-    generator, largest = random.Random(seed), []
+    generator, orders = random.Random(seed), []
     for _ in range(SIMULATED_ORDERS):
         batches: list[Batch] = []
         while len(batches) < micro_batches:
@@ -129,8 +132,28 @@ def peak_batch(lengths: list[int], labels: list[int], batch_size: int, micro_bat
                 chosen = order[start:start + batch_size]
                 batches.append(make_batch([lengths[i] for i in chosen], [labels[i] for i in chosen], padding_free,
                                           multiple, per_row))
-        largest.append(max(batches[:micro_batches], key=lambda batch: (batch.padded_tokens, batch.tokens)))
+        orders.append(batches[:micro_batches])
+    return orders
+
+
+def peak_batch(lengths: list[int], labels: list[int], batch_size: int, micro_batches: int, padding_free: bool,
+               seed: int, multiple: int | None = None, per_row: int = 1) -> Batch:
+    """The largest micro-batch (by tokens) among the first `micro_batches` of a few random row orders; their
+    median, so one unlucky order does not set the estimate."""
+    return peak_of(drawn_batches(lengths, labels, batch_size, micro_batches, padding_free, seed, multiple, per_row))
+
+
+def peak_of(orders: list[list[Batch]]) -> Batch:
+    largest = [max(batches, key=lambda batch: (batch.padded_tokens, batch.tokens)) for batches in orders]
     return sorted(largest, key=lambda batch: batch.tokens)[len(largest) // 2]
+
+
+def distinct_shapes(orders: list[list[Batch]]) -> int:
+    """Distinct packed or padded lengths among the drawn micro-batches (median over the orders): the shapes every
+    decoder layer's matmuls meet. (The head's label positions add a few of their own, for one matmul; row attention's
+    [rows x longest row] grid none: its kernel sets nothing up per shape.)"""
+    counts = sorted(len({batch.tokens for batch in batches}) for batches in orders)
+    return counts[len(counts) // 2]
 
 
 def data_size(sequences: Sequences, batch_size: int, grad_accum: int, epochs: float, max_steps: int | None,
@@ -142,9 +165,10 @@ def data_size(sequences: Sequences, batch_size: int, grad_accum: int, epochs: fl
     mean_row = sequences.per_row * sum(lengths) / rows
     rows_drawn = min(micro_batches * batch_size, math.ceil(epochs * rows)) if not max_steps else \
         micro_batches * batch_size
+    orders = drawn_batches(lengths, labels, batch_size, micro_batches, padding_free, seed, multiple,
+                           sequences.per_row)
     return DataSize(rows=rows, tokens=sequences.per_row * sum(lengths), label_tokens=sum(labels),
                     longest_row=max(lengths),
                     steps=steps, micro_batches=micro_batches,
                     tokens_per_step=mean_row * batch_size * grad_accum, trained_tokens=int(mean_row * rows_drawn),
-                    peak_batch=peak_batch(lengths, labels, batch_size, micro_batches, padding_free, seed, multiple,
-                                          sequences.per_row))
+                    peak_batch=peak_of(orders), shapes=distinct_shapes(orders))

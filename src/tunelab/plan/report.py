@@ -26,7 +26,7 @@ def plan_json(plan: "Plan", budget: int | None = None) -> dict[str, Any]:
         "data": {"rows": data.rows, "tokens": data.tokens, "label_tokens": data.label_tokens,
                  "longest_row": data.longest_row, "steps": data.steps, "micro_batches": data.micro_batches,
                  "tokens_per_step": round(data.tokens_per_step, 1), "trained_tokens": data.trained_tokens,
-                 "peak_micro_batch": asdict(data.peak_batch)},
+                 "peak_micro_batch": asdict(data.peak_batch), "batch_shapes": data.shapes},
         "holding": asdict(plan.holding),
         "memory": {**{f"{name}_mib": value for name, value in memory.as_mib().items()},
                    "peak_mib": round(memory.peak / MIB, 1),

@@ -272,12 +272,17 @@ def test_the_time_counts_the_steady_rate_and_what_each_new_batch_shape_costs():
 
     data = data_size(Sequences([100] * 40, [30] * 40), batch_size=4, grad_accum=1, epochs=1, max_steps=10,
                      padding_free=True, seed=0)
-    first_pass = [(5.0, 400), (2.0, 400), (2.0, 400), (2.0, 400)]  # each timed step meets a new shape
-    second_pass = [(1.5, 400), (1.0, 400), (1.0, 400), (1.0, 400)]  # the same batches again: 400 tokens/s
+    first_pass = [(5.0, 400, 0.2), (2.0, 400, 0.2), (2.0, 400, 0.2), (2.0, 400, 0.2)]  # each timed: a new shape
+    # the same batches again: 0.2 s of update each, and 400 tokens in 0.8 s (500 tokens/s)
+    second_pass = [(1.5, 400, 0.2), (1.0, 400, 0.2), (1.0, 400, 0.2), (1.0, 400, 0.2)]
     estimate = scaled(first_pass + second_pass, replace(data, shapes=5), "cpu")
     assert estimate.tokens_per_second == pytest.approx(400)
-    # first step beyond its tokens (5 - 1) + 4 more shapes at 1 s each + 4,000 tokens at 400/s
-    assert estimate.train_seconds == pytest.approx(4.0 + 4 * 1.0 + 10.0)
+    # first step beyond its update and tokens (5 - 0.2 - 0.8) + 4 more shapes at 1 s each + 10 updates + 4,000
+    # tokens at 500/s
+    assert estimate.train_seconds == pytest.approx(4.0 + 4 * 1.0 + 10 * 0.2 + 8.0)
+    # calibrated on batches half as long, the same run takes as long: the update does not shrink with them
+    half = [(seconds - 0.4 * (update > 0), tokens // 2, update) for seconds, tokens, update in first_pass + second_pass]
+    assert scaled(half, replace(data, shapes=5), "cpu").train_seconds == pytest.approx(estimate.train_seconds)
 
 
 def test_rounded_batches_meet_fewer_shapes():

@@ -45,17 +45,24 @@ def step_recorder() -> Any:
     from transformers import TrainerCallback
 
     class StepRecorder(TrainerCallback):
-        """Seconds and tokens of each optimizer step (tokens: the Trainer's own count of non-padding inputs)."""
+        """Seconds and tokens of each optimizer step (tokens: the Trainer's own count of non-padding inputs), and
+        the seconds of its update (the optimizer's step, the schedule, zeroing the gradients): a cost per step,
+        whatever its tokens."""
 
         def __init__(self) -> None:
-            self.steps: list[tuple[float, int]] = []
-            self.began, self.tokens_before = 0.0, 0
+            self.steps: list[tuple[float, int, float]] = []
+            self.began, self.updating, self.tokens_before = 0.0, 0.0, 0
 
         def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             self.began, self.tokens_before = time.perf_counter(), state.num_input_tokens_seen
 
+        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.updating = time.perf_counter()
+
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.steps.append((time.perf_counter() - self.began, state.num_input_tokens_seen - self.tokens_before))
+            now = time.perf_counter()
+            update = now - self.updating if self.updating > self.began else 0.0
+            self.steps.append((now - self.began, state.num_input_tokens_seen - self.tokens_before, update))
 
     return StepRecorder()
 
@@ -95,26 +102,30 @@ def calibrated_time(setup: "Setup", data: "DataSize") -> TimeEstimate:
     return scaled(recorder.steps, data, setup.placement.describe())
 
 
-def scaled(steps: list[tuple[float, int]], data: "DataSize", where: str) -> TimeEstimate:
-    """The run's training time from measured (seconds, tokens) steps: two passes over the same batches, each a
-    warm-up step and timed steps (the module's doc)."""
+def scaled(steps: list[tuple[float, int, float]], data: "DataSize", where: str) -> TimeEstimate:
+    """The run's training time from measured (seconds, tokens, update seconds) steps: two passes over the same
+    batches, each a warm-up step and timed steps (the module's doc). A step costs its update (the same whatever its
+    tokens: for full fine-tuning AdamW over every weight) plus its tokens at the forward and backward's rate, so a
+    calibration on shorter or longer batches than the run's mean still scales right."""
     per_pass = WARMUP_STEPS + TIMED_STEPS
     first, second = steps[:per_pass], steps[per_pass:2 * per_pass]
     timed, timed_first = second[WARMUP_STEPS:], first[WARMUP_STEPS:]
     seconds, tokens = sum(step[0] for step in timed), sum(step[1] for step in timed)
+    update = sum(step[2] for step in timed) / len(timed)
     # what meeting a shape for the first time adds to a step (each timed step of the first pass met a new one)
     new_shape = max(sum(step[0] for step in timed_first) - seconds, 0.0) / len(timed)
     later_shapes = new_shape * max(data.shapes - 1, 0)  # the first step's shape is in `first_step`
     source = (f"calibration: {len(timed)} steps after {WARMUP_STEPS} warm-up, twice, on {where}; "
-              f"{new_shape:.2f} s for each new batch shape ({data.shapes} expected)")
+              f"{update:.2f} s a step's update, {new_shape:.2f} s each new batch shape ({data.shapes} expected)")
     if not tokens:  # a trainer that counts no tokens (a classifier head): seconds per step instead
         per_step = seconds / len(timed)
         first_step = max(first[0][0] - per_step, 0.0)
         return TimeEstimate(source, data.tokens_per_step / per_step,
                             first_step + later_shapes + per_step * data.steps)
-    rate = tokens / seconds if seconds else float("inf")
-    first_step = max(first[0][0] - first[0][1] / rate, 0.0)
-    return TimeEstimate(source, rate, first_step + later_shapes + data.trained_tokens / rate)
+    per_token = max(seconds - update * len(timed), 0.0) / tokens
+    first_step = max(first[0][0] - update - first[0][1] * per_token, 0.0)
+    return TimeEstimate(source, tokens / seconds if seconds else float("inf"),
+                        first_step + later_shapes + update * data.steps + data.trained_tokens * per_token)
 
 
 def peak_time(size: "ModelSize", holding: "Holding", data: "DataSize", peak_gflops: float) -> TimeEstimate:

@@ -296,3 +296,12 @@ def test_rounded_batches_meet_fewer_shapes():
     rounded = data_size(sequences, 8, 1, 1, 150, True, 0, 64)
     assert plain.shapes > 100  # nearly every batch a length of its own
     assert rounded.shapes < 20
+
+
+def test_tasks_name_the_head_the_plan_sizes():
+    from tunelab.tasks.registry import get_task
+
+    assert get_task("reward_model").head_labels({}) == 1  # one score
+    assert get_task("classification").head_labels({"style": "head", "labels": ["ham", "spam"]}) == 2
+    assert get_task("classification").head_labels({"style": "generate", "labels": ["ham", "spam"]}) is None
+    assert get_task("sft").head_labels({}) is None  # the language model's own head over the vocabulary

@@ -80,16 +80,18 @@ def training_sequences(train: Any, tokenizer: Any, state: dict[str, Any]) -> Seq
 
 
 def prompt_tokens(prompt: Any, tokenizer: Any) -> int:
-    if isinstance(prompt, list):  # messages, in the chat template with the assistant's turn opened
-        return len(tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True,
-                                                 return_dict=False))
-    return len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    """Messages in the chat template with the assistant's turn opened; text as it is."""
+    from tunelab.data.templates import encode_prompt, tokens
+
+    return len(encode_prompt(tokenizer, prompt) if isinstance(prompt, list) else tokens(tokenizer, prompt))
 
 
 def answer_tokens(answer: Any, tokenizer: Any) -> int:
     """An answer's tokens after its prompt: the text, and the end of its turn (two tokens in a chat template)."""
+    from tunelab.data.templates import tokens
+
     text = answer[-1]["content"] if isinstance(answer, list) else answer
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + (2 if isinstance(answer, list) else 1)
+    return len(tokens(tokenizer, text)) + (2 if isinstance(answer, list) else 1)
 
 
 def capped(length: int, cap: int | None) -> int:

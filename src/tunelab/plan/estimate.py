@@ -78,10 +78,7 @@ def make_plan(setup: "Setup") -> Plan:
 
     recipe, train = setup.recipe, setup.recipe.train
     state = setup.data.state or {}
-    head_labels = len(state["labels"]) if state.get("style") == "head" else None
-    if setup.task.name == "reward_model":
-        head_labels = 1  # one score (TRL's reward model is a sequence classifier with one label)
-    size = model_size(setup.ref.path, setup.method, recipe.method, head_labels)
+    size = model_size(setup.ref.path, setup.method, recipe.method, setup.task.head_labels(state))
     holding = holding_for(setup, size)
     sequences = training_sequences(setup.data.train, setup.tokenizer, state)
     data = data_size(sequences, train.batch_size, train.grad_accum, train.epochs, train.max_steps,

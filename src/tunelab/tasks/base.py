@@ -123,6 +123,9 @@ class Task:
     # make it, so a recipe whose evaluation cannot work is refused before training
     evaluation: Callable[["Recipe", list[Any], dict[str, Any], Any, str], TaskEvaluation]
     inference: Callable[["RunModels"], Inference]
+    # the outputs of the classification head the task's model ends in, from the task's state; None: the language
+    # model's own head over the vocabulary (what `tunelab plan` sizes the head's activations by)
+    head_labels: Callable[[dict[str, Any]], int | None] = lambda state: None
 
 
 def check_row_kinds(task: Task, kinds: dict[str, int], where: str) -> None:

@@ -275,4 +275,5 @@ TASK = Task(
     build_trainer=plain_trainer,
     evaluation=evaluation,
     inference=inference,
+    head_labels=lambda state: len(state["labels"]) if state["style"] == "head" else None,
 )

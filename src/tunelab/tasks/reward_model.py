@@ -114,4 +114,5 @@ TASK = Task(
     build_trainer=build_trainer,
     evaluation=evaluation,
     inference=inference,
+    head_labels=lambda state: len(REWARD_LABEL),
 )

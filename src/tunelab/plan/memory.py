@@ -22,9 +22,10 @@ The backward and the allocator take about half as much again (BACKWARD_FACTOR, m
 
 The process: importing Python, torch, transformers, peft, trl and datasets takes a fixed resident size
 (IMPORT_OVERHEAD_MIB, measured by measure_import_overhead), and the run has phases whose peaks differ: loading the
-fp32 base (LOAD_FACTOR, measured), training, and (for adapters that merge) loading a second fp32 base on top of
-what the process already holds (train/lifecycle.py fit): the allocator keeps what loading and training took, so the
-merge's peak is the larger of those plus a base. The peak RSS is the largest phase.
+fp32 base (LOAD_FACTOR, measured), training, and (for adapters that merge) loading a fresh fp32 base once
+training's model, trainer and the memory they freed are gone (train/lifecycle.py finish, train/host_memory.py): the
+overhead plus the base (two for QLoRA, which quantizes it and dequantizes it again). The peak RSS is the largest
+phase.
 """
 
 from __future__ import annotations
@@ -168,10 +169,11 @@ def estimate_memory(size: "ModelSize", holding: Holding, peak_batch: "Batch",
     # quantizes from the fp32 base
     load = overhead + int(LOAD_FACTOR * fp32_base) + nf4 if holding.device == "cpu" else 0
     train = overhead + frozen + trained + gradients + optimizer + autocast + activations
-    # what the allocator took for loading and training stays the process's when the merge loads a fresh base
-    # (QLoRA's merge quantizes the fresh base and dequantizes it again: a second fp32 copy, methods/qlora.py merge)
+    # the merge comes after training's model, trainer and free memory are gone (train/lifecycle.py finish,
+    # train/host_memory.py) and loads a fresh base (QLoRA's merge quantizes it and dequantizes it again: a second
+    # fp32 copy, methods/qlora.py merge)
     bases = 2 if holding.nf4_block else 1
-    merge = max(load, train) + bases * fp32_base if holding.merges and holding.device == "cpu" else 0
+    merge = overhead + bases * fp32_base if holding.merges and holding.device == "cpu" else 0
     return Memory(overhead=overhead, weights=frozen, adapter=trained, gradients=gradients, optimizer=optimizer,
                   autocast_copies=autocast, activations=activations, activations_checkpointed=checkpointed,
                   activations_plain=plain, load_peak=load, train_peak=train, merge_peak=merge,

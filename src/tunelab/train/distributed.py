@@ -267,13 +267,16 @@ def train_worker(recipe: "Recipe", home: Path, console: "Console", rank: Rank, d
     """One torchrun worker: the run folder the parent made, trained from its newest complete checkpoint."""
     from tunelab.run.folder import RunDir
     from tunelab.run.record import read_record
-    from tunelab.train.lifecycle import build_model, fit, set_up
+    from tunelab.train.lifecycle import build_model, finish, fit, set_up
 
     setup = set_up(recipe, home, console, resume=True, overwrite=False, device=device)
     setup = replace(setup, world=rank.world, rank=rank.rank)
     model = build_model(setup)
     run = RunDir(Path(setup.recipe.output.dir))
-    fit(setup, run, read_record(run), model, console, ())
+    record = read_record(run)
+    fit(setup, run, record, model, console, ())
+    del model  # as in lifecycle.run_recipe: training's memory goes before rank 0 merges
+    finish(setup, run, record, console)
 
 
 

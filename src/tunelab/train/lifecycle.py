@@ -4,8 +4,9 @@
                 rows into training examples; what the evaluation after training would refuse is refused now
     start       the model to train (the task builds it, the method wraps it); the run folder and run.json
     fit         the task's trainer, with progress, checkpoints (committed with a manifest: checkpoints.py), --resume
-                from the newest complete one, and trackers; save (and merge). A full disk or a kill leaves a run
-                that --resume continues, never a half-written artefact taken for a whole one
+                from the newest complete one, and trackers; save. A full disk or a kill leaves a run that --resume
+                continues, never a half-written artefact taken for a whole one
+    finish      once training's model and trainer are gone (memory: host_memory.py): merge, run.json completed
     evaluate    base vs tuned through the one evaluator; run.json keeps its summary; report.html
 The order matters: everything that can fail on the user's input is checked before the run folder is created or
 cleared, so a bad recipe never costs the user an earlier run. The gate's verdict is returned; the CLI enforces it.
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import errno
 import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -95,6 +98,8 @@ def run_recipe(recipe: "Recipe", home: Path, console: "Console", resume: bool = 
     model = build_model(setup)
     run, record = start(setup, model, console)
     fit(setup, run, record, model, console, callbacks)
+    del model  # the trainer went with fit: the merge's fresh base does not stack on training's memory
+    finish(setup, run, record, console)
     evaluation = None
     if evaluate and recipe.eval.after_train:
         evaluation = evaluate_and_record(run.root, home, console, device)
@@ -238,62 +243,89 @@ def describe(setup: Setup, model: Any) -> dict[str, Any]:
     )
 
 
+@dataclass
+class Writing:
+    """What a run is writing, and where: a failure names it, and removes it where it was left half-written."""
+
+    what: str
+    folder: Path
+
+
 def fit(setup: Setup, run: RunDir, record: RunRecord, model: Any, console: "Console", callbacks: tuple) -> None:
-    """Train with the task's trainer, save the model (and the merged one when asked), and keep run.json true to
-    what happened: completed, failed or interrupted (a later --resume goes on from the newest complete checkpoint).
-    A failure removes what it left half-written (see remove_partial) before run.json says failed."""
-    from tunelab.present.console import print_trained
+    """Train with the task's trainer and save the trained model, keeping run.json true to what happened: failed or
+    interrupted (a later --resume goes on from the newest complete checkpoint). The trainer, with its optimizer
+    state, is gone when this returns; `finish` (merge, completed) comes after the caller has let go of `model`."""
     from tunelab.present.progress import RichProgress
     from tunelab.train.distributed import savable_model
     from tunelab.train.trainer import training_arguments, training_callbacks, training_speed
 
-    recipe, method, tokenizer = setup.recipe, setup.method, setup.tokenizer
+    recipe, tokenizer = setup.recipe, setup.tokenizer
     writer = setup.rank == 0  # under torchrun the other ranks train, and leave the run folder to rank 0
-    writing = ("a checkpoint or the training log", run.checkpoints)
-    try:
+    writing = Writing("a checkpoint or the training log", run.checkpoints)
+    with failure_recorded(run, record, writing, writer):
         arguments = training_arguments(recipe.train, run, setup.placement, setup.data.validation is not None,
                                        setup.world)
         parts = TrainerParts(model, tokenizer, setup.data, arguments,
                              training_callbacks(recipe.train, run, RichProgress(console), callbacks),
                              setup.rewards,
-                             training_speed(recipe.train, method.bf16_frozen, setup.placement, setup.data.padding_free))
+                             training_speed(recipe.train, setup.method.bf16_frozen, setup.placement,
+                                            setup.data.padding_free))
         trainer = setup.task.build_trainer(parts)
         checkpoint = setup.resume_from.checkpoint if setup.resume_from else None
         record.training = train_or_restore(trainer, checkpoint)
         trained = savable_model(setup, trainer)  # under FSDP / ZeRO-3 the shards gathered, by every rank
-        if not writer:
-            trainer.accelerator.wait_for_everyone()  # rank 0 saves; its workers' group stays until it has
-            return
-        writing = ("the trained model", run.model)
-        method.save(trained, run.model)
-        tokenizer.save_pretrained(str(run.model))
+        if writer:
+            writing.what, writing.folder = "the trained model", run.model
+            setup.method.save(trained, run.model)
+            tokenizer.save_pretrained(str(run.model))
+        if setup.world.distributed:
+            trainer.accelerator.wait_for_everyone()  # the workers' group stays until rank 0 has saved
+
+
+def finish(setup: Setup, run: RunDir, record: RunRecord, console: "Console") -> None:
+    """Rank 0, once training's model and trainer are gone: the merged model when asked, then run.json completed.
+    The merge loads a fresh base; done while training's weights, gradients and optimizer state were still held, it
+    stacked on them, and that phase was the run's peak (by how much depended on what the allocator kept)."""
+    from tunelab.present.console import print_trained
+    from tunelab.train.host_memory import handed_back
+
+    if setup.rank != 0:
+        return
+    recipe, method, tokenizer = setup.recipe, setup.method, setup.tokenizer
+    with failure_recorded(run, record, Writing("the merged model", run.merged), writer=True):
         if wants_merge(method, recipe.output.merge):
-            writing = ("the merged model", run.merged)
-            # from what was saved, onto a freshly loaded base: the trained model may hold its frozen weights in
-            # bf16 (train/frozen_weights.py), and the merged model is what merging the saved adapter gives anyway
-            merged = method.merge(method.load(
-                lambda: setup.task.load_model(setup.ref.path, setup.data, recipe, tokenizer), run.model))
-            merged.save_pretrained(str(run.merged))
+            gc.collect()  # the trainer's reference cycles, before the base is loaded
+            with handed_back():  # what training freed, given back first (train/host_memory.py)
+                # from what was saved, onto a freshly loaded base: the trained model may hold its frozen weights in
+                # bf16 (train/frozen_weights.py), and the merged model is what merging the saved adapter gives
+                merged = method.merge(method.load(
+                    lambda: setup.task.load_model(setup.ref.path, setup.data, recipe, tokenizer), run.model))
+                merged.save_pretrained(str(run.merged))
+                del merged
             tokenizer.save_pretrained(str(run.merged))
             record.merged = True
         elif note := no_merge_note(method, recipe.output.merge):
             console.print(f"[dim]{note}[/dim]")
             record.merge_note = note
+    record.status, record.ended_at = "completed", now()
+    write_record(run, record)
+    print_trained(console, record, run)
+
+
+@contextmanager
+def failure_recorded(run: RunDir, record: RunRecord, writing: Writing, writer: bool) -> Iterator[None]:
+    """On any failure, rank 0 removes what was left half-written and marks run.json failed (interrupted on a stop);
+    a full disk becomes one line naming what was being written and where."""
+    try:
+        yield
     except BaseException as error:
         if not writer:
             raise
         record.status = "interrupted" if isinstance(error, (KeyboardInterrupt, StopRequested)) else "failed"
-        removed, written = record_failure(run, record, error, writing[1])
+        removed, written = record_failure(run, record, error, writing.folder)
         if is_write_failure(error, run):
             raise TunelabError(write_failure_line(error, writing, removed, written)) from error
         raise
-    record.status, record.ended_at = "completed", now()
-    write_record(run, record)
-    if setup.world.distributed:
-        trainer.accelerator.wait_for_everyone()
-    print_trained(console, record, run)
-    del trainer
-    gc.collect()
 
 
 def train_or_restore(trainer: Any, checkpoint: Path | None) -> Any:
@@ -336,10 +368,10 @@ def is_write_failure(error: BaseException, run: RunDir) -> bool:
     return nearly_full and any(sign in text for sign in ("file write failed", "inline_container", "I/O error"))
 
 
-def write_failure_line(error: BaseException, writing: tuple[str, Path], removed: list[Path], written: bool) -> str:
+def write_failure_line(error: BaseException, writing: Writing, removed: list[Path], written: bool) -> str:
     """One line: the OS's reason, the path (the file the OS names, else the folder being written), what was being
     written, what was cleaned up, and how to go on."""
-    what, folder = writing
+    what, folder = writing.what, writing.folder
     reason = error.strerror if isinstance(error, OSError) and error.strerror else "No space left on device"
     where = getattr(error, "filename", None) or (removed[0] if removed else folder)
     cleaned = f"removed the partial {', '.join(str(path) for path in removed)}; " if removed else ""

@@ -292,9 +292,9 @@ def finish(setup: Setup, run: RunDir, record: RunRecord, console: "Console") -> 
     if setup.rank != 0:
         return
     recipe, method, tokenizer = setup.recipe, setup.method, setup.tokenizer
+    gc.collect()  # the trainer's reference cycles (its optimizer state), before a merge or the evaluation after
     with failure_recorded(run, record, Writing("the merged model", run.merged), writer=True):
         if wants_merge(method, recipe.output.merge):
-            gc.collect()  # the trainer's reference cycles, before the base is loaded
             with handed_back():  # what training freed, given back first (train/host_memory.py)
                 # from what was saved, onto a freshly loaded base: the trained model may hold its frozen weights in
                 # bf16 (train/frozen_weights.py), and the merged model is what merging the saved adapter gives
